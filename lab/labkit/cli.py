@@ -1,0 +1,205 @@
+"""lab/lab up | down | status [--json] | env"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from . import config, inventory, net, nodes, services, snapshot
+from .sh import LabError, log, run
+
+
+def _load_state() -> dict[str, object] | None:
+    try:
+        return json.loads(config.STATE_FILE.read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
+def _build_image() -> Path:
+    """The cached guest image directory (built on first use; VMCTL_LAB_IMAGE_DIR overrides)."""
+    if os.environ.get("VMCTL_LAB_IMAGE_DIR"):
+        return Path(os.environ["VMCTL_LAB_IMAGE_DIR"])
+    script = config.REPO / "lab" / "image" / "build.sh"
+    proc = run([str(script)], timeout=1800)
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def _ensure_ssh_key() -> Path:
+    config.SSH_DIR.mkdir(parents=True, exist_ok=True)
+    config.SSH_DIR.chmod(0o700)
+    if not config.SSH_KEY.exists():
+        run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "vmctl-lab",
+                "-f",
+                str(config.SSH_KEY),
+            ]
+        )
+    authorized = config.SSH_DIR / "authorized_keys"
+    authorized.write_text(config.SSH_KEY.with_suffix(".pub").read_text())
+    authorized.chmod(0o600)
+    return authorized
+
+
+def up(count: int) -> None:
+    started = time.monotonic()
+    state = _load_state()
+    if state and state.get("node_count") != count:
+        raise LabError(
+            f"the lab is up with {state['node_count']} nodes; "
+            "run `lab/lab down` before changing --nodes"
+        )
+    if state is None:
+        net.check_no_collision()
+        config.LAB_DIR.mkdir(parents=True, exist_ok=True)
+        config.BEFORE_FILE.write_text(json.dumps(snapshot.machine_state()))
+    image_dir = _build_image()
+    authorized = _ensure_ssh_key()
+    lab_nodes = config.nodes(count)
+    net.ensure_bridge()
+    host_keys = []
+    for node in lab_nodes:
+        net.ensure_node_network(node)
+        host_keys.append(nodes.prepare(node, image_dir, authorized))
+        nodes.start(node)
+        nodes.ensure_guest_network(node)
+    config.KNOWN_HOSTS.write_text("\n".join(host_keys) + "\n")
+    services.ensure_postgres()
+    services.ensure_redis()
+    config.INVENTORY.write_text(inventory.render(lab_nodes))
+    new_state = {"node_count": count, "prefix": config.PREFIX, "image_dir": str(image_dir)}
+    if new_state != state:
+        config.STATE_FILE.write_text(json.dumps(new_state, indent=2) + "\n")
+    log(f"up: {count} nodes, PostgreSQL and Redis ready in {time.monotonic() - started:.1f} s")
+
+
+def down() -> None:
+    state = _load_state() or {}
+    count = int(state.get("node_count", 0))  # type: ignore[call-overload]
+    known = {n.netns: n for n in config.nodes(count)}
+    for netns in sorted(set(net.lab_netns()) | set(known)):
+        log(f"down: stopping {netns}")
+        nodes.stop(netns)
+        node = known.get(netns)
+        net.remove_node_network(netns, node.guest_subnet if node else None)
+    net.remove_bridge()
+    try:
+        before = json.loads(config.BEFORE_FILE.read_text())
+        net.release_netns_mount(before["mounts"])
+    except (OSError, ValueError, KeyError):
+        pass
+    services.stop_postgres()
+    services.stop_redis()
+    if config.LAB_DIR.exists():
+        shutil.rmtree(config.LAB_DIR)
+    log("down: the lab is gone")
+
+
+def status() -> dict[str, object]:
+    state = _load_state()
+    if state is None:
+        return {"running": False, "nodes": [], "postgres": {"up": False}, "redis": {"up": False}}
+    lab_nodes = config.nodes(int(state["node_count"]))  # type: ignore[call-overload]
+    node_info = []
+    for node in lab_nodes:
+        info = node.describe()
+        info["up"] = nodes.is_running(node)
+        info["domains"] = nodes.virsh(node, "list", "--all", "--name").split() if info["up"] else []
+        node_info.append(info)
+    pg_up = services.postgres_pid() is not None and services.postgres_answers()
+    redis_up = services.redis_pid() is not None and services.redis_answers()
+    return {
+        "running": all(n["up"] for n in node_info) and pg_up and redis_up,
+        "prefix": config.PREFIX,
+        "bridge": {"name": config.BRIDGE, "address": config.bridge_address()},
+        "nodes": node_info,
+        "postgres": {"up": pg_up, "url": services.postgres_url(), "port": config.PG_PORT},
+        "redis": {"up": redis_up, "url": services.redis_url(), "port": config.REDIS_PORT},
+        "image": {
+            "name": config.IMAGE_NAME,
+            "dir": state["image_dir"],
+            "default_user": config.GUEST_USER,
+        },
+        "ssh": {"key": str(config.SSH_KEY), "known_hosts": str(config.KNOWN_HOSTS)},
+        "inventory": str(config.INVENTORY),
+    }
+
+
+def env_lines() -> list[str]:
+    if _load_state() is None:
+        raise LabError("the lab is not up: run `lab/lab up`")
+    values = {
+        "VMCTL_INVENTORY": str(config.INVENTORY),
+        "VMCTL_DATABASE_URL": services.postgres_url(),
+        "VMCTL_REDIS_URL": services.redis_url(),
+        "VMCTL_SSH_KEY": str(config.SSH_KEY),
+        "VMCTL_KNOWN_HOSTS": str(config.KNOWN_HOSTS),
+        "LAB_SSH_KEY": str(config.SSH_KEY),
+        "LAB_KNOWN_HOSTS": str(config.KNOWN_HOSTS),
+        "LAB_GUEST_USER": config.GUEST_USER,
+    }
+    return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lab/lab", description="The vmctl lab.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="create or complete the lab (idempotent)")
+    p_up.add_argument("--nodes", type=int, default=2, help="number of virtualization nodes (1-9)")
+    sub.add_parser("down", help="remove everything the lab made (safe to run twice)")
+    p_status = sub.add_parser("status", help="what runs, where")
+    p_status.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("env", help="print export lines for vmctl and the tests")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("lab: must run as root (namespaces, bridges, daemons)", file=sys.stderr)
+        return 1
+    try:
+        if args.command == "up":
+            if not 1 <= args.nodes <= 9:
+                raise LabError(f"--nodes must be between 1 and 9, not {args.nodes}")
+            up(args.nodes)
+        elif args.command == "down":
+            down()
+        elif args.command == "status":
+            info = status()
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                _print_status(info)
+            return 0 if info["running"] else 3
+        elif args.command == "env":
+            print("\n".join(env_lines()))
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_status(info: dict[str, object]) -> None:
+    if not info["running"] and not info["nodes"]:
+        print("lab: down")
+        return
+    for n in info["nodes"]:  # type: ignore[attr-defined]
+        state = "up" if n["up"] else "DOWN"
+        print(
+            f"{n['name']:8} {n['address']:14} {state:5} guests {n['guest_subnet']:16} "
+            f"domains: {', '.join(n['domains']) or '-'}"
+        )
+    for svc in ("postgres", "redis"):
+        s = info[svc]
+        print(f"{svc:8} 127.0.0.1:{s['port']:<6} {'up' if s['up'] else 'DOWN'}")  # type: ignore[index]

@@ -1,0 +1,96 @@
+"""Where the lab keeps its state, what it names things, and which addresses it uses."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_DIR = Path(os.environ.get("VMCTL_LAB_DIR", "/var/lib/vmctl-lab"))
+CACHE_DIR = Path(os.environ.get("VMCTL_LAB_CACHE", "/var/cache/vmctl-lab"))
+PREFIX = os.environ.get("VMCTL_LAB_PREFIX", "10.213")  # the lab uses PREFIX.0.0/16
+PG_PORT = int(os.environ.get("VMCTL_LAB_PG_PORT", "15432"))
+REDIS_PORT = int(os.environ.get("VMCTL_LAB_REDIS_PORT", "16379"))
+BRIDGE = "vmlab0"
+NETNS_PREFIX = "vmlab-"
+GUEST_USER = "debian"
+IMAGE_NAME = "debian-12"
+GUEST_NETWORK = "vmnet"
+GUEST_BRIDGE = "vmbr0"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+STATE_FILE = LAB_DIR / "state.json"
+BEFORE_FILE = LAB_DIR / "before.json"
+SSH_DIR = LAB_DIR / "ssh"
+SSH_KEY = SSH_DIR / "id_ed25519"
+KNOWN_HOSTS = SSH_DIR / "known_hosts"
+INVENTORY = LAB_DIR / "inventory.yaml"
+NODES_DIR = LAB_DIR / "nodes"
+QEMU_CAPS_CACHE = CACHE_DIR / "qemu-capabilities"
+
+
+def lab_network() -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(f"{PREFIX}.0.0/16")
+
+
+def bridge_address() -> str:
+    return f"{PREFIX}.0.1"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One virtualization node of the lab (index counts from 1)."""
+
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"node{self.index}"
+
+    @property
+    def netns(self) -> str:
+        return f"{NETNS_PREFIX}{self.name}"
+
+    @property
+    def veth(self) -> str:  # the root-namespace end; the node's end is eth0
+        return f"{NETNS_PREFIX}{self.name}"
+
+    @property
+    def address(self) -> str:
+        return f"{PREFIX}.0.{10 + self.index}"
+
+    @property
+    def guest_subnet(self) -> str:
+        return f"{PREFIX}.{10 + self.index}.0/24"
+
+    @property
+    def guest_gateway(self) -> str:
+        return f"{PREFIX}.{10 + self.index}.1"
+
+    @property
+    def dhcp_range(self) -> tuple[str, str]:
+        base = f"{PREFIX}.{10 + self.index}"
+        return f"{base}.100", f"{base}.254"
+
+    @property
+    def dir(self) -> Path:
+        return NODES_DIR / self.name
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "ssh_port": 22,
+            "ssh_user": "root",
+            "netns": self.netns,
+            "libvirt_uri": f"qemu+ssh://root@{self.address}/system",
+            "guest_network": GUEST_NETWORK,
+            "guest_subnet": self.guest_subnet,
+            "guest_gateway": self.guest_gateway,
+        }
+
+
+def nodes(count: int) -> list[Node]:
+    return [Node(i) for i in range(1, count + 1)]

@@ -1,0 +1,42 @@
+"""What the lab may change on this machine, listed so that `down` can be checked against `up`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from .sh import run
+
+
+def _lines(args: list[str]) -> list[str]:
+    return sorted(
+        line.strip() for line in run(args, check=False).stdout.splitlines() if line.strip()
+    )
+
+
+def machine_state() -> dict[str, list[str]]:
+    """Namespaces, links, routes, mounts and process ids of the root namespace, sorted."""
+    links = [
+        f"{link['ifname']}" for link in json.loads(run(["ip", "-j", "link", "show"]).stdout or "[]")
+    ]
+    return {
+        "netns": _lines(["ip", "netns", "list"]),
+        "links": sorted(links),
+        "routes": _lines(["ip", "route", "show", "table", "all"]),
+        "mounts": sorted(
+            " ".join(line.split()[1:3])
+            for line in Path("/proc/self/mounts").read_text().splitlines()
+        ),
+        "iptables": _iptables(),
+        "pids": sorted(p for p in os.listdir("/proc") if p.isdigit()),
+    }
+
+
+def _iptables() -> list[str]:
+    """Rules of the root namespace, without comments and packet counters."""
+    if not os.path.exists("/usr/sbin/iptables-save"):
+        return []
+    rules = _lines(["iptables-save"])
+    return [re.sub(r"\[\d+:\d+\]", "", r) for r in rules if not r.startswith("#")]
