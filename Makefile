@@ -1,0 +1,19 @@
+# The two commands of the README. Both install what they need (apt, pip) and start the lab.
+.PHONY: demo test lint lab-down
+
+demo:
+	lab/setup-host.sh
+	lab/lab up
+	.venv/bin/python lab/demo.py
+
+test:
+	lab/setup-host.sh
+	lab/run-tests.sh
+
+lint:
+	.venv/bin/ruff check vmctl lab tests
+	.venv/bin/ruff format --check vmctl lab tests
+	.venv/bin/mypy
+
+lab-down:
+	lab/lab down

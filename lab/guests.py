@@ -1,0 +1,161 @@
+"""Booting guests on lab nodes directly through vmctl's node layer (no database): the demo and
+the lab's own tests use this. Run with the project's virtualenv (it imports vmctl)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmctl import cloudinit, hostkeys
+from vmctl.domainxml import GuestSpec
+from vmctl.hypervisor import Disks, Hypervisor
+from vmctl.ssh import FabricRunner, SshTarget
+
+LAB = Path(__file__).resolve().parent / "lab"
+STORAGE = "/var/lib/libvirt/images/vmctl"
+BASE_IMAGE = "/var/lib/libvirt/images/base/debian-12.qcow2"
+
+
+def status() -> dict:  # type: ignore[type-arg]
+    return json.loads(
+        subprocess.run([str(LAB), "status", "--json"], capture_output=True, text=True).stdout
+    )
+
+
+def hypervisor(node: dict, lab: dict) -> Hypervisor:  # type: ignore[type-arg]
+    target = SshTarget(
+        node=node["name"],
+        host=node["address"],
+        port=node["ssh_port"],
+        user=node["ssh_user"],
+        key_file=Path(lab["ssh"]["key"]),
+        known_hosts=Path(lab["ssh"]["known_hosts"]),
+    )
+    return Hypervisor(FabricRunner(target))
+
+
+@dataclass
+class Guest:
+    name: str
+    node: dict  # type: ignore[type-arg]
+    mac: str
+    known_hosts_line: str
+    hv: Hypervisor
+    ram_mb: int
+    cpu: int
+    data_gb: int
+    ip: str | None = None
+    started_at: float = 0.0
+
+
+def boot(
+    lab: dict,
+    node: dict,
+    name: str,
+    ram_mb: int = 384,
+    cpu: int = 1,  # type: ignore[type-arg]
+    root_gb: int = 4,
+    data_gb: int = 1,
+) -> Guest:
+    """Create and start a guest: overlay of the base image, data disk, NoCloud seed."""
+    pub = Path(lab["ssh"]["key"] + ".pub").read_text().strip()
+    host_key = hostkeys.new_host_key(name)
+    mac = hostkeys.new_mac()
+    seed = cloudinit.Seed(
+        hostname=name,
+        instance_id=f"{name}-{uuid.uuid4().hex[:8]}",
+        user=lab["image"]["default_user"],
+        ssh_authorized_keys=[pub],
+        mac=mac,
+        host_key=host_key,
+    )
+    spec = GuestSpec(
+        name=name,
+        ram_mb=ram_mb,
+        cpu=cpu,
+        storage_dir=STORAGE,
+        network=node["guest_network"],
+        mac=mac,
+        image=lab["image"]["name"],
+        virt_type="qemu",
+    )
+    hv = hypervisor(node, lab)
+    started = time.monotonic()
+    hv.create(spec, Disks(BASE_IMAGE, root_gb, data_gb), cloudinit.render(seed))
+    return Guest(
+        name,
+        node,
+        mac,
+        hostkeys.known_hosts_line(name, host_key),
+        hv,
+        ram_mb,
+        cpu,
+        data_gb,
+        started_at=started,
+    )
+
+
+def wait_ip(guest: Guest, timeout: float = 240) -> str:
+    """The guest's address from its node's DHCP leases."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for mac, ip in guest.hv.addresses(guest.name, "lease"):
+            if mac == guest.mac:
+                guest.ip = ip
+                return ip
+        time.sleep(1)
+    raise TimeoutError(
+        f"{guest.name}: no DHCP lease after {timeout:.0f} s\n"
+        + guest.hv.console_log(guest.name, STORAGE)
+    )
+
+
+def ssh_command(guest: Guest, lab: dict, known_hosts: Path, *command: str) -> list[str]:  # type: ignore[type-arg]
+    assert guest.ip, "wait_ip first"
+    return [
+        "ssh",
+        "-i",
+        lab["ssh"]["key"],
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        f"HostKeyAlias={guest.name}",
+        "-o",
+        "ConnectTimeout=5",
+        f"{lab['image']['default_user']}@{guest.ip}",
+        *command,
+    ]
+
+
+def wait_ssh(guest: Guest, lab: dict, known_hosts: Path, timeout: float = 240) -> float:  # type: ignore[type-arg]
+    """Wait until the guest accepts the injected key; returns seconds since boot()."""
+    with known_hosts.open("a") as f:
+        f.write(guest.known_hosts_line + "\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if guest.ip is None:
+            wait_ip(guest, timeout=max(1, deadline - time.monotonic()))
+        proc = subprocess.run(
+            ssh_command(guest, lab, known_hosts, "true"), capture_output=True, text=True, timeout=30
+        )
+        if proc.returncode == 0:
+            return time.monotonic() - guest.started_at
+        time.sleep(1)
+    raise TimeoutError(
+        f"{guest.name}: no SSH login after {timeout:.0f} s\n"
+        + guest.hv.console_log(guest.name, STORAGE)
+    )
+
+
+def delete(guest: Guest) -> None:
+    guest.hv.delete(guest.name, STORAGE)

@@ -1,0 +1,255 @@
+"""The lab tested for real: nodes over SSH, per-node libvirt, guests, isolation, services."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LAB
+
+pytestmark = pytest.mark.integration
+
+
+def ssh_node(
+    lab: dict,
+    node: dict,
+    *command: str,
+    known_hosts: str | None = None,  # type: ignore[type-arg]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "ssh",
+            "-i",
+            lab["ssh"]["key"],
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={known_hosts or lab['ssh']['known_hosts']}",
+            "-o",
+            "ConnectTimeout=5",
+            f"root@{node['address']}",
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def in_node(node: dict, *command: str) -> str:  # type: ignore[type-arg]
+    return subprocess.run(
+        ["ip", "netns", "exec", node["netns"], *command], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_each_node_answers_ssh_with_host_key_checking(lab: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    for node in lab["nodes"]:
+        proc = ssh_node(lab, node, "hostname")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == node["name"]
+    # The check is really on: an empty known_hosts file is refused.
+    empty = tmp_path / "empty_known_hosts"
+    empty.touch()
+    proc = ssh_node(lab, lab["nodes"][0], "true", known_hosts=str(empty))
+    assert proc.returncode == 255
+    assert "Host key verification failed" in proc.stderr
+
+
+def test_status_and_env_describe_the_lab(lab: dict) -> None:  # type: ignore[type-arg]
+    assert len(lab["nodes"]) == 2
+    assert {"name", "address", "guest_subnet"} <= set(lab["nodes"][0])
+    env = subprocess.run([str(LAB), "env"], capture_output=True, text=True, check=True).stdout
+    exported = dict(line.removeprefix("export ").split("=", 1) for line in env.splitlines())
+    for key in (
+        "VMCTL_INVENTORY",
+        "VMCTL_DATABASE_URL",
+        "VMCTL_REDIS_URL",
+        "VMCTL_SSH_KEY",
+        "VMCTL_KNOWN_HOSTS",
+        "LAB_SSH_KEY",
+        "LAB_KNOWN_HOSTS",
+        "LAB_GUEST_USER",
+    ):
+        assert key in exported
+    assert Path(exported["LAB_SSH_KEY"]).exists()
+    assert exported["LAB_GUEST_USER"] == "debian"
+    assert Path(exported["VMCTL_INVENTORY"]).read_text().count("- name: node") == 2
+
+
+def test_postgres_and_redis_answer(lab: dict) -> None:  # type: ignore[type-arg]
+    import psycopg
+    import redis
+
+    with psycopg.connect(lab["postgres"]["url"], connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_user, current_database()").fetchone() == (
+            "vmctl",
+            "vmctl",
+        )
+        assert conn.execute("SHOW port").fetchone() == (str(lab["postgres"]["port"]),)
+    client = redis.Redis.from_url(lab["redis"]["url"], socket_timeout=5)
+    assert client.ping() is True
+    # Never the distribution's default ports.
+    assert lab["postgres"]["port"] != 5432 and lab["redis"]["port"] != 6379
+
+
+def test_each_node_has_its_own_libvirt(lab: dict, booted: list) -> None:  # type: ignore[type-arg]
+    listed = {}
+    for node in lab["nodes"]:
+        proc = ssh_node(lab, node, "virsh", "-q", "list", "--all", "--name")
+        assert proc.returncode == 0, proc.stderr
+        listed[node["name"]] = set(proc.stdout.split())
+    for guest in booted:
+        here = guest.node["name"]
+        assert guest.name in listed[here]
+        assert all(guest.name not in names for n, names in listed.items() if n != here)
+
+
+def test_guest_disks_are_a_cow_overlay_and_a_data_disk(lab: dict, booted: list) -> None:  # type: ignore[type-arg]
+    for guest in booted:
+        vmdir = f"/var/lib/libvirt/images/vmctl/{guest.name}"
+        proc = ssh_node(lab, guest.node, "qemu-img", "info", "--output=json", f"{vmdir}/root.qcow2")
+        info = json.loads(proc.stdout)
+        assert info["backing-filename"] == "/var/lib/libvirt/images/base/debian-12.qcow2"
+        assert info["virtual-size"] == 4 * 2**30
+
+
+def test_guest_got_a_lease_on_its_nodes_subnet(booted: list) -> None:  # type: ignore[type-arg]
+    for guest in booted:
+        subnet = ipaddress.IPv4Network(guest.node["guest_subnet"])
+        assert ipaddress.IPv4Address(guest.ip) in subnet
+        assert (guest.mac, guest.ip) in guest.hv.addresses(guest.name, "lease")
+
+
+def test_guest_accepts_the_injected_key_and_has_the_seeded_hostname(
+    lab: dict,
+    booted: list,
+    guest_known_hosts: Path,  # type: ignore[type-arg]
+) -> None:
+    import guests
+
+    for guest in booted:
+        proc = subprocess.run(
+            guests.ssh_command(
+                guest,
+                lab,
+                guest_known_hosts,
+                "hostname; nproc; lsblk -bdno SIZE /dev/vdb; findmnt -no SOURCE /",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        hostname, cpus, data_size, root = proc.stdout.split()
+        assert hostname == guest.name
+        assert int(cpus) == guest.cpu
+        assert int(data_size) == guest.data_gb * 2**30
+        assert root == "/dev/vda1"
+
+
+def test_manager_reaches_every_guest_on_port_22(booted: list) -> None:  # type: ignore[type-arg]
+    for guest in booted:
+        proc = subprocess.run(
+            ["bash", "-c", f"exec 3<>/dev/tcp/{guest.ip}/22 && head -c 7 <&3"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert proc.stdout == "SSH-2.0"
+
+
+def test_nothing_routes_guest_packets_out_of_the_lab(
+    lab: dict,
+    booted: list,
+    guest_known_hosts: Path,  # type: ignore[type-arg]
+) -> None:
+    """Shown from routing tables and forwarding settings, never by sending packets outside."""
+    import guests
+
+    lab_net = ipaddress.IPv4Network(f"{lab['prefix']}.0.0/16")
+    for node in lab["nodes"]:
+        # The node knows only lab routes: no default route, nothing beyond the lab's /16.
+        routes = json.loads(in_node(node, "ip", "-j", "route", "show", "table", "all"))
+        for route in routes:
+            dst = route["dst"]
+            if route.get("table") == "local" or ":" in dst:
+                continue
+            assert dst != "default", f"{node['name']} has a default route"
+            net = ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32")
+            assert net.subnet_of(lab_net), f"{node['name']} routes {dst} outside the lab"
+        # No NAT: the guest network is routed, never masqueraded.
+        nat = in_node(node, "iptables-save", "-t", "nat")
+        assert "MASQUERADE" not in nat and "SNAT" not in nat
+    # The root namespace routes guest subnets only to lab nodes, and does not forward.
+    for node in lab["nodes"]:
+        route = json.loads(
+            subprocess.run(
+                ["ip", "-j", "route", "show", node["guest_subnet"]],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        assert route and route[0]["gateway"] == node["address"]
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "0"
+    # Inside each guest, the only way out is its node's gateway.
+    for guest in booted:
+        proc = subprocess.run(
+            guests.ssh_command(guest, lab, guest_known_hosts, "ip -j route"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        defaults = [r for r in json.loads(proc.stdout) if r["dst"] == "default"]
+        assert [r["gateway"] for r in defaults] == [guest.node["guest_gateway"]]
+
+
+@pytest.mark.lab_teardown
+def test_up_is_idempotent_and_down_restores_the_machine(lab: dict) -> None:  # type: ignore[type-arg]
+    from labkit import config, snapshot
+
+    def daemon_pids() -> list[str]:
+        return sorted(p.read_text() for p in config.NODES_DIR.glob("*/*.pid"))
+
+    pids = daemon_pids()
+    subprocess.run([str(LAB), "up"], check=True)
+    assert daemon_pids() == pids, "a second `up` restarted daemons"
+
+    before = json.loads(config.BEFORE_FILE.read_text())
+    subprocess.run([str(LAB), "down"], check=True)
+    after = snapshot.machine_state()
+    for key in ("netns", "links", "routes", "mounts", "iptables"):
+        assert after[key] == before[key], key
+    mine = {str(os.getpid())}
+    left = [
+        p
+        for p in set(after["pids"]) - set(before["pids"]) - mine
+        if Path(f"/proc/{p}").exists() and _ancestor_of(os.getpid(), p) is False
+    ]
+    assert left == [], [Path(f"/proc/{p}/cmdline").read_text() for p in left]
+    assert not config.LAB_DIR.exists()
+    # Safe to run twice.
+    subprocess.run([str(LAB), "down"], check=True)
+
+
+def _ancestor_of(me: int, pid: str) -> bool | None:
+    """True if `me` is an ancestor of pid (our own children), None if pid vanished."""
+    try:
+        while pid not in ("0", "1"):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = stat.rsplit(")", 1)[1].split()[1]
+            if pid == str(me):
+                return True
+    except OSError:
+        return None
+    return False

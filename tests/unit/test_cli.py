@@ -1,0 +1,25 @@
+import subprocess
+import sys
+
+import pytest
+
+from vmctl import __version__
+
+pytestmark = pytest.mark.unit
+
+
+def vmctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmctl", *args], capture_output=True, text=True)
+
+
+def test_version() -> None:
+    proc = vmctl("--version")
+    assert proc.returncode == 0
+    assert proc.stdout == f"vmctl {__version__}\n"
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    proc = vmctl("--no-such-option")
+    assert proc.returncode == 2
+    assert "No such option" in proc.stderr
+    assert proc.stdout == ""

@@ -1,0 +1,84 @@
+import pytest
+import yaml
+
+from vmctl import cloudinit, hostkeys
+
+pytestmark = pytest.mark.unit
+
+
+def seed(**kw: object) -> cloudinit.Seed:
+    values: dict[str, object] = dict(
+        hostname="web-1",
+        instance_id="web-1-abc",
+        user="debian",
+        ssh_authorized_keys=["ssh-ed25519 AAAA op@desk"],
+        mac="52:54:00:01:02:03",
+    )
+    values.update(kw)
+    return cloudinit.Seed(**values)  # type: ignore[arg-type]
+
+
+def test_user_data_sets_hostname_user_key_and_data_disk() -> None:
+    files = cloudinit.render(seed())
+    assert files["user-data"].startswith("#cloud-config\n")
+    data = yaml.safe_load(files["user-data"])
+    assert data["hostname"] == "web-1"
+    (user,) = data["users"]
+    assert user["name"] == "debian"
+    assert user["ssh_authorized_keys"] == ["ssh-ed25519 AAAA op@desk"]
+    assert user["lock_passwd"] is True
+    assert data["ssh_pwauth"] is False
+    assert data["fs_setup"][0] == {
+        "label": "DATA_XFS",
+        "filesystem": "xfs",
+        "device": "/dev/vdb",
+        "partition": "none",
+    }
+    assert data["mounts"][0][:3] == ["/dev/vdb", "/dataxfs", "xfs"]
+    assert "ssh_keys" not in data
+
+
+def test_meta_data_and_network_config_match_by_mac() -> None:
+    files = cloudinit.render(seed())
+    assert yaml.safe_load(files["meta-data"]) == {
+        "instance-id": "web-1-abc",
+        "local-hostname": "web-1",
+    }
+    net = yaml.safe_load(files["network-config"])
+    eth = net["ethernets"]["primary"]
+    assert net["version"] == 2
+    assert eth["match"] == {"macaddress": "52:54:00:01:02:03"}
+    assert eth["dhcp4"] is True
+
+
+def test_host_key_is_carried_intact() -> None:
+    key = hostkeys.new_host_key("web-1")
+    data = yaml.safe_load(cloudinit.render(seed(host_key=key))["user-data"])
+    assert data["ssh_keys"]["ed25519_private"] == key.private
+    assert data["ssh_keys"]["ed25519_public"] == key.public
+    assert key.private.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert hostkeys.known_hosts_line("web-1", key).startswith("web-1 ssh-ed25519 AAAA")
+
+
+def test_hostile_values_stay_values() -> None:
+    evil = 'x"\nruncmd: [reboot]\n#'
+    data = yaml.safe_load(cloudinit.render(seed(hostname=evil, data_disk=None))["user-data"])
+    assert data["hostname"] == evil
+    assert "runcmd" not in data
+    assert "fs_setup" not in data
+
+
+def test_macs_are_random_and_local() -> None:
+    macs = {hostkeys.new_mac() for _ in range(50)}
+    assert len(macs) == 50
+    assert all(m.startswith("52:54:00:") and len(m) == 17 for m in macs)
+
+
+def test_every_template_value_is_json_quoted() -> None:
+    import re
+
+    from vmctl.resources import templates_dir
+
+    for template in templates_dir().glob("*.j2"):
+        for expr in re.findall(r"{{(.*?)}}", template.read_text()):
+            assert expr.strip().endswith("| tojson"), f"{template.name}: {{{{{expr}}}}}"

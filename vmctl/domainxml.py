@@ -1,0 +1,102 @@
+"""Rendering libvirt domain XML: a pure function of a GuestSpec.
+
+The same XML serves real KVM hosts and the lab; only `virt_type` differs (the lab's nested KVM
+cannot run stock guest kernels, so it uses `qemu`, software emulation).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+METADATA_NS = "https://github.com/vmctl/vmctl/xmlns/1"
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    name: str
+    ram_mb: int
+    cpu: int
+    storage_dir: str  # the VM's directory is storage_dir/name
+    network: str
+    mac: str
+    image: str
+    virt_type: str = "kvm"  # "kvm" on real hosts, "qemu" (TCG) where KVM cannot run guests
+    data_disk: bool = True
+    kernel: str | None = None  # direct kernel boot when set, else boot from disk
+    initrd: str | None = None
+    cmdline: str | None = None
+    tcg_tb_cache_mb: int = 128
+
+    @property
+    def vm_dir(self) -> str:
+        return f"{self.storage_dir}/{self.name}"
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrib)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _disk(devices: ET.Element, path: str, fmt: str, target: str, readonly: bool = False) -> None:
+    disk = _sub(devices, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type=fmt, discard="unmap" if not readonly else "ignore")
+    _sub(disk, "source", file=path)
+    _sub(disk, "target", dev=target, bus="virtio")
+    if readonly:
+        _sub(disk, "readonly")
+
+
+def render(spec: GuestSpec) -> str:
+    ET.register_namespace("vmctl", METADATA_NS)
+    dom = ET.Element("domain", type=spec.virt_type)
+    _sub(dom, "name", spec.name)
+    meta = _sub(_sub(dom, "metadata"), f"{{{METADATA_NS}}}vm")
+    _sub(meta, f"{{{METADATA_NS}}}image", spec.image)
+    _sub(dom, "memory", str(spec.ram_mb), unit="MiB")
+    _sub(dom, "vcpu", str(spec.cpu))
+    os_el = _sub(dom, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
+    if spec.kernel:
+        _sub(os_el, "kernel", spec.kernel)
+        if spec.initrd:
+            _sub(os_el, "initrd", spec.initrd)
+        _sub(os_el, "cmdline", spec.cmdline or "root=/dev/vda1 console=ttyS0")
+    else:
+        _sub(os_el, "boot", dev="hd")
+    features = _sub(dom, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    if spec.virt_type == "qemu":
+        tcg = _sub(features, "tcg")
+        _sub(tcg, "tb-cache", str(spec.tcg_tb_cache_mb), unit="MiB")
+    else:
+        _sub(dom, "cpu", mode="host-passthrough")
+    _sub(dom, "clock", offset="utc")
+    _sub(dom, "on_poweroff", "destroy")
+    _sub(dom, "on_reboot", "restart")
+    _sub(dom, "on_crash", "destroy")
+    devices = _sub(dom, "devices")
+    _disk(devices, f"{spec.vm_dir}/root.qcow2", "qcow2", "vda")
+    if spec.data_disk:
+        _disk(devices, f"{spec.vm_dir}/data.qcow2", "qcow2", "vdb")
+    # The seed on a virtio disk: cloud kernels lack the SATA/AHCI driver a cdrom would need.
+    _disk(devices, f"{spec.vm_dir}/seed.iso", "raw", "vdz", readonly=True)
+    nic = _sub(devices, "interface", type="network")
+    _sub(nic, "source", network=spec.network)
+    _sub(nic, "mac", address=spec.mac)
+    _sub(nic, "model", type="virtio")
+    serial = _sub(devices, "serial", type="pty")
+    _sub(serial, "log", file=f"{spec.vm_dir}/console.log", append="on")
+    _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
+    agent = _sub(devices, "channel", type="unix")
+    _sub(agent, "target", type="virtio", name="org.qemu.guest_agent.0")
+    rng = _sub(devices, "rng", model="virtio")
+    _sub(rng, "backend", "/dev/urandom", model="random")
+    _sub(devices, "memballoon", model="virtio")
+    ET.indent(dom)
+    return ET.tostring(dom, encoding="unicode") + "\n"

@@ -1,0 +1,144 @@
+"""Running commands on nodes over SSH (Fabric/Paramiko), host keys always verified.
+
+Commands are argument lists, quoted once with shlex.join; nothing from users is pasted into a
+shell string. Transport problems become NodeUnreachable, non-zero exits RemoteCommandFailed.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import fabric
+import invoke
+import paramiko
+
+from vmctl.errors import NodeUnreachable, RemoteCommandFailed
+
+
+@dataclass(frozen=True)
+class Result:
+    stdout: str
+    stderr: str
+    exit_status: int
+
+
+class Runner(Protocol):
+    """What vmctl needs from a node connection."""
+
+    node: str
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+    ) -> Result: ...
+
+    def put(self, data: bytes, remote_path: str, mode: int = 0o600) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    node: str
+    host: str
+    port: int
+    user: str
+    key_file: Path
+    known_hosts: Path
+    connect_timeout: float = 10.0
+
+
+class FabricRunner:
+    """A Runner over one Fabric connection, opened on first use."""
+
+    def __init__(self, target: SshTarget) -> None:
+        self.node = target.node
+        self._target = target
+        self._conn: fabric.Connection | None = None
+
+    def _connection(self) -> fabric.Connection:
+        if self._conn is not None:
+            return self._conn
+        t = self._target
+        conn = fabric.Connection(
+            host=t.host,
+            user=t.user,
+            port=t.port,
+            connect_timeout=t.connect_timeout,
+            connect_kwargs={
+                "key_filename": [str(t.key_file)],
+                "look_for_keys": False,
+                "allow_agent": False,
+            },
+        )
+        # Fabric trusts unknown hosts by default: vmctl never does.
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            conn.client.load_host_keys(str(t.known_hosts))
+            conn.open()
+        except FileNotFoundError as exc:
+            raise NodeUnreachable(f"known_hosts file {t.known_hosts} does not exist") from exc
+        except paramiko.BadHostKeyException as exc:
+            raise NodeUnreachable(
+                f"node {t.node} ({t.host}:{t.port}): host key does not match {t.known_hosts}"
+            ) from exc
+        except paramiko.SSHException as exc:
+            raise NodeUnreachable(f"node {t.node} ({t.host}:{t.port}): {exc}") from exc
+        except (TimeoutError, OSError) as exc:
+            raise NodeUnreachable(f"node {t.node} ({t.host}:{t.port}): {exc}") from exc
+        self._conn = conn
+        return conn
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+    ) -> Result:
+        command = shlex.join(argv)
+        conn = self._connection()
+        try:
+            res = conn.run(
+                command,
+                hide=True,
+                warn=True,
+                timeout=timeout,
+                in_stream=io.StringIO(stdin) if stdin is not None else False,
+            )
+        except invoke.exceptions.CommandTimedOut as exc:
+            raise RemoteCommandFailed(
+                self.node, command, -1, f"timed out after {timeout} s"
+            ) from exc
+        except (paramiko.SSHException, OSError) as exc:
+            self.close()
+            raise NodeUnreachable(f"node {self.node}: connection lost: {exc}") from exc
+        result = Result(stdout=res.stdout, stderr=res.stderr, exit_status=res.exited)
+        if check and result.exit_status != 0:
+            raise RemoteCommandFailed(self.node, command, result.exit_status, result.stderr)
+        return result
+
+    def put(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
+        conn = self._connection()
+        try:
+            sftp = conn.sftp()
+            with sftp.open(remote_path, "wb") as f:
+                f.chmod(mode)
+                f.write(data)
+        except (paramiko.SSHException, OSError) as exc:
+            raise RemoteCommandFailed(self.node, f"sftp put {remote_path}", -1, str(exc)) from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
