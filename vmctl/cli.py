@@ -1,17 +1,22 @@
 """The vmctl command line: a thin layer over the library core.
 
-Library errors become messages on stderr and exit codes here, in one place.
+Each command parses, calls the service, and hands records to `output.emit`. Library errors become
+a message on stderr and an exit code (`errors.ExitStatus`) in `main`, and only there.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from vmctl import __version__
-from vmctl.errors import ExitStatus, VmctlError
+from vmctl import __version__, db, settings, wiring
+from vmctl.errors import ExitStatus, InvalidInput, VmctlError
+from vmctl.output import Format, emit
+from vmctl.service import CreateRequest, VmService
+from vmctl.store import VmRecord
 
 app = typer.Typer(
     name="vmctl",
@@ -19,7 +24,45 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+db_app = typer.Typer(help="The PostgreSQL schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+_state: dict[str, Any] = {"debug": False, "flags": {}}
+
+VM_COLUMNS = [
+    ("name", "NAME"),
+    ("node", "NODE"),
+    ("state", "STATE"),
+    ("ram_mb", "RAM(MiB)"),
+    ("cpu", "CPU"),
+    ("disk_gb", "DISK(GiB)"),
+    ("ip", "IP"),
+    ("image", "IMAGE"),
+    ("created_at", "CREATED (UTC)"),
+]
+SHOW_COLUMNS = [
+    *VM_COLUMNS,
+    ("root_gb", "ROOT(GiB)"),
+    ("mac", "MAC"),
+    ("ip_state", "IP STATE"),
+    ("group", "GROUP"),
+    ("updated_at", "UPDATED (UTC)"),
+]
+NODE_COLUMNS = [
+    ("name", "NODE"),
+    ("vms", "VMS"),
+    ("cpu_used", "CPU USED"),
+    ("cpu_free", "CPU FREE"),
+    ("ram_mb_used", "RAM USED"),
+    ("ram_mb_free", "RAM FREE"),
+    ("disk_gb_used", "DISK USED"),
+    ("disk_gb_free", "DISK FREE"),
+]
+
+OutputOpt = Annotated[Format, typer.Option("--output", "-o", help="table, json or yaml.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Same as -o json.")]
 
 
 def _version(value: bool) -> None:
@@ -31,16 +74,187 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[
-        bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    inventory: Annotated[Path | None, typer.Option(help="inventory.yaml [VMCTL_INVENTORY]")] = None,
+    database_url: Annotated[str | None, typer.Option(help="[VMCTL_DATABASE_URL]")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="[VMCTL_REDIS_URL]")] = None,
 ) -> None:
     """vmctl: create, list, show and delete VMs on KVM nodes."""
     _state["debug"] = debug
+    _state["flags"] = {"inventory": inventory, "database_url": database_url, "redis_url": redis_url}
 
 
-_state: dict[str, bool] = {"debug": False}
+def _settings() -> settings.Settings:
+    return settings.load(_state["flags"])
+
+
+def _service(quiet: bool = False) -> VmService:
+    return wiring.service(_settings(), quiet=quiet)
+
+
+def _fmt(output: Format, json_flag: bool) -> Format:
+    return Format.json if json_flag else output
+
+
+def record(vm: VmRecord) -> dict[str, Any]:
+    """A VM as scripts see it: stable keys, ISO-8601 UTC times."""
+    return {
+        "name": vm.name,
+        "node": vm.node,
+        "state": vm.state,
+        "ram_mb": vm.ram_mb,
+        "cpu": vm.cpu,
+        "disk_gb": vm.disk_gb,
+        "root_gb": vm.root_gb,
+        "image": vm.image,
+        "mac": vm.mac,
+        "ip": vm.ip,
+        "ip_state": vm.ip_state,
+        "group": vm.group_name,
+        "created_at": vm.created_at,
+        "updated_at": vm.updated_at,
+    }
+
+
+@app.command()
+def create(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="VM name (becomes its hostname); with --count, a prefix: NAME-1 … NAME-N."
+        ),
+    ],
+    ram: Annotated[str | None, typer.Option("--ram", help="RAM in MiB.")] = None,
+    cpu: Annotated[str | None, typer.Option("--cpu", help="vCPUs.")] = None,
+    disk: Annotated[str | None, typer.Option("--disk", help="Data disk in GiB.")] = None,
+    image: Annotated[str | None, typer.Option(help="Image name from the inventory.")] = None,
+    node: Annotated[str | None, typer.Option(help="Put it on this node.")] = None,
+    group: Annotated[str | None, typer.Option(help="Anti-affinity group: one per node.")] = None,
+    pack: Annotated[bool, typer.Option("--pack/--spread", help="Fill nodes or spread.")] = False,
+    ssh_key: Annotated[
+        list[str] | None,
+        typer.Option("--ssh-key", help="Public key file for the guest (repeatable)."),
+    ] = None,
+    user_data: Annotated[
+        Path | None, typer.Option(help="Extra #cloud-config or #! script, merged after vmctl's.")
+    ] = None,
+    count: Annotated[str, typer.Option(help="How many VMs.")] = "1",
+    wait: Annotated[bool, typer.Option(help="Wait until it has an IP and answers SSH.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait may take.")] = 300,
+    output: OutputOpt = Format.table,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Create VMs: place, make disks and seed, boot; record in PostgreSQL."""
+    svc = _service()
+    defaults = svc.inventory.defaults
+    extra = None
+    if user_data is not None:
+        try:
+            extra = user_data.read_text()
+        except OSError as exc:
+            raise InvalidInput("user-data", f"cannot read {user_data}: {exc.strerror}") from exc
+    n = _count(count)
+    names = [name] if n == 1 else [f"{name}-{i}" for i in range(1, n + 1)]
+    keys = wiring.authorized_keys(_settings(), ssh_key)
+    requests = [
+        CreateRequest(
+            name=vm_name,
+            ram_mb=ram if ram is not None else defaults.ram_mb,
+            cpu=cpu if cpu is not None else defaults.cpu,
+            disk_gb=disk if disk is not None else defaults.disk_gb,
+            image=image,
+            node=node,
+            group=group,
+            policy="pack" if pack else "spread",
+            authorized_keys=keys,
+            user_data=extra,
+        )
+        for vm_name in names
+    ]
+    for req in requests:  # refuse bad input for all of them before making any
+        svc.check(req)
+    made = [svc.create(req) for req in requests]
+    if wait:
+        made = [svc.wait(vm.name, timeout) for vm in made]
+    rows = [record(vm) for vm in made]
+    emit(
+        rows[0] if n == 1 else rows, SHOW_COLUMNS if n == 1 else VM_COLUMNS, _fmt(output, json_flag)
+    )
+
+
+def _count(text: str) -> int:
+    from vmctl.validation import integer
+
+    return integer("count", text)
+
+
+@app.command("list")
+def list_vms(
+    node: Annotated[str | None, typer.Option(help="Only VMs on this node.")] = None,
+    state: Annotated[str | None, typer.Option(help="Only VMs in this state.")] = None,
+    output: OutputOpt = Format.table,
+    json_flag: JsonOpt = False,
+) -> None:
+    """List VMs (from PostgreSQL)."""
+    vms = _service(quiet=True).list_vms(node=node, state=state)
+    emit([record(vm) for vm in vms], VM_COLUMNS, _fmt(output, json_flag))
+
+
+@app.command()
+def show(name: str, output: OutputOpt = Format.table, json_flag: JsonOpt = False) -> None:
+    """Show one VM."""
+    emit(record(_service(quiet=True).get(name)), SHOW_COLUMNS, _fmt(output, json_flag))
+
+
+@app.command("wait")
+def wait_vm(
+    name: str,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300,
+    output: OutputOpt = Format.table,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Wait until a VM has an IP and answers SSH."""
+    emit(record(_service().wait(name, timeout)), SHOW_COLUMNS, _fmt(output, json_flag))
+
+
+@app.command()
+def delete(
+    names: Annotated[list[str], typer.Argument(help="VMs to delete.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete VMs: domain, disks, seed, row and cache key. Keeps going past failures."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InvalidInput("yes", "refusing to delete without --yes when not on a terminal")
+        typer.confirm(f"Delete {', '.join(names)}?", abort=True, err=True)
+    svc = _service()
+    failed = 0
+    for vm_name in names:
+        try:
+            svc.delete(vm_name)
+            wiring.progress(f"{vm_name}: deleted")
+        except VmctlError as exc:
+            failed += 1
+            print(f"vmctl: error: {exc}", file=sys.stderr)
+    if failed:
+        noun = "VM" if len(names) == 1 else "VMs"
+        print(f"vmctl: {failed} of {len(names)} {noun} failed to delete.", file=sys.stderr)
+        raise typer.Exit(ExitStatus.ERROR)
+
+
+@app.command()
+def nodes(output: OutputOpt = Format.table, json_flag: JsonOpt = False) -> None:
+    """Capacity used and free on each node (free = capacity x overcommit - allocated)."""
+    emit(_service(quiet=True).nodes(), NODE_COLUMNS, _fmt(output, json_flag))
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending schema migrations."""
+    applied = db.upgrade(_settings().require_database())
+    wiring.progress(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
 
 
 def main() -> None:

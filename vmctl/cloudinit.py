@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 
 import jinja2
 
+from vmctl.errors import InvalidInput
 from vmctl.resources import templates_dir
 
 
@@ -43,8 +46,12 @@ def _env() -> jinja2.Environment:
     )
 
 
-def render(seed: Seed) -> dict[str, str]:
-    """The seed's files by name, ready to be put on a cidata volume."""
+def render(seed: Seed, extra_user_data: str | None = None) -> dict[str, str]:
+    """The seed's files by name, ready to be put on a cidata volume.
+
+    `extra_user_data` (from `--user-data FILE`: a #cloud-config or a #! script) travels as a
+    second part of a MIME multi-part user-data, which cloud-init merges after vmctl's own part.
+    """
     env = _env()
     values = {
         "hostname": seed.hostname,
@@ -55,7 +62,25 @@ def render(seed: Seed) -> dict[str, str]:
         "host_key": seed.host_key,
         "data_disk": seed.data_disk,
     }
-    return {
+    files = {
         name: env.get_template(f"{name}.j2").render(values)
         for name in ("meta-data", "user-data", "network-config")
     }
+    if extra_user_data is not None:
+        files["user-data"] = _multipart(files["user-data"], extra_user_data)
+    return files
+
+
+def _multipart(ours: str, theirs: str) -> str:
+    if theirs.startswith("#cloud-config"):
+        subtype = "cloud-config"
+    elif theirs.startswith("#!"):
+        subtype = "x-shellscript"
+    else:
+        raise InvalidInput("user-data", "must start with '#cloud-config' or '#!' (a script)")
+    message = MIMEMultipart()
+    for text, sub, filename in ((ours, "cloud-config", "vmctl.cfg"), (theirs, subtype, "user")):
+        part = MIMEText(text, sub, "utf-8")
+        part.add_header("Content-Disposition", "attachment", filename=filename)
+        message.attach(part)
+    return message.as_string()

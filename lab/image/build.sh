@@ -165,7 +165,9 @@ log "making the disk: msdos label, ext4 'root' at ${part_start_mib} MiB, GRUB i3
 raw=$work/disk.raw
 part_bytes=$(((disk_size_mib - part_start_mib) * 1024 * 1024))
 truncate -s "${disk_size_mib}M" "$raw"
-parted -s "$raw" mklabel msdos mkpart primary ext4 "${part_start_mib}MiB" 100% set 1 boot on
+# (parted calls udevadm, which this host lacks; keep its output only if it fails)
+parted_out=$(parted -s "$raw" mklabel msdos mkpart primary ext4 "${part_start_mib}MiB" 100% \
+  set 1 boot on 2>&1) || die "parted failed: $parted_out"
 mkfs.ext4 -q -L root -d "$rootfs" -E offset=$((part_start_mib * 1024 * 1024)) "$raw" "$((part_bytes / 1024))k"
 
 # GRUB for BIOS, as grub-bios-setup lays it out: boot.img's code (440 bytes, so the disk

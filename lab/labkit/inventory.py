@@ -16,6 +16,7 @@ def render(nodes: list[Node]) -> str:
         "  ram_mb: 512",
         "  cpu: 1",
         "  disk_gb: 1",
+        "  root_gb: 4",
         "images:",
         f"  {config.IMAGE_NAME}:",
         # the same path on every node: each node bind-mounts its own /var/lib/libvirt

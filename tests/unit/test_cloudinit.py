@@ -82,3 +82,26 @@ def test_every_template_value_is_json_quoted() -> None:
     for template in templates_dir().glob("*.j2"):
         for expr in re.findall(r"{{(.*?)}}", template.read_text()):
             assert expr.strip().endswith("| tojson"), f"{template.name}: {{{{{expr}}}}}"
+
+
+def test_extra_user_data_becomes_a_second_mime_part() -> None:
+    import email
+
+    extra = "#cloud-config\npackages: [nginx]\n"
+    text = cloudinit.render(seed(), extra_user_data=extra)["user-data"]
+    parts = [p for p in email.message_from_string(text).walk() if not p.is_multipart()]
+    assert [p.get_content_type() for p in parts] == ["text/cloud-config", "text/cloud-config"]
+    assert yaml.safe_load(parts[0].get_payload(decode=True))["hostname"] == "web-1"
+    assert parts[1].get_payload(decode=True).decode() == extra
+
+
+def test_extra_user_data_script_and_garbage() -> None:
+    import email
+
+    from vmctl.errors import InvalidInput
+
+    text = cloudinit.render(seed(), extra_user_data="#!/bin/sh\necho hi\n")["user-data"]
+    types = [p.get_content_type() for p in email.message_from_string(text).walk()]
+    assert "text/x-shellscript" in types
+    with pytest.raises(InvalidInput, match="user-data: must start with"):
+        cloudinit.render(seed(), extra_user_data="packages: [x]\n")

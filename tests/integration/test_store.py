@@ -1,0 +1,287 @@
+"""The PostgreSQL store and its migrations, against the lab's PostgreSQL.
+
+Isolation: the lab's `vmctl` role may not CREATE DATABASE, but it owns database `vmctl`, so each
+test gets a fresh schema `vmctl_test_<random>` there and reaches it through a conninfo whose
+`options=-csearch_path=<schema>` makes it the only schema the test's connections see. The schema
+is dropped (CASCADE) when the test ends. Advisory locks are per database, so tests running at the
+same time only wait for each other's claims and migrations; they never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, timedelta
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from vmctl import db
+from vmctl.errors import CapacityError, Conflict, InvalidInput, NotFound, StoreUnavailable
+from vmctl.store import NewVm, NodeUsage, Store
+
+pytestmark = pytest.mark.integration
+
+
+def _in_schema(url: str, schema: str) -> str:
+    return make_conninfo(url, options=f"-csearch_path={schema}")
+
+
+@pytest.fixture
+def pg_url(lab: dict) -> Iterator[str]:  # type: ignore[type-arg]
+    base = lab["postgres"]["url"]
+    schema = f"vmctl_test_{secrets.token_hex(6)}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield _in_schema(base, schema)
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def store(pg_url: str) -> Iterator[Store]:
+    db.upgrade(pg_url)
+    with Store(pg_url, actor="tester@test") as s:
+        yield s
+
+
+def _vm(name: str, **kw: object) -> NewVm:
+    fields: dict[str, object] = dict(
+        name=name, ram_mb=512, cpu=1, disk_gb=2, root_gb=4, image="debian-12",
+        mac="52:54:00:00:00:01", group_name=None, project=None,
+    )  # fmt: skip
+    fields.update(kw)
+    return NewVm(**fields)  # type: ignore[arg-type]
+
+
+def _tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+# -- migrations -----------------------------------------------------------------------------
+
+
+def test_upgrade_applies_0001_once(pg_url: str) -> None:
+    assert db.upgrade(pg_url) == ["0001_initial"]
+    assert {"vms", "nodes", "events"} <= _tables(pg_url)
+    assert db.upgrade(pg_url) == []
+
+
+def test_two_processes_upgrading_at_once_apply_each_migration_once(pg_url: str) -> None:
+    code = "import sys; from vmctl import db; print(','.join(db.upgrade(sys.argv[1])))"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    applied = sorted(out.strip() for out, _err in results)
+    assert applied == ["", "0001_initial"], results
+    assert db.upgrade(pg_url) == []
+
+
+def test_two_threads_upgrading_at_once_apply_each_migration_once(pg_url: str) -> None:
+    results: list[list[str]] = []
+    threads = [threading.Thread(target=lambda: results.append(db.upgrade(pg_url))) for _ in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(results) == [[], ["0001_initial"]]
+
+
+def test_stale_yoyo_lock_row_does_not_block_upgrade(pg_url: str) -> None:
+    db.upgrade(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 999999)")
+    assert db.upgrade(pg_url, lock_timeout_s=5) == []
+
+
+# -- VMs ------------------------------------------------------------------------------------
+
+
+def test_claim_get_list_delete(store: Store) -> None:
+    seen: list[list[NodeUsage]] = []
+
+    def choose(usages: list[NodeUsage]) -> str:
+        seen.append(usages)
+        return "node-a"
+
+    rec = store.claim(
+        _vm("web-1", group_name="web", project="p1"), choose, host_key="ssh-ed25519 AAAA"
+    )
+    assert seen == [[]]
+    assert (rec.name, rec.node, rec.state, rec.group_name, rec.project) == (
+        "web-1", "node-a", "creating", "web", "p1",
+    )  # fmt: skip
+    assert rec.host_key == "ssh-ed25519 AAAA"
+    assert rec.ip is None and rec.ip_state is None
+    assert store.get("web-1") == rec
+
+    store.claim(_vm("db-1", group_name="web", cpu=2), choose)
+    assert seen[1] == [NodeUsage("node-a", 1, 512, 6, frozenset({"web"}), 1)]
+    store.claim(_vm("aaa"), lambda _u: "node-b")
+    assert [r.name for r in store.list()] == ["aaa", "db-1", "web-1"]
+    assert [r.name for r in store.list(node="node-a")] == ["db-1", "web-1"]
+    assert store.list(state="running") == []
+
+    running = store.set_state("db-1", "running")
+    assert running.state == "running" and running.updated_at >= rec.updated_at
+    assert [r.name for r in store.list(node="node-a", state="running")] == ["db-1"]
+    with_ip = store.set_ip("db-1", "10.0.0.7", "confirmed")
+    assert (with_ip.ip, with_ip.ip_state) == ("10.0.0.7", "confirmed")
+    assert store.usage() == [
+        NodeUsage("node-a", 3, 1024, 12, frozenset({"web"}), 2),
+        NodeUsage("node-b", 1, 512, 6, frozenset(), 1),
+    ]
+
+    assert store.delete("web-1") is True
+    assert store.delete("web-1") is False
+    with pytest.raises(NotFound, match="no VM named web-1"):
+        store.get("web-1")
+    with pytest.raises(NotFound):
+        store.set_state("web-1", "running")
+    assert [r.name for r in store.list()] == ["aaa", "db-1"]
+
+
+def test_duplicate_name_is_a_conflict_and_choose_is_not_asked(store: Store) -> None:
+    store.claim(_vm("dup"), lambda _u: "node-a")
+
+    def choose(_u: list[NodeUsage]) -> str:
+        raise AssertionError("choose must not be called for a taken name")
+
+    with pytest.raises(Conflict, match=r"a VM named dup exists already \(on node node-a\)"):
+        store.claim(_vm("dup"), choose)
+    assert len(store.list()) == 1
+
+
+def test_choose_raising_records_nothing(store: Store) -> None:
+    def choose(_u: list[NodeUsage]) -> str:
+        raise CapacityError("no room")
+
+    with pytest.raises(CapacityError):
+        store.claim(_vm("nope"), choose)
+    assert store.list() == []
+
+
+def test_name_check_is_enforced_by_the_database(store: Store, pg_url: str) -> None:
+    insert = """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image, mac)
+                VALUES (%s, 'n', 'creating', 1, 1, 0, 1, 'i', 'm')"""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for bad in ["Web", "1web", "", "a_b", "a" * 64, "web\n"]:
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute(insert, (bad,))
+        conn.execute(insert, ("a" * 63,))
+        conn.execute(insert, ("a-0",))
+    with pytest.raises(InvalidInput):
+        store.claim(_vm("Bad_Name"), lambda _u: "node-a")
+    with pytest.raises(InvalidInput, match="ram_mb"):
+        store.claim(_vm("zero-ram", ram_mb=0), lambda _u: "node-a")
+
+
+def test_timestamps_are_utc_whatever_the_session_time_zone(pg_url: str) -> None:
+    db.upgrade(pg_url)
+    options = conninfo_to_dict(pg_url)["options"]
+    elsewhere = make_conninfo(pg_url, options=f"{options} -cTimeZone=America/New_York")
+    with Store(elsewhere) as store:
+        rec = store.claim(_vm("clock"), lambda _u: "node-a")
+        assert rec.created_at.tzinfo == UTC and rec.updated_at.tzinfo == UTC
+        assert rec.created_at == store.get("clock").created_at
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT created_at FROM vms WHERE name = 'clock'").fetchone()
+    assert row is not None and row[0] == rec.created_at
+
+
+def test_ten_concurrent_claims_for_room_for_five(pg_url: str) -> None:
+    db.upgrade(pg_url)
+    per_vm = _vm("x")
+    room = 5  # VMs' worth on the one node
+
+    def choose(usages: list[NodeUsage]) -> str:
+        used = next((u for u in usages if u.node == "node-a"), NodeUsage("node-a", 0, 0, 0))
+        if used.ram_mb + per_vm.ram_mb > room * per_vm.ram_mb:
+            raise CapacityError("node-a is full")
+        return "node-a"
+
+    barrier = threading.Barrier(10)
+    outcomes: dict[str, str] = {}
+
+    def create(i: int) -> None:
+        with Store(pg_url) as s:
+            s.usage()  # connect before the race
+            barrier.wait()
+            try:
+                s.claim(_vm(f"vm-{i}"), choose)
+                outcomes[f"vm-{i}"] = "ok"
+            except CapacityError:
+                outcomes[f"vm-{i}"] = "capacity"
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes.values()) == ["capacity"] * 5 + ["ok"] * 5
+    with Store(pg_url) as s:
+        rows = s.list()
+        assert sorted(r.name for r in rows) == sorted(n for n, o in outcomes.items() if o == "ok")
+        assert s.usage() == [NodeUsage("node-a", 5, 5 * 512, 5 * 6, frozenset(), 5)]
+
+
+def test_events_are_recorded(store: Store) -> None:
+    store.add_event("ev-1", "node-a", "create", "started", {"ram_mb": 512})
+    store.add_event("ev-1", "node-a", "create", "ok", {})
+    store.add_event("other", None, "placement", "failed", {"cause": "no room"})
+    events = store.events("ev-1")
+    assert [(e["action"], e["result"], e["detail"]) for e in events] == [
+        ("create", "started", {"ram_mb": 512}),
+        ("create", "ok", {}),
+    ]
+    assert all(e["actor"] == "tester@test" and e["node"] == "node-a" for e in events)
+    assert all(e["at"].utcoffset() == timedelta(0) for e in events)
+    with pytest.raises(ValueError):
+        store.add_event("ev-1", "node-a", "create", "maybe", {})
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_postgres_is_store_unavailable_without_password() -> None:
+    password = "s3cret-" + secrets.token_hex(8)
+    port = _closed_port()
+    url = f"postgresql://vmctl:{password}@127.0.0.1:{port}/vmctl"
+    store = Store(url)
+    with pytest.raises(StoreUnavailable) as info:
+        store.get("anything")
+    message = str(info.value)
+    assert message.startswith(f"PostgreSQL at 127.0.0.1:{port} is unreachable: ")
+    assert password not in message
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    with pytest.raises(StoreUnavailable) as info:
+        db.upgrade(url)
+    assert password not in str(info.value)
+
+
+def test_conninfo_forms_are_accepted(pg_url: str) -> None:
+    params = conninfo_to_dict(pg_url)
+    as_kw = make_conninfo(**params)  # key=value form
+    assert db.upgrade(as_kw) == ["0001_initial"]
+    assert db.describe(pg_url) == f"{params['host']}:{params['port']}"

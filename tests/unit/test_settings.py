@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import pytest
+
+from vmctl import settings
+from vmctl.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        'database_url = "postgresql://file"\nredis_url = "redis://file"\n'
+        'inventory = "/from/file.yaml"\n'
+    )
+    env = {"VMCTL_REDIS_URL": "redis://env", "VMCTL_INVENTORY": "/from/env.yaml"}
+    s = settings.load({"inventory": "/from/flag.yaml"}, env, cfg)
+    assert s.inventory == Path("/from/flag.yaml")
+    assert s.redis_url == "redis://env"
+    assert s.database_url == "postgresql://file"
+    assert s.known_hosts == Path.home() / ".ssh" / "known_hosts"
+
+
+def test_guest_keys_default_to_the_ssh_key_pub(tmp_path: Path) -> None:
+    s = settings.load({}, {"VMCTL_SSH_KEY": "/k/id"}, tmp_path / "none.toml")
+    assert s.authorized_key_files == (Path("/k/id.pub"),)
+    s = settings.load({}, {"VMCTL_GUEST_SSH_KEYS": "/a.pub, /b.pub"}, tmp_path / "none.toml")
+    assert s.authorized_key_files == (Path("/a.pub"), Path("/b.pub"))
+
+
+def test_unknown_key_in_config_file_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('databse_url = "x"\n')
+    with pytest.raises(ConfigError, match="config.toml: unknown key 'databse_url'"):
+        settings.load({}, {}, cfg)
+
+
+def test_missing_database_url_says_how_to_set_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="VMCTL_DATABASE_URL"):
+        settings.load({}, {}, tmp_path / "none.toml").require_database()

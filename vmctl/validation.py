@@ -1,0 +1,53 @@
+"""Checking what users ask for, before anything is touched: pure functions.
+
+Each check raises InvalidInput naming the field, so the CLI exits 2 and the HTTP API answers 4xx
+with the same message.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vmctl.errors import InvalidInput
+
+NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+LIMITS = {
+    "ram": (64, 4 * 1024 * 1024, "MiB"),  # 64 MiB .. 4 TiB
+    "cpu": (1, 256, "vCPU"),
+    "disk": (1, 65536, "GiB"),  # the data disk; 0 is refused: every VM gets one
+    "count": (1, 100, "VMs"),
+}
+
+
+def name(value: str, field: str = "name") -> str:
+    """A VM name: a DNS label in lower case (it becomes the guest's hostname)."""
+    if not value:
+        raise InvalidInput(field, "must not be empty")
+    if len(value) > 63:
+        raise InvalidInput(field, f"is {len(value)} characters long; at most 63 are allowed")
+    if not NAME_RE.fullmatch(value):
+        raise InvalidInput(
+            field,
+            f"{value!r} is not a valid name: use lower-case letters a-z, digits and '-', "
+            "starting with a letter and not ending with '-'",
+        )
+    return value
+
+
+def integer(field: str, value: object) -> int:
+    """An integer within LIMITS[field]; accepts int or a decimal string such as "1024"."""
+    low, high, unit = LIMITS[field]
+    if isinstance(value, bool):
+        raise InvalidInput(field, f"must be a whole number of {unit}, not {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"[+-]?\d+", text):
+            raise InvalidInput(field, f"must be a whole number of {unit}, not {value!r}")
+        number = int(text)
+    elif isinstance(value, int):
+        number = value
+    else:
+        raise InvalidInput(field, f"must be a whole number of {unit}, not {value!r}")
+    if not low <= number <= high:
+        raise InvalidInput(field, f"must be between {low} and {high} {unit}, not {number}")
+    return number

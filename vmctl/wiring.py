@@ -1,0 +1,73 @@
+"""Building the real adapters (Fabric, psycopg, redis-py) from settings. Nothing else does."""
+
+from __future__ import annotations
+
+import sys
+
+from vmctl import inventory as inventory_mod
+from vmctl.cache import Cache, NullCache, RedisCache
+from vmctl.errors import ConfigError
+from vmctl.hypervisor import Hypervisor
+from vmctl.inventory import Node
+from vmctl.service import VmService
+from vmctl.settings import Settings
+from vmctl.ssh import FabricRunner, SshTarget
+from vmctl.store import Store
+
+
+def progress(message: str) -> None:
+    print(f"vmctl: {message}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"vmctl: warning: {message}", file=sys.stderr, flush=True)
+
+
+def authorized_keys(settings: Settings, extra_files: list[str] | None = None) -> list[str]:
+    """Public keys to put into a guest: --ssh-key files, else the configured defaults."""
+    files = extra_files or [str(p) for p in settings.authorized_key_files]
+    keys: list[str] = []
+    for path in files:
+        try:
+            text = open(path).read().strip()  # noqa: SIM115 - tiny file
+        except OSError as exc:
+            raise ConfigError(f"ssh-key: cannot read public key {path}: {exc.strerror}") from exc
+        if not text.startswith(("ssh-", "ecdsa-", "sk-")):
+            raise ConfigError(f"ssh-key: {path} does not hold an OpenSSH public key")
+        keys.extend(line for line in text.splitlines() if line.strip())
+    return keys
+
+
+def make_cache(settings: Settings) -> Cache:
+    return RedisCache(settings.redis_url, warn=warn) if settings.redis_url else NullCache()
+
+
+def service(settings: Settings, quiet: bool = False) -> VmService:
+    inventory = inventory_mod.load_inventory(settings.inventory)
+
+    connections: dict[str, Hypervisor] = {}
+
+    def connect(node: Node) -> Hypervisor:
+        """One SSH connection per node for the life of the command."""
+        if node.name not in connections:
+            connections[node.name] = Hypervisor(
+                FabricRunner(
+                    SshTarget(
+                        node=node.name,
+                        host=node.ssh.host,
+                        port=node.ssh.port,
+                        user=node.ssh.user,
+                        key_file=settings.ssh_key,
+                        known_hosts=settings.known_hosts,
+                    )
+                )
+            )
+        return connections[node.name]
+
+    return VmService(
+        inventory=inventory,
+        store=Store(settings.require_database()),
+        cache=make_cache(settings),
+        connect=connect,
+        progress=(lambda _m: None) if quiet else progress,
+    )
