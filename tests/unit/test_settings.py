@@ -32,7 +32,7 @@ def test_guest_keys_default_to_the_ssh_key_pub(tmp_path: Path) -> None:
 def test_unknown_key_in_config_file_is_named(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
     cfg.write_text('databse_url = "x"\n')
-    with pytest.raises(ConfigError, match="config.toml: unknown key 'databse_url'"):
+    with pytest.raises(ConfigError, match=r"config\.toml: unknown key 'databse_url'"):
         settings.load({}, {}, cfg)
 
 
