@@ -56,3 +56,67 @@ def booted(lab: dict, guest_known_hosts: Path) -> Iterator[list]:  # type: ignor
     finally:
         for guest in made:
             guests.delete(guest)
+
+
+@pytest.fixture(scope="session")
+def vmctl_env(lab: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    """The environment `lab/lab env` prints, for running vmctl against the lab."""
+    import os
+
+    out = subprocess.run([str(LAB), "env"], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ)
+    for line in out.splitlines():
+        key, value = line.removeprefix("export ").split("=", 1)
+        env[key] = value.strip("'")
+    env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env['PATH']}"
+    return env
+
+
+def run_vmctl(
+    env: dict[str, str], *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / ".venv" / "bin" / "vmctl"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+_HYPERVISORS: dict[str, object] = {}
+
+
+def leftovers(lab: dict, env: dict[str, str], names: list[str]) -> dict[str, list[str]]:  # type: ignore[type-arg]
+    """Everything of these VMs that exists anywhere: domains, VM directories, rows, cache keys."""
+    import guests
+    import redis
+
+    from vmctl.store import Store
+
+    found: dict[str, list[str]] = {
+        "domains": [],
+        "dirs": [],
+        "rows": [],
+        "cache": [],
+        "staging": [],
+    }
+    for node in lab["nodes"]:
+        if node["name"] not in _HYPERVISORS:
+            _HYPERVISORS[node["name"]] = guests.hypervisor(node, lab)
+        hv = _HYPERVISORS[node["name"]]
+        runner = hv.runner
+        domains = hv.domains()
+        found["domains"] += [f"{node['name']}:{d}" for d in domains if d in names]
+        listing = runner.run(["ls", "-A", guests.STORAGE]).stdout.split()
+        found["dirs"] += [f"{node['name']}:{d}" for d in listing if d in names]
+        staging = runner.run(["ls", "-A", f"{guests.STORAGE}/.staging"], check=False).stdout
+        found["staging"] += [f"{node['name']}:{s}" for s in staging.split()]
+    with Store(env["VMCTL_DATABASE_URL"]) as store:
+        found["rows"] = [vm.name for vm in store.list() if vm.name in names]
+    client = redis.Redis.from_url(env["VMCTL_REDIS_URL"])
+    found["cache"] = [
+        k.decode() for k in client.keys("vmctl:*") if any(f":{n}:" in k.decode() for n in names)
+    ]
+    return {k: v for k, v in found.items() if v}

@@ -6,6 +6,7 @@ a message on stderr and an exit code (`errors.ExitStatus`) in `main`, and only t
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -217,6 +218,17 @@ def wait_vm(
 ) -> None:
     """Wait until a VM has an IP and answers SSH."""
     emit(record(_service().wait(name, timeout)), SHOW_COLUMNS, _fmt(output, json_flag))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The VM.")],
+) -> None:
+    """Log into a VM (or run COMMAND there) with its host key verified: vmctl ssh NAME [COMMAND]."""
+    svc = _service(quiet=True)
+    argv = wiring.ssh_argv(_settings(), svc, name, list(ctx.args))
+    os.execvp(argv[0], argv)
 
 
 @app.command()

@@ -8,6 +8,7 @@ applies what is pending, the others wait and then find nothing to do.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,9 +48,14 @@ def describe(url: str) -> str:
 
 
 def unreachable(url: str, error: Exception) -> StoreUnavailable:
+    """StoreUnavailable for ``error``: libpq's first line, less the "connection to server at
+    ... failed:" that repeats the address, and never the password."""
     password = _params(url).get("password")
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = lines[-1] if lines else type(error).__name__
+    detail = lines[0] if lines else type(error).__name__
+    detail = re.sub(r"^connection failed: ", "", detail)
+    detail = re.sub(r"^connection to server (at|on) .*?, port \d+ failed: ", "", detail)
+    detail = " ".join(detail.split()) or type(error).__name__
     if password:
         detail = detail.replace(str(password), "***")
     return StoreUnavailable(f"PostgreSQL at {describe(url)} is unreachable: {detail}")

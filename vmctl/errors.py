@@ -14,8 +14,7 @@ class ExitStatus(IntEnum):
     OK = 0
     ERROR = 1  # an operation failed (remote command, partial batch failure, unexpected error)
     USAGE = 2  # bad input: refused before anything was touched
-    NOT_FOUND = 3
-    CONFLICT = 4  # already exists
+    NOT_FOUND = 3  # e.g. `vmctl show` of a VM that does not exist
     CAPACITY = 5  # no node has room
     UNAVAILABLE = 6  # a node, PostgreSQL or another required system cannot be reached
     TIMEOUT = 7
@@ -50,9 +49,9 @@ class NotFound(VmctlError):
 
 
 class Conflict(VmctlError):
-    """The named thing exists already."""
+    """The named thing exists already (bad input: exit 2, HTTP 409)."""
 
-    exit_status = ExitStatus.CONFLICT
+    exit_status = ExitStatus.USAGE
 
 
 class CapacityError(VmctlError):

@@ -1,17 +1,19 @@
 """What vmctl does to a node's libvirt, through a Runner: create, delete, look up addresses.
 
-The command lines are built by pure functions (tested as data); the node scripts travel on stdin,
-so nodes need nothing installed by vmctl and always run the manager's version.
+The command lines are built by pure functions (tested as data); the node scripts travel inside
+the command (`bash -c SCRIPT NAME ARGS...`, quoted once), so nodes need nothing installed by vmctl
+and always run the manager's version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 
 from vmctl.domainxml import GuestSpec
 from vmctl.domainxml import render as render_domain
-from vmctl.errors import RemoteCommandFailed
+from vmctl.errors import RemoteCommandFailed, VmctlError
 from vmctl.resources import node_script
 from vmctl.ssh import Runner
 
@@ -25,11 +27,13 @@ class Disks:
     data_gb: int
 
 
-def create_command(spec: GuestSpec, disks: Disks, staging: str, start: bool = True) -> list[str]:
+def script_command(script: str, args: list[str]) -> list[str]:
+    """Run one of scripts/ on a node: its text is the command, never a file left on the node."""
+    return ["bash", "-c", node_script(script), script, *args]
+
+
+def create_args(spec: GuestSpec, disks: Disks, staging: str, start: bool = True) -> list[str]:
     argv = [
-        "bash",
-        "-s",
-        "--",
         "--name",
         spec.name,
         "--base",
@@ -46,8 +50,8 @@ def create_command(spec: GuestSpec, disks: Disks, staging: str, start: bool = Tr
     return argv if start else [*argv, "--no-start"]
 
 
-def delete_command(name: str, storage_dir: str) -> list[str]:
-    return ["bash", "-s", "--", "--name", name, "--storage", storage_dir]
+def delete_args(name: str, storage_dir: str) -> list[str]:
+    return ["--name", name, "--storage", storage_dir]
 
 
 def domifaddr_command(name: str, source: str = "lease") -> list[str]:
@@ -80,15 +84,15 @@ class Hypervisor:
             self.runner.put(render_domain(spec).encode(), f"{staging}/domain.xml")
             for name, text in seed_files.items():
                 self.runner.put(text.encode(), f"{staging}/{name}")
-        except Exception:
-            self.runner.run(["rm", "-rf", "--", staging], check=False)
-            raise
-        self.runner.run(
-            create_command(spec, disks, staging, start), stdin=node_script("create-vm.sh")
-        )
+            self.runner.run(
+                script_command("create-vm.sh", create_args(spec, disks, staging, start))
+            )
+        finally:  # the script removes it too, except when it refuses its arguments
+            with contextlib.suppress(VmctlError):
+                self.runner.run(["rm", "-rf", "--", staging], check=False)
 
     def delete(self, name: str, storage_dir: str) -> None:
-        self.runner.run(delete_command(name, storage_dir), stdin=node_script("delete-vm.sh"))
+        self.runner.run(script_command("delete-vm.sh", delete_args(name, storage_dir)))
 
     def domains(self) -> list[str]:
         out = self.runner.run([*VIRSH, "list", "--all", "--name"]).stdout

@@ -17,7 +17,7 @@ from typing import Any
 from vmctl import cloudinit, hostkeys, placement, readiness, validation
 from vmctl.cache import Cache
 from vmctl.domainxml import GuestSpec
-from vmctl.errors import InvalidInput, VmctlError
+from vmctl.errors import Conflict, InvalidInput, NotFound, VmctlError
 from vmctl.hypervisor import Disks, Hypervisor
 from vmctl.inventory import Inventory, Node
 from vmctl.store import NewVm, NodeUsage, Store, VmRecord
@@ -96,15 +96,27 @@ class VmService:
         cpu = validation.integer("cpu", req.cpu)
         disk = validation.integer("disk", req.disk_gb)
         image_name = req.image or self.inventory.defaults.image
-        self.inventory.image(image_name)  # NotFound names the known images
+        try:
+            self.inventory.image(image_name)
+        except NotFound as exc:
+            raise InvalidInput("image", str(exc)) from exc
         if req.node is not None:
-            self.inventory.node(req.node)
+            try:
+                self.inventory.node(req.node)
+            except NotFound as exc:
+                raise InvalidInput("node", str(exc)) from exc
         if req.group is not None:
             validation.name(req.group, "group")
         if req.policy not in ("spread", "pack"):
             raise InvalidInput("policy", f"must be 'spread' or 'pack', not {req.policy!r}")
         if not req.authorized_keys:
             raise InvalidInput("ssh-key", "no public key to put into the VM")
+        try:
+            existing = self.store.get(name)
+        except NotFound:
+            pass
+        else:
+            raise Conflict(f"name: a VM named {name} exists already (on node {existing.node})")
         return NewVm(
             name=name,
             ram_mb=ram,
@@ -189,15 +201,21 @@ class VmService:
         hv.create(spec, Disks(image.path, new.root_gb, new.disk_gb), files)
 
     def _rollback(self, name: str, node: Node, hv: Hypervisor | None, cause: BaseException) -> None:
+        """Remove what a failed create made. Every step runs, whatever the others do."""
         self.progress(f"{name}: failed ({cause}); removing what was made")
-        problems = []
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("cache", lambda: self.cache.forget(name)),
+            ("database row", lambda: self.store.delete(name)),
+        ]
         if hv is not None:
+            steps.insert(0, ("node", lambda: hv.delete(name, node.storage.directory)))
+        problems = []
+        for what, step in steps:
             try:
-                hv.delete(name, node.storage.directory)
-            except VmctlError as exc:
-                problems.append(f"node cleanup: {exc}")
-        self.cache.forget(name)
-        self.store.delete(name)
+                step()
+            except Exception as exc:
+                problems.append(f"{what}: {exc}")
+                self.progress(f"{name}: could not clean up the {what}: {exc}")
         self.store.add_event(
             name,
             node.name,

@@ -120,7 +120,7 @@ class FabricRunner:
             raise RemoteCommandFailed(
                 self.node, command, -1, f"timed out after {timeout} s"
             ) from exc
-        except (paramiko.SSHException, OSError) as exc:
+        except (paramiko.SSHException, OSError, invoke.exceptions.ThreadException) as exc:
             self.close()
             raise NodeUnreachable(f"node {self.node}: connection lost: {exc}") from exc
         result = Result(stdout=res.stdout, stderr=res.stderr, exit_status=res.exited)

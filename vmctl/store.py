@@ -14,7 +14,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -130,10 +130,14 @@ class Store:
 
     # -- connection and transactions ---------------------------------------------------------
 
-    def _run(self, work: Callable[[Connection], T], *, retry: bool = False) -> T:
-        """Run ``work`` in one transaction. A connection found dead is dropped (the next call
-        reconnects) and reported as StoreUnavailable; read-only work (``retry``) is tried once
-        more on a new connection if the dead one was an old one."""
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one transaction.
+
+        A connection found dead (PostgreSQL restarted, network gone) is dropped and reported as
+        StoreUnavailable; the next call reconnects. If the dead connection was an old one and
+        died before COMMIT was sent, nothing was committed, so the work is run once more on a new
+        connection (``work`` must not have effects outside the transaction that matter twice).
+        """
         with self._lock:
             for attempt in (1, 2):
                 reused = self._conn is not None and not (self._conn.closed or self._conn.broken)
@@ -142,14 +146,17 @@ class Store:
                     self._conn = db.connect(self._url)
                 conn = self._conn
                 assert conn is not None
+                committing = False
                 try:
                     with conn.transaction():
-                        return work(conn)
+                        result = work(conn)
+                        committing = True
+                    return result
                 except psycopg.OperationalError as e:
                     if not (conn.closed or conn.broken):
                         raise  # e.g. a deadlock or a cancelled query: the server is there
                     self.close()
-                    if not (retry and reused and attempt == 1):
+                    if committing or not reused or attempt == 2:
                         raise db.unreachable(self._url, e) from e
             raise AssertionError("not reached")
 
@@ -177,26 +184,15 @@ class Store:
                 raise Conflict(f"a VM named {vm.name} exists already (on node {row['node']})")
             node = choose(self._usage(conn))
             try:
-                with conn.transaction():  # a savepoint, so that errors below can be mapped
-                    inserted = conn.execute(
-                        """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb,
-                                            image, mac, host_key, group_name, project)
-                           VALUES (%s, %s, 'creating', %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                           RETURNING *""",
-                        (
-                            vm.name,
-                            node,
-                            vm.ram_mb,
-                            vm.cpu,
-                            vm.disk_gb,
-                            vm.root_gb,
-                            vm.image,
-                            vm.mac,
-                            host_key,
-                            vm.group_name,
-                            vm.project,
-                        ),
-                    ).fetchone()
+                inserted = conn.execute(
+                    """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image,
+                                        mac, host_key, group_name, project)
+                       VALUES (%(name)s, %(node)s, 'creating', %(ram_mb)s, %(cpu)s, %(disk_gb)s,
+                               %(root_gb)s, %(image)s, %(mac)s, %(host_key)s, %(group_name)s,
+                               %(project)s)
+                       RETURNING *""",
+                    {**asdict(vm), "node": node, "host_key": host_key},
+                ).fetchone()
             except psycopg.errors.UniqueViolation as e:
                 raise Conflict(f"a VM named {vm.name} exists already") from e
             except psycopg.errors.CheckViolation as e:
@@ -210,8 +206,7 @@ class Store:
 
     def get(self, name: str) -> VmRecord:
         row = self._run(
-            lambda c: c.execute("SELECT * FROM vms WHERE name = %s", (name,)).fetchone(),
-            retry=True,
+            lambda c: c.execute("SELECT * FROM vms WHERE name = %s", (name,)).fetchone()
         )
         if row is None:
             raise NotFound(f"no VM named {name}")
@@ -228,8 +223,7 @@ class Store:
                      AND (%(state)s::text IS NULL OR state = %(state)s)
                    ORDER BY name""",
                 {"node": node, "state": state},
-            ).fetchall(),
-            retry=True,
+            ).fetchall()
         )
         return [_record(row) for row in rows]
 
@@ -264,7 +258,7 @@ class Store:
 
     def usage(self) -> builtins.list[NodeUsage]:
         """Per node that has VMs, what they take, ordered by node name."""
-        return self._run(self._usage, retry=True)
+        return self._run(self._usage)
 
     @staticmethod
     def _usage(conn: Connection) -> builtins.list[NodeUsage]:
@@ -306,7 +300,6 @@ class Store:
                 """SELECT id, at, vm, node, actor, action, result, detail FROM events
                    WHERE vm = %s ORDER BY at, id""",
                 (vm,),
-            ).fetchall(),
-            retry=True,
+            ).fetchall()
         )
         return [{**row, "at": _utc(row["at"])} for row in rows]

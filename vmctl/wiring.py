@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from vmctl import inventory as inventory_mod
 from vmctl.cache import Cache, NullCache, RedisCache
-from vmctl.errors import ConfigError
+from vmctl.errors import ConfigError, Unavailable
 from vmctl.hypervisor import Hypervisor
 from vmctl.inventory import Node
 from vmctl.service import VmService
@@ -71,3 +74,36 @@ def service(settings: Settings, quiet: bool = False) -> VmService:
         connect=connect,
         progress=(lambda _m: None) if quiet else progress,
     )
+
+
+def ssh_argv(settings: Settings, svc: VmService, name: str, command: list[str]) -> list[str]:
+    """An OpenSSH command line for a VM, checking its host key against the one vmctl made."""
+    vm = svc.get(name)
+    if not vm.ip:
+        raise Unavailable(f"{name} has no known IP address yet (try `vmctl wait {name}`)")
+    if not vm.host_key:
+        raise Unavailable(f"no host key is recorded for {name}")
+    user = svc.inventory.image(vm.image).default_user
+    known = Path(tempfile.gettempdir()) / f"vmctl-known_hosts-{os.getuid()}"
+    kind, blob = vm.host_key.split()[:2]
+    lines = [
+        ln
+        for ln in (known.read_text().splitlines() if known.exists() else [])
+        if not ln.startswith(f"vmctl-{name} ")
+    ]
+    known.write_text("\n".join([*lines, f"vmctl-{name} {kind} {blob}"]) + "\n")
+    return [
+        "ssh",
+        "-i",
+        str(settings.ssh_key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known}",
+        "-o",
+        f"HostKeyAlias=vmctl-{name}",
+        f"{user}@{vm.ip}",
+        *command,
+    ]

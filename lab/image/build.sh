@@ -132,7 +132,7 @@ terminal_input serial
 terminal_output serial
 set default=0
 set timeout=0
-set timeout_style=hidden
+set timeout_style=menu
 insmod part_msdos
 insmod ext2
 set root=(hd0,msdos1)
@@ -145,7 +145,7 @@ mkdir -p "$rootfs/etc/default/grub.d"
 cat >"$rootfs/etc/default/grub.d/vmctl-lab.cfg" <<EOF
 # vmctl lab image: used only if update-grub runs in the guest (zz-update-grub after a kernel upgrade)
 GRUB_TIMEOUT=0
-GRUB_TIMEOUT_STYLE=hidden
+GRUB_TIMEOUT_STYLE=menu
 GRUB_TERMINAL=serial
 GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
 GRUB_CMDLINE_LINUX="$cmdline_args"

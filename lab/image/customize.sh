@@ -7,7 +7,8 @@ set -eu
 rm -f /etc/ssh/ssh_host_*
 
 # Network: cloud-init renders systemd-networkd config (see cloud.cfg.d/90_vmctl_lab.cfg).
-systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1
+systemctl disable systemd-resolved.service >/dev/null 2>&1
+systemctl enable systemd-networkd.service >/dev/null 2>&1
 
 # Units a short-lived lab guest does not need; each costs time on the first boot under emulation.
 systemctl mask >/dev/null 2>&1 \
@@ -15,7 +16,20 @@ systemctl mask >/dev/null 2>&1 \
   fstrim.timer systemd-tmpfiles-clean.timer e2scrub_reap.service \
   getty@tty1.service systemd-binfmt.service proc-sys-fs-binfmt_misc.automount \
   ldconfig.service systemd-update-done.service systemd-journal-catalog-update.service \
-  systemd-pstore.service
+  systemd-pstore.service systemd-network-generator.service \
+  modprobe@configfs.service modprobe@drm.service modprobe@efi_pstore.service modprobe@fuse.service \
+  sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount \
+  sys-fs-fuse-connections.mount dev-hugepages.mount modprobe@dm_mod.service modprobe@loop.service \
+  systemd-update-utmp.service systemd-update-utmp-runlevel.service
+
+# Generators for things this image has no use for (GPT auto-mounts, dm-crypt/verity/integrity,
+# hibernation, sysv scripts: every service here has a native unit).
+mkdir -p /etc/systemd/system-generators
+for g in systemd-gpt-auto-generator systemd-cryptsetup-generator systemd-integritysetup-generator \
+  systemd-veritysetup-generator systemd-hibernate-resume-generator systemd-system-update-generator \
+  systemd-sysv-generator systemd-rc-local-generator systemd-run-generator systemd-debug-generator; do
+  ln -sf /dev/null "/etc/systemd/system-generators/$g"
+done
 
 # Small initramfs (conf.d/vmctl-lab.conf: MODULES=list, lz4).
 update-initramfs -u -k all >/dev/null

@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -81,10 +82,23 @@ def up(count: int) -> None:
     services.ensure_postgres()
     services.ensure_redis()
     config.INVENTORY.write_text(inventory.render(lab_nodes))
+    _migrate()
     new_state = {"node_count": count, "prefix": config.PREFIX, "image_dir": str(image_dir)}
     if new_state != state:
         config.STATE_FILE.write_text(json.dumps(new_state, indent=2) + "\n")
     log(f"up: {count} nodes, PostgreSQL and Redis ready in {time.monotonic() - started:.1f} s")
+
+
+def _migrate() -> None:
+    """Bring the vmctl schema up to date, when vmctl is installed (`make` installs it first)."""
+    vmctl = config.REPO / ".venv" / "bin" / "vmctl"
+    if vmctl.exists():
+        env = {**os.environ, "VMCTL_DATABASE_URL": services.postgres_url()}
+        proc = subprocess.run([str(vmctl), "db", "upgrade"], env=env, capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise LabError(f"vmctl db upgrade failed: {proc.stderr.strip()}")
+        log(proc.stderr.strip().removeprefix("vmctl: "))
 
 
 def down() -> None:

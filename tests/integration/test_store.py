@@ -9,13 +9,18 @@ same time only wait for each other's claims and migrations; they never see each 
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -218,7 +223,7 @@ def test_ten_concurrent_claims_for_room_for_five(pg_url: str) -> None:
             raise CapacityError("node-a is full")
         return "node-a"
 
-    barrier = threading.Barrier(10)
+    barrier = threading.Barrier(10, timeout=30)
     outcomes: dict[str, str] = {}
 
     def create(i: int) -> None:
@@ -278,6 +283,65 @@ def test_unreachable_postgres_is_store_unavailable_without_password() -> None:
     with pytest.raises(StoreUnavailable) as info:
         db.upgrade(url)
     assert password not in str(info.value)
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[tuple[str, Callable[[str], None]]]:
+    """A throwaway PostgreSQL on a free loopback port: (url, pg_ctl action runner)."""
+    if os.geteuid() != 0 or not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
+        pytest.skip("needs root, runuser and PostgreSQL 15's initdb")
+    port = _closed_port()
+    home = Path(tempfile.mkdtemp(prefix="vmctl-pg-"))
+    shutil.chown(home, "postgres")
+
+    def as_postgres(*argv: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *argv], check=True, cwd=home,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def pg_ctl(action: str) -> None:
+        opts = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
+        as_postgres(
+            str(PG_BIN / "pg_ctl"), "-D", f"{home}/data", "-l", f"{home}/log", "-w",
+            "-m", "fast", "-o", opts, action,
+        )  # fmt: skip
+
+    try:
+        as_postgres(str(PG_BIN / "initdb"), "-D", f"{home}/data", "-U", "postgres", "-A", "trust")
+        pg_ctl("start")
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", pg_ctl
+    finally:
+        if (home / "data" / "postmaster.pid").exists():
+            pg_ctl("stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_store_rides_over_a_postgres_restart_and_outage(
+    own_postgres: tuple[str, Callable[[str], None]],
+) -> None:
+    url, pg_ctl = own_postgres
+    db.upgrade(url)
+    with Store(url) as store:
+        store.claim(_vm("survivor"), lambda _u: "node-a")
+        pg_ctl("restart")  # the Store's connection dies; reads and writes reconnect once
+        assert store.get("survivor").state == "creating"
+        pg_ctl("restart")
+        assert store.set_state("survivor", "running").state == "running"
+
+        pg_ctl("stop")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=r"is unreachable: Connection refused"):
+            store.get("survivor")
+        assert time.monotonic() - started < 2
+        with pytest.raises(StoreUnavailable):
+            db.upgrade(url)
+
+        pg_ctl("start")
+        assert store.get("survivor").state == "running"
 
 
 def test_conninfo_forms_are_accepted(pg_url: str) -> None:

@@ -1,7 +1,7 @@
 import pytest
 
 from vmctl.domainxml import GuestSpec
-from vmctl.hypervisor import Disks, create_command, delete_command, parse_domifaddr
+from vmctl.hypervisor import Disks, create_args, delete_args, parse_domifaddr, script_command
 
 pytestmark = pytest.mark.unit
 
@@ -16,12 +16,9 @@ SPEC = GuestSpec(
 )
 
 
-def test_create_command_is_an_argument_list() -> None:
-    argv = create_command(SPEC, Disks("/base/debian-12.qcow2", 4, 10), "/srv/vms/.staging/x")
+def test_create_arguments_are_a_list() -> None:
+    argv = create_args(SPEC, Disks("/base/debian-12.qcow2", 4, 10), "/srv/vms/.staging/x")
     assert argv == [
-        "bash",
-        "-s",
-        "--",
         "--name",
         "web-1",
         "--base",
@@ -35,19 +32,24 @@ def test_create_command_is_an_argument_list() -> None:
         "--staging",
         "/srv/vms/.staging/x",
     ]
-    assert create_command(SPEC, Disks("/b", 4, 0), "/s", start=False)[-1] == "--no-start"
+    assert create_args(SPEC, Disks("/b", 4, 0), "/s", start=False)[-1] == "--no-start"
 
 
-def test_delete_command() -> None:
-    assert delete_command("web-1", "/srv/vms") == [
-        "bash",
-        "-s",
-        "--",
-        "--name",
-        "web-1",
-        "--storage",
-        "/srv/vms",
-    ]
+def test_delete_arguments() -> None:
+    assert delete_args("web-1", "/srv/vms") == ["--name", "web-1", "--storage", "/srv/vms"]
+
+
+def test_scripts_travel_inside_the_command_quoted_once() -> None:
+    import shlex
+    import subprocess
+
+    argv = script_command("delete-vm.sh", delete_args("x;reboot", "/srv/vms"))
+    assert argv[:2] == ["bash", "-c"] and argv[3] == "delete-vm.sh"
+    assert argv[2].startswith("#!/usr/bin/env bash")
+    # The node's shell gets one string; run it here: the hostile name stays a value.
+    proc = subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "invalid --name 'x;reboot'" in proc.stderr
 
 
 def test_parse_domifaddr() -> None:

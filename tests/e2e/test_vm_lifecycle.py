@@ -1,0 +1,174 @@
+"""vmctl create / list / show / delete on the lab's real nodes, booting real guests."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import leftovers, run_vmctl
+
+pytestmark = pytest.mark.e2e
+
+
+def test_create_wait_login_list_delete(lab: dict, vmctl_env: dict[str, str]) -> None:  # type: ignore[type-arg]
+    proc = run_vmctl(
+        vmctl_env,
+        "create",
+        "e2e-web-1",
+        "--ram",
+        "512",
+        "--cpu",
+        "2",
+        "--disk",
+        "2",
+        "--wait",
+        "--timeout",
+        "300",
+        "-o",
+        "json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    vm = json.loads(proc.stdout)
+    try:
+        node = next(n for n in lab["nodes"] if n["name"] == vm["node"])
+        assert vm["state"] == "running" and vm["ip_state"] == "confirmed"
+        assert ipaddress.IPv4Address(vm["ip"]) in ipaddress.IPv4Network(node["guest_subnet"])
+        assert (vm["ram_mb"], vm["cpu"], vm["disk_gb"]) == (512, 2, 2)
+
+        # Inside the guest: what was asked for (host key verified against the one vmctl made).
+        inside = run_vmctl(
+            vmctl_env,
+            "ssh",
+            "e2e-web-1",
+            "--",
+            "hostname; nproc; "
+            "awk '/MemTotal/{print $2}' /proc/meminfo; lsblk -bdno SIZE /dev/vdb; "
+            "findmnt -no FSTYPE,LABEL /dataxfs",
+        )
+        assert inside.returncode == 0, inside.stderr
+        hostname, cpus, mem_kib, data_bytes, fstype, label = inside.stdout.split()
+        assert hostname == "e2e-web-1"
+        assert int(cpus) == 2
+        assert 0.8 * 512 * 1024 < int(mem_kib) <= 512 * 1024
+        assert int(data_bytes) == 2 * 2**30
+        assert (fstype, label) == ("xfs", "DATA_XFS")
+
+        listed = json.loads(run_vmctl(vmctl_env, "list", "-o", "json").stdout)
+        assert [(v["name"], v["ip"]) for v in listed if v["name"] == "e2e-web-1"] == [
+            ("e2e-web-1", vm["ip"])
+        ]
+        table = run_vmctl(vmctl_env, "list").stdout
+        assert "e2e-web-1" in table and vm["ip"] in table
+        shown = yaml.safe_load(run_vmctl(vmctl_env, "show", "e2e-web-1", "-o", "yaml").stdout)
+        assert shown["name"] == "e2e-web-1" and shown["node"] == vm["node"]
+        assert leftovers(lab, vmctl_env, ["e2e-web-1"]).get("cache") == ["vmctl:vm:e2e-web-1:node"]
+    finally:
+        gone = run_vmctl(vmctl_env, "delete", "e2e-web-1", "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert leftovers(lab, vmctl_env, ["e2e-web-1"]) == {}
+    from vmctl.store import Store
+
+    with Store(vmctl_env["VMCTL_DATABASE_URL"]) as store:
+        steps = [(e["action"], e["result"]) for e in store.events("e2e-web-1")]
+    assert steps == [("create", "started"), ("create", "ok"), ("delete", "ok")]
+
+
+def _inventory_with(lab_inventory: Path, tmp_path: Path, change: dict) -> Path:  # type: ignore[type-arg]
+    data = yaml.safe_load(lab_inventory.read_text())
+    for node in data["nodes"]:
+        for key, value in change.get(node["name"], {}).items():
+            node[key] = value
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_failing_node_script_leaves_nothing(
+    lab: dict,
+    vmctl_env: dict[str, str],
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    # The domain is defined, then `virsh start` fails: its network does not exist on the node.
+    broken = _inventory_with(
+        Path(vmctl_env["VMCTL_INVENTORY"]),
+        tmp_path,
+        {
+            "node1": {
+                "network": {
+                    "name": "no-such-net",
+                    "subnet": "10.213.11.0/24",
+                    "gateway": "10.213.11.1",
+                    "managed": True,
+                }
+            }
+        },
+    )
+    env = {**vmctl_env, "VMCTL_INVENTORY": str(broken)}
+    proc = run_vmctl(env, "create", "e2e-broken", "--node", "node1")
+    assert proc.returncode == 1
+    assert "on node node1" in proc.stderr and "no-such-net" in proc.stderr
+    assert leftovers(lab, vmctl_env, ["e2e-broken"]) == {}
+    from vmctl.store import Store
+
+    with Store(vmctl_env["VMCTL_DATABASE_URL"]) as store:
+        events = store.events("e2e-broken")
+    assert [(e["action"], e["result"]) for e in events][-1] == ("create", "failed")
+    assert "no-such-net" in events[-1]["detail"]["cause"]
+
+
+def test_everything_works_with_redis_down(lab: dict, vmctl_env: dict[str, str]) -> None:  # type: ignore[type-arg]
+    env = {**vmctl_env, "VMCTL_REDIS_URL": "redis://127.0.0.1:1/0"}  # nothing listens there
+    made = run_vmctl(env, "create", "e2e-noredis")
+    try:
+        assert made.returncode == 0, made.stderr
+        assert made.stderr.count("warning: Redis at 127.0.0.1:1 is unavailable") == 1
+        listed = run_vmctl(env, "list", "--json")
+        assert listed.returncode == 0
+        assert "e2e-noredis" in [vm["name"] for vm in json.loads(listed.stdout)]
+        assert listed.stderr.count("warning:") <= 1
+    finally:
+        gone = run_vmctl(env, "delete", "e2e-noredis", "--yes")
+    assert gone.returncode == 0, gone.stderr
+    assert gone.stderr.count("warning: Redis") == 1
+    assert leftovers(lab, vmctl_env, ["e2e-noredis"]) == {}
+
+
+def test_ten_concurrent_creates_for_room_for_five(
+    lab: dict,
+    vmctl_env: dict[str, str],
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    # 256 MiB each: node1 has room for 3, node2 for 2.
+    small = _inventory_with(
+        Path(vmctl_env["VMCTL_INVENTORY"]),
+        tmp_path,
+        {
+            "node1": {"capacity": {"cpu": 8, "ram_mb": 768, "disk_gb": 100}},
+            "node2": {"capacity": {"cpu": 8, "ram_mb": 512, "disk_gb": 100}},
+        },
+    )
+    env = {**vmctl_env, "VMCTL_INVENTORY": str(small)}
+    names = [f"e2e-race-{i}" for i in range(10)]
+    with ThreadPoolExecutor(10) as pool:
+        results = list(
+            pool.map(lambda n: run_vmctl(env, "create", n, "--ram", "256", "-o", "json"), names)
+        )
+    try:
+        ok = [json.loads(r.stdout) for r in results if r.returncode == 0]
+        refused = [r for r in results if r.returncode != 0]
+        assert len(ok) == 5, [r.stderr for r in refused]
+        assert all(r.returncode == 5 and "no node has room" in r.stderr for r in refused)
+        per_node = {"node1": 0, "node2": 0}
+        for vm in ok:
+            per_node[vm["node"]] += vm["ram_mb"]
+        assert per_node == {"node1": 768, "node2": 512}
+    finally:
+        made = [vm["name"] for vm in ok]
+        if made:
+            run_vmctl(env, "delete", "--yes", *made)
+    assert leftovers(lab, vmctl_env, names) == {}
