@@ -121,6 +121,19 @@ def test_a_failing_node_script_leaves_nothing(
     assert "no-such-net" in events[-1]["detail"]["cause"]
 
 
+def test_a_missing_base_image_on_the_node_leaves_nothing(
+    lab: dict, vmctl_env: dict[str, str], tmp_path: Path  # type: ignore[type-arg]
+) -> None:
+    data = yaml.safe_load(Path(vmctl_env["VMCTL_INVENTORY"]).read_text())
+    data["images"]["debian-12"]["path"] = "/var/lib/libvirt/images/base/missing.qcow2"
+    broken = tmp_path / "inventory.yaml"
+    broken.write_text(yaml.safe_dump(data))
+    proc = run_vmctl({**vmctl_env, "VMCTL_INVENTORY": str(broken)}, "create", "e2e-nobase")
+    assert proc.returncode == 1
+    assert "exited 3" in proc.stderr and "missing.qcow2 does not exist" in proc.stderr
+    assert leftovers(lab, vmctl_env, ["e2e-nobase"]) == {}
+
+
 def test_everything_works_with_redis_down(lab: dict, vmctl_env: dict[str, str]) -> None:  # type: ignore[type-arg]
     env = {**vmctl_env, "VMCTL_REDIS_URL": "redis://127.0.0.1:1/0"}  # nothing listens there
     made = run_vmctl(env, "create", "e2e-noredis")
