@@ -4,7 +4,7 @@
 demo:
 	lab/setup-host.sh
 	lab/lab up
-	.venv/bin/python lab/demo.py
+	lab/demo.sh
 
 test:
 	lab/setup-host.sh

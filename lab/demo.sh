@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The demo (`make demo`): two VMs, one per lab node (anti-affinity group), wait until each has an
+# IP and answers SSH, log into each with the injected key, list, delete, list again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(lab/lab env)"
+export PATH="$PWD/.venv/bin:$PATH"
+if [[ -t 2 ]]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s$ %s%s\n' "$bold" "$*" "$plain" >&2; "$@"; }
+
+trap 'vmctl delete --yes demo-1 demo-2 >/dev/null 2>&1 || true' EXIT
+step vmctl nodes
+step vmctl create demo --count 2 --group demo --ram 512 --cpu 1 --disk 2 --wait --timeout 300
+for vm in demo-1 demo-2; do
+  step vmctl ssh "$vm" -- 'echo "$(hostname): $(nproc) vCPU, $(df -h --output=size /dataxfs | tail -1) data disk"'
+done
+step vmctl list
+step vmctl delete --yes demo-1 demo-2
+step vmctl list
+trap - EXIT
+echo >&2
+echo "demo: done. The lab is still up: lab/lab status; eval \"\$(lab/lab env)\"; lab/lab down" >&2
