@@ -11,8 +11,8 @@ test:
 	lab/run-tests.sh
 
 lint:
-	.venv/bin/ruff check vmctl lab tests
-	.venv/bin/ruff format --check vmctl lab tests
+	.venv/bin/ruff check vmctl lab tests bench
+	.venv/bin/ruff format --check vmctl lab tests bench
 	.venv/bin/mypy
 
 lab-down:

@@ -3,8 +3,8 @@
 # end-to-end tests against it. The lab is taken down at the end whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/ruff check vmctl lab tests
-.venv/bin/ruff format --check vmctl lab tests
+.venv/bin/ruff check vmctl lab tests bench
+.venv/bin/ruff format --check vmctl lab tests bench
 .venv/bin/mypy
 trap 'lab/lab down || true' EXIT
 lab/lab up

@@ -94,8 +94,9 @@ def _migrate() -> None:
     vmctl = config.REPO / ".venv" / "bin" / "vmctl"
     if vmctl.exists():
         env = {**os.environ, "VMCTL_DATABASE_URL": services.postgres_url()}
-        proc = subprocess.run([str(vmctl), "db", "upgrade"], env=env, capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            [str(vmctl), "db", "upgrade"], env=env, capture_output=True, text=True
+        )
         if proc.returncode != 0:
             raise LabError(f"vmctl db upgrade failed: {proc.stderr.strip()}")
         log(proc.stderr.strip().removeprefix("vmctl: "))

@@ -122,7 +122,9 @@ def test_a_failing_node_script_leaves_nothing(
 
 
 def test_a_missing_base_image_on_the_node_leaves_nothing(
-    lab: dict, vmctl_env: dict[str, str], tmp_path: Path  # type: ignore[type-arg]
+    lab: dict,
+    vmctl_env: dict[str, str],
+    tmp_path: Path,  # type: ignore[type-arg]
 ) -> None:
     data = yaml.safe_load(Path(vmctl_env["VMCTL_INVENTORY"]).read_text())
     data["images"]["debian-12"]["path"] = "/var/lib/libvirt/images/base/missing.qcow2"
