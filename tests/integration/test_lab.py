@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -214,6 +213,41 @@ def test_nothing_routes_guest_packets_out_of_the_lab(
         assert [r["gateway"] for r in defaults] == [guest.node["guest_gateway"]]
 
 
+LAB_DAEMONS = (
+    "libvirtd",
+    "virtlogd",
+    "dnsmasq",
+    "qemu-system",
+    "postgres",
+    "redis-server",
+    "/var/lib/vmctl-lab",
+)
+
+
+def _lab_pids(lab: dict) -> set[int]:  # type: ignore[type-arg]
+    from labkit import services
+
+    pids = set()
+    for node in lab["nodes"]:
+        out = subprocess.run(
+            ["ip", "netns", "pids", node["netns"]], capture_output=True, text=True
+        ).stdout
+        pids |= {int(p) for p in out.split()}
+    for main in (services.postgres_pid(), services.redis_pid()):
+        if main:
+            pids.add(main)
+            children = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True)
+            pids |= {int(p) for p in children.stdout.split()}
+    return pids
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 @pytest.mark.lab_teardown
 def test_up_is_idempotent_and_down_restores_the_machine(lab: dict) -> None:  # type: ignore[type-arg]
     from labkit import config, snapshot
@@ -226,30 +260,16 @@ def test_up_is_idempotent_and_down_restores_the_machine(lab: dict) -> None:  # t
     assert daemon_pids() == pids, "a second `up` restarted daemons"
 
     before = json.loads(config.BEFORE_FILE.read_text())
+    lab_pids = _lab_pids(lab)
+    assert len(lab_pids) >= 3 * len(lab["nodes"]) + 2  # virtlogd, libvirtd, sshd per node; services
     subprocess.run([str(LAB), "down"], check=True)
     after = snapshot.machine_state()
     for key in ("netns", "links", "routes", "mounts", "iptables"):
         assert after[key] == before[key], key
-    mine = {str(os.getpid())}
-    left = [
-        p
-        for p in set(after["pids"]) - set(before["pids"]) - mine
-        if Path(f"/proc/{p}").exists() and _ancestor_of(os.getpid(), p) is False
-    ]
-    assert left == [], [Path(f"/proc/{p}/cmdline").read_text() for p in left]
+    assert [p for p in lab_pids if Path(f"/proc/{p}").exists()] == []
+    new = set(after["pids"]) - set(before["pids"])
+    stray = [c for c in map(_cmdline, new) if any(d in c for d in LAB_DAEMONS)]
+    assert stray == []
     assert not config.LAB_DIR.exists()
     # Safe to run twice.
     subprocess.run([str(LAB), "down"], check=True)
-
-
-def _ancestor_of(me: int, pid: str) -> bool | None:
-    """True if `me` is an ancestor of pid (our own children), None if pid vanished."""
-    try:
-        while pid not in ("0", "1"):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            pid = stat.rsplit(")", 1)[1].split()[1]
-            if pid == str(me):
-                return True
-    except OSError:
-        return None
-    return False
