@@ -4,7 +4,8 @@
 #   lab/image/build.sh [--print-key] [--force]
 #
 # The image is cached in ${VMCTL_IMAGE_CACHE:-/var/cache/vmctl-lab/images}/<key>/, where <key> is
-# the first 16 hex digits of a sha256 over every file under lab/image/ (paths and contents).
+# the first 16 hex digits of a sha256 over every file under lab/image/ (paths and contents) except
+# README.md and boot-test.sh.
 # stdout carries only the image directory (or the key with --print-key); progress goes to stderr.
 # Needs root, mmdebstrap, parted, e2fsprogs (mkfs.ext4 -d), qemu-utils (qemu-img), python3.
 set -euo pipefail
@@ -38,10 +39,11 @@ environment: VMCTL_IMAGE_CACHE (default /var/cache/vmctl-lab/images)
 EOF
 }
 
-# Key: sha256 over "<sha256>  ./<path>" lines of every file under lab/image/, sorted by path.
+# Key: sha256 over the "<sha256>  ./<path>" lines of every file under lab/image/, sorted by path,
+# except the two that do not go into the image (this README and the boot test).
 recipe_key() {
-  (cd "$here" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) |
-    sha256sum | cut -c1-16
+  (cd "$here" && find . -type f ! -path ./README.md ! -path ./boot-test.sh -print0 |
+    LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16
 }
 
 is_complete() {
@@ -77,6 +79,17 @@ for tool in mmdebstrap parted mkfs.ext4 qemu-img python3 chroot flock; do
   command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 
+# Remove a build tree: first anything still mounted below it (mmdebstrap unmounts /dev, /proc
+# and /sys itself; this covers an interrupted run), then the files, never crossing into a mount.
+remove_tree() {
+  local dir=$1 m
+  [[ -e $dir ]] || return 0
+  for m in $(awk -v p="$dir/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r); do
+    umount -l "$m" 2>/dev/null || true
+  done
+  rm -rf --one-file-system "$dir"
+}
+
 mkdir -p "$cache_root"
 # One builder per key at a time; a second caller waits, then finds the finished image.
 exec 9>"$cache_root/.$key.lock"
@@ -85,22 +98,21 @@ if ((!force)) && is_complete "$out"; then
   echo "$out"
   exit 0
 fi
+# Holding the lock, any temp dir of this key is left over from a killed build.
+for stale in "$cache_root/.build-$key."* "$cache_root/.old-$key."*; do
+  [[ -e $stale ]] || continue
+  log "removing leftover $stale"
+  remove_tree "$stale"
+done
 
 started=$(date +%s.%N)
 tmp=$(mktemp -d "$cache_root/.build-$key.XXXXXX")
 old=""
 cleanup() {
   local rc=$?
-  # mmdebstrap unmounts what it mounts; this only covers an interrupted run.
-  if [[ -d $tmp/rootfs ]]; then
-    local m
-    for m in $(awk -v p="$tmp/rootfs/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r); do
-      umount -l "$m" 2>/dev/null || true
-    done
-  fi
-  rm -rf "$tmp"
-  [[ -n $old ]] && rm -rf "$old"
-  ((rc == 0)) || log "failed (exit $rc); removed $tmp"
+  remove_tree "$tmp"
+  if [[ -n $old ]]; then remove_tree "$old"; fi
+  if ((rc != 0)); then log "failed (exit $rc); removed $tmp"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -208,7 +220,8 @@ json.dump(manifest, sys.stdout, indent=2)
 sys.stdout.write("\n")
 EOF
 
-rm -rf "$rootfs" "$work"
+remove_tree "$rootfs"
+remove_tree "$work"
 chmod 755 "$tmp"
 if [[ -e $out ]]; then
   old=$(mktemp -d "$cache_root/.old-$key.XXXXXX")
@@ -216,4 +229,8 @@ if [[ -e $out ]]; then
 fi
 mv -T "$tmp" "$out"
 log "done in ${build_seconds}s: $out ($(du -sh "$out" | cut -f1))"
+# Images of older recipes (~0.5 GB each): keep the newest two others, remove the rest. Nodes that
+# still boot from one hold hard links, so removing the cache entry never breaks a running lab.
+ls -1dt "$cache_root"/[0-9a-f]*/ 2>/dev/null | grep -v "/$key/\$" | tail -n +3 |
+  while read -r stale; do log "pruning old image ${stale%/}"; rm -rf -- "${stale%/}"; done
 echo "$out"

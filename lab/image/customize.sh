@@ -7,8 +7,7 @@ set -eu
 rm -f /etc/ssh/ssh_host_*
 
 # Network: cloud-init renders systemd-networkd config (see cloud.cfg.d/90_vmctl_lab.cfg).
-systemctl disable systemd-resolved.service >/dev/null 2>&1
-systemctl enable systemd-networkd.service >/dev/null 2>&1
+systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1
 
 # Units a short-lived lab guest does not need; each costs time on the first boot under emulation.
 systemctl mask >/dev/null 2>&1 \
@@ -35,7 +34,7 @@ done
 update-initramfs -u -k all >/dev/null
 
 # GRUB for BIOS boot: modules under /boot/grub/i386-pc and a core.img that finds them at
-# (hd0,msdos1)/boot/grub. build.sh writes grub.cfg and embeds core.img with grub-bios-setup.
+# (hd0,msdos1)/boot/grub. build.sh writes grub.cfg and puts boot.img/core.img on the disk.
 mkdir -p /boot/grub/i386-pc
 cp /usr/lib/grub/i386-pc/*.mod /usr/lib/grub/i386-pc/*.lst /usr/lib/grub/i386-pc/*.img \
   /boot/grub/i386-pc/
@@ -44,6 +43,7 @@ grub-mkimage -O i386-pc -o /boot/grub/i386-pc/core.img -p '(hd0,msdos1)/boot/gru
 
 # Python bytecode is already compiled by the packages' postinst scripts; make sure of it so the
 # first boot does not write .pyc files.
+# (compileall exits non-zero if any file does not compile; that must not stop the build.)
 python3 -m compileall -q -j 0 /usr/lib/python3/dist-packages /usr/lib/python3.11 >/dev/null || true
 
 # No state from the build: cloud-init runs as on a fresh instance.
