@@ -115,7 +115,9 @@ def test_each_node_has_its_own_libvirt(lab: dict, booted: list) -> None:  # type
 def test_guest_disks_are_a_cow_overlay_and_a_data_disk(lab: dict, booted: list) -> None:  # type: ignore[type-arg]
     for guest in booted:
         vmdir = f"/var/lib/libvirt/images/vmctl/{guest.name}"
-        proc = ssh_node(lab, guest.node, "qemu-img", "info", "--output=json", f"{vmdir}/root.qcow2")
+        proc = ssh_node(
+            lab, guest.node, "qemu-img", "info", "-U", "--output=json", f"{vmdir}/root.qcow2"
+        )
         info = json.loads(proc.stdout)
         assert info["backing-filename"] == "/var/lib/libvirt/images/base/debian-12.qcow2"
         assert info["virtual-size"] == 4 * 2**30
