@@ -15,27 +15,22 @@ from tests.conftest import leftovers, run_vmctl
 pytestmark = pytest.mark.e2e
 
 
-def test_create_wait_login_list_delete(lab: dict, vmctl_env: dict[str, str]) -> None:  # type: ignore[type-arg]
+def test_create_wait_login_list_delete(
+    lab: dict,
+    vmctl_env: dict[str, str],
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
     from vmctl.store import Store
 
     with Store(vmctl_env["VMCTL_DATABASE_URL"]) as store:
         earlier = len(store.events("e2e-web-1"))  # the log keeps earlier runs' events
-    proc = run_vmctl(
-        vmctl_env,
-        "create",
-        "e2e-web-1",
-        "--ram",
-        "512",
-        "--cpu",
-        "2",
-        "--disk",
-        "2",
-        "--wait",
-        "--timeout",
-        "300",
-        "-o",
-        "json",
+    extra = tmp_path / "user-data"
+    extra.write_text(
+        "#cloud-config\nwrite_files:\n  - path: /etc/vmctl-e2e\n    content: from --user-data\n"
     )
+    create = ["create", "e2e-web-1", "--ram", "512", "--cpu", "2", "--disk", "2"]
+    create += ["--user-data", str(extra), "--ssh-key", f"{vmctl_env['LAB_SSH_KEY']}.pub"]
+    proc = run_vmctl(vmctl_env, *create, "--wait", "--timeout", "300", "-o", "json")
     assert proc.returncode == 0, proc.stderr
     vm = json.loads(proc.stdout)
     try:
@@ -61,6 +56,15 @@ def test_create_wait_login_list_delete(lab: dict, vmctl_env: dict[str, str]) -> 
         assert 0.8 * 512 * 1024 < int(mem_kib) <= 512 * 1024
         assert int(data_bytes) == 2 * 2**30
         assert (fstype, label) == ("xfs", "DATA_XFS")
+        # --user-data was merged after vmctl's own cloud-config.
+        extra_out = run_vmctl(
+            vmctl_env,
+            "ssh",
+            "e2e-web-1",
+            "--",
+            "cloud-init status --wait >/dev/null; cat /etc/vmctl-e2e",
+        )
+        assert extra_out.stdout.strip() == "from --user-data", extra_out.stderr
 
         listed = json.loads(run_vmctl(vmctl_env, "list", "-o", "json").stdout)
         assert [(v["name"], v["ip"]) for v in listed if v["name"] == "e2e-web-1"] == [

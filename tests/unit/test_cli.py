@@ -23,3 +23,18 @@ def test_unknown_option_is_a_usage_error() -> None:
     assert proc.returncode == 2
     assert "No such option" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_every_command_has_help() -> None:
+    import typer.main
+
+    from vmctl.cli import app
+
+    group = typer.main.get_command(app)
+    names = list(group.commands)  # type: ignore[attr-defined]
+    assert {"create", "list", "show", "delete", "nodes", "wait", "ssh", "db"} <= set(names)
+    for name in names:
+        proc = vmctl(name, "--help")
+        assert proc.returncode == 0, name
+        assert proc.stdout.startswith("Usage: "), name
+        assert group.commands[name].help, f"{name} has no help text"  # type: ignore[attr-defined]
