@@ -114,12 +114,11 @@ def wait_ip(guest: Guest, timeout: float = 240) -> str:
     )
 
 
-def ssh_command(guest: Guest, lab: dict, known_hosts: Path, *command: str) -> list[str]:  # type: ignore[type-arg]
-    assert guest.ip, "wait_ip first"
+def ssh_options(key: str, known_hosts: Path | str) -> list[str]:
+    """OpenSSH options for lab logins: key only, no prompts, host keys always checked."""
     return [
-        "ssh",
         "-i",
-        lab["ssh"]["key"],
+        key,
         "-o",
         "IdentitiesOnly=yes",
         "-o",
@@ -129,9 +128,17 @@ def ssh_command(guest: Guest, lab: dict, known_hosts: Path, *command: str) -> li
         "-o",
         f"UserKnownHostsFile={known_hosts}",
         "-o",
-        f"HostKeyAlias={guest.name}",
-        "-o",
         "ConnectTimeout=5",
+    ]
+
+
+def ssh_command(guest: Guest, lab: dict, known_hosts: Path, *command: str) -> list[str]:  # type: ignore[type-arg]
+    assert guest.ip, "wait_ip first"
+    return [
+        "ssh",
+        *ssh_options(lab["ssh"]["key"], known_hosts),
+        "-o",
+        f"HostKeyAlias={guest.name}",
         f"{lab['image']['default_user']}@{guest.ip}",
         *command,
     ]

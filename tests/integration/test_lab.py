@@ -20,21 +20,12 @@ def ssh_node(
     *command: str,
     known_hosts: str | None = None,  # type: ignore[type-arg]
 ) -> subprocess.CompletedProcess[str]:
+    import guests
+
     return subprocess.run(
         [
             "ssh",
-            "-i",
-            lab["ssh"]["key"],
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"UserKnownHostsFile={known_hosts or lab['ssh']['known_hosts']}",
-            "-o",
-            "ConnectTimeout=5",
+            *guests.ssh_options(lab["ssh"]["key"], known_hosts or lab["ssh"]["known_hosts"]),
             f"root@{node['address']}",
             *command,
         ],
