@@ -62,9 +62,10 @@ def test_create_wait_login_list_delete(
             "ssh",
             "e2e-web-1",
             "--",
-            "cloud-init status --wait >/dev/null; cat /etc/vmctl-e2e",
+            "cloud-init status --wait >/dev/null; cat /etc/vmctl-e2e; echo; "
+            "systemctl is-active qemu-guest-agent",
         )
-        assert extra_out.stdout.strip() == "from --user-data", extra_out.stderr
+        assert extra_out.stdout.split() == ["from", "--user-data", "active"], extra_out.stderr
 
         listed = json.loads(run_vmctl(vmctl_env, "list", "-o", "json").stdout)
         assert [(v["name"], v["ip"]) for v in listed if v["name"] == "e2e-web-1"] == [

@@ -266,3 +266,15 @@ def test_up_is_idempotent_and_down_restores_the_machine(lab: dict) -> None:  # t
     assert not config.LAB_DIR.exists()
     # Safe to run twice.
     subprocess.run([str(LAB), "down"], check=True)
+
+
+def test_up_refuses_a_range_that_collides_and_makes_nothing(tmp_path: Path) -> None:
+    import os
+
+    state = tmp_path / "lab-state"
+    env = {**os.environ, "VMCTL_LAB_DIR": str(state), "VMCTL_LAB_PREFIX": "127.0"}
+    proc = subprocess.run([str(LAB), "up"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "127.0.0.1/8 on lo overlaps the lab's 127.0.0.0/16" in proc.stderr
+    assert "VMCTL_LAB_PREFIX" in proc.stderr
+    assert not state.exists()

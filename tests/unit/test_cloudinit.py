@@ -105,3 +105,9 @@ def test_extra_user_data_script_and_garbage() -> None:
     assert "text/x-shellscript" in types
     with pytest.raises(InvalidInput, match="user-data: must start with"):
         cloudinit.render(seed(), extra_user_data="packages: [x]\n")
+
+
+def test_guest_agent_is_installed_if_missing_and_enabled() -> None:
+    data = yaml.safe_load(cloudinit.render(seed())["user-data"])
+    (cmd,) = data["runcmd"]
+    assert "qemu-guest-agent" in cmd[2] and "systemctl enable --now qemu-guest-agent" in cmd[2]
