@@ -6,7 +6,6 @@ shell string. Transport problems become NodeUnreachable, non-zero exits RemoteCo
 
 from __future__ import annotations
 
-import io
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ class Runner(Protocol):
         self,
         argv: Sequence[str],
         *,
-        stdin: str | None = None,
         check: bool = True,
         timeout: float | None = None,
     ) -> Result: ...
@@ -102,7 +100,6 @@ class FabricRunner:
         self,
         argv: Sequence[str],
         *,
-        stdin: str | None = None,
         check: bool = True,
         timeout: float | None = None,
     ) -> Result:
@@ -114,7 +111,7 @@ class FabricRunner:
                 hide=True,
                 warn=True,
                 timeout=timeout,
-                in_stream=io.StringIO(stdin) if stdin is not None else False,
+                in_stream=False,  # never read this process's stdin
             )
         except invoke.exceptions.CommandTimedOut as exc:
             raise RemoteCommandFailed(
