@@ -90,7 +90,7 @@ def boot(
         name,
         node,
         mac,
-        hostkeys.known_hosts_line(name, host_key),
+        hostkeys.known_hosts_line(name, host_key.public),
         hv,
         ram_mb,
         cpu,

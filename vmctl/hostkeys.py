@@ -25,10 +25,14 @@ def new_host_key(comment: str) -> HostKey:
     return HostKey(private=private, public=f"{public} {comment}")
 
 
-def known_hosts_line(alias: str, key: HostKey) -> str:
+def key_blob(public_key: str) -> str:
+    """ "TYPE BASE64" of an OpenSSH public key line: what a server presents, without the comment."""
+    return " ".join(public_key.split()[:2])
+
+
+def known_hosts_line(alias: str, public_key: str) -> str:
     """A known_hosts entry for `ssh -o HostKeyAlias=ALIAS` (independent of the guest's IP)."""
-    kind, blob = key.public.split()[:2]
-    return f"{alias} {kind} {blob}"
+    return f"{alias} {key_blob(public_key)}"
 
 
 def new_mac() -> str:

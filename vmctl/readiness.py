@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import paramiko
 
+from vmctl import hostkeys
 from vmctl.errors import Timeout
 from vmctl.hypervisor import Hypervisor
 
@@ -43,7 +44,7 @@ def wait_for_ip(
 
 def wait_for_ssh(ip: str, expected_key: str, deadline: float) -> bool:
     """True once SSH at ip presents exactly the host key vmctl put into the seed."""
-    want = " ".join(expected_key.split()[:2])
+    want = hostkeys.key_blob(expected_key)
     while time.monotonic() < deadline:
         if ssh_host_key(ip) == want:
             return True

@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vmctl import hostkeys
 from vmctl import inventory as inventory_mod
 from vmctl.cache import Cache, NullCache, RedisCache
 from vmctl.errors import ConfigError, Unavailable
@@ -85,13 +86,13 @@ def ssh_argv(settings: Settings, svc: VmService, name: str, command: list[str]) 
         raise Unavailable(f"no host key is recorded for {name}")
     user = svc.inventory.image(vm.image).default_user
     known = Path(tempfile.gettempdir()) / f"vmctl-known_hosts-{os.getuid()}"
-    kind, blob = vm.host_key.split()[:2]
+    alias = f"vmctl-{name}"
     lines = [
         ln
         for ln in (known.read_text().splitlines() if known.exists() else [])
-        if not ln.startswith(f"vmctl-{name} ")
+        if not ln.startswith(f"{alias} ")
     ]
-    known.write_text("\n".join([*lines, f"vmctl-{name} {kind} {blob}"]) + "\n")
+    known.write_text("\n".join([*lines, hostkeys.known_hosts_line(alias, vm.host_key)]) + "\n")
     return [
         "ssh",
         "-i",
@@ -103,7 +104,7 @@ def ssh_argv(settings: Settings, svc: VmService, name: str, command: list[str]) 
         "-o",
         f"UserKnownHostsFile={known}",
         "-o",
-        f"HostKeyAlias=vmctl-{name}",
+        f"HostKeyAlias={alias}",
         f"{user}@{vm.ip}",
         *command,
     ]

@@ -57,7 +57,7 @@ def test_host_key_is_carried_intact() -> None:
     assert data["ssh_keys"]["ed25519_private"] == key.private
     assert data["ssh_keys"]["ed25519_public"] == key.public
     assert key.private.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
-    assert hostkeys.known_hosts_line("web-1", key).startswith("web-1 ssh-ed25519 AAAA")
+    assert hostkeys.known_hosts_line("web-1", key.public).startswith("web-1 ssh-ed25519 AAAA")
 
 
 def test_hostile_values_stay_values() -> None:
