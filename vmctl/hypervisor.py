@@ -105,9 +105,6 @@ class Hypervisor:
             return []  # no agent, domain not running yet, ...
         return parse_domifaddr(out)
 
-    def domain_xml(self, name: str) -> str:
-        return self.runner.run([*VIRSH, "dumpxml", name]).stdout
-
     def console_log(self, name: str, storage_dir: str) -> str:
         path = f"{storage_dir}/{name}/console.log"
         return self.runner.run(["tail", "-c", "4000", path], check=False).stdout
