@@ -23,7 +23,7 @@ def _ip_json(*args: str) -> list[dict[str, object]]:
 def check_no_collision() -> None:
     """Refuse to start if the lab's /16 overlaps an address or route already on this machine."""
     lab = config.lab_network()
-    ours = {config.BRIDGE} | {n for n in _links() if n.startswith(config.NETNS_PREFIX)}
+    ours = {config.BRIDGE} | {n for n in links() if n.startswith(config.NETNS_PREFIX)}
     for link in _ip_json("addr", "show"):
         if link.get("ifname") in ours:
             continue
@@ -56,7 +56,7 @@ def _is_lab_route(route: dict[str, object]) -> bool:
     return route.get("dev") == config.BRIDGE or gw.startswith(f"{config.PREFIX}.0.")
 
 
-def _links() -> list[str]:
+def links() -> list[str]:
     return [str(link["ifname"]) for link in _ip_json("link", "show")]
 
 
@@ -65,7 +65,7 @@ def netns_list() -> list[str]:
 
 
 def ensure_bridge() -> None:
-    if config.BRIDGE not in _links():
+    if config.BRIDGE not in links():
         log(f"creating bridge {config.BRIDGE} ({config.bridge_address()}/24)")
         run(["ip", "link", "add", config.BRIDGE, "type", "bridge"])
         run(["ip", "addr", "add", f"{config.bridge_address()}/24", "dev", config.BRIDGE])
@@ -76,7 +76,7 @@ def ensure_node_network(node: Node) -> None:
     if node.netns not in netns_list():
         log(f"{node.name}: namespace {node.netns}, address {node.address}")
         run(["ip", "netns", "add", node.netns])
-    if node.veth not in _links():
+    if node.veth not in links():
         run(
             [
                 "ip",
@@ -109,7 +109,7 @@ def remove_node_network(node_netns: str, guest_subnet: str | None) -> None:
 
 
 def remove_bridge() -> None:
-    if config.BRIDGE in _links():
+    if config.BRIDGE in links():
         run(["ip", "link", "del", config.BRIDGE])
 
 
@@ -121,9 +121,10 @@ def release_netns_mount(before_mounts: list[str]) -> None:
     """`ip netns add` mounts /run/netns on first use; undo that if it was not there before."""
     if netns_list() or any(m.startswith("/run/netns ") for m in before_mounts):
         return
-    while "/run/netns" in (line.split()[1] for line in _mounts()):
+    while "/run/netns" in (line.split()[1] for line in mount_points()):
         run(["umount", "/run/netns"])
 
 
-def _mounts() -> list[str]:
+def mount_points() -> list[str]:
+    """Lines of /proc/self/mounts (device, mount point, type, ...)."""
     return Path("/proc/self/mounts").read_text().splitlines()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from pathlib import Path
 
+from . import net
 from .sh import run
 
 
@@ -18,17 +17,11 @@ def _lines(args: list[str]) -> list[str]:
 
 def machine_state() -> dict[str, list[str]]:
     """Namespaces, links, routes, mounts and process ids of the root namespace, sorted."""
-    links = [
-        f"{link['ifname']}" for link in json.loads(run(["ip", "-j", "link", "show"]).stdout or "[]")
-    ]
     return {
         "netns": _lines(["ip", "netns", "list"]),
-        "links": sorted(links),
+        "links": sorted(net.links()),
         "routes": _lines(["ip", "route", "show", "table", "all"]),
-        "mounts": sorted(
-            " ".join(line.split()[1:3])
-            for line in Path("/proc/self/mounts").read_text().splitlines()
-        ),
+        "mounts": sorted(" ".join(line.split()[1:3]) for line in net.mount_points()),
         "iptables": _iptables(),
         "pids": sorted(p for p in os.listdir("/proc") if p.isdigit()),
     }
