@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "lab"))
 
+import guests  # noqa: E402
+
 from vmctl import cloudinit, domainxml, hostkeys  # noqa: E402
 
 STORAGE = "/var/lib/libvirt/images/vmctl"
@@ -31,14 +33,7 @@ BASE = "/var/lib/libvirt/images/base/debian-12.qcow2"
 
 
 def ssh_args(node: dict) -> list[str]:  # type: ignore[type-arg]
-    return [
-        "-i",
-        os.environ["LAB_SSH_KEY"],
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        f"UserKnownHostsFile={os.environ['LAB_KNOWN_HOSTS']}",
-    ]
+    return guests.ssh_options(os.environ["LAB_SSH_KEY"], os.environ["LAB_KNOWN_HOSTS"])
 
 
 def on_node(node: dict, command: str) -> subprocess.CompletedProcess[str]:  # type: ignore[type-arg]
