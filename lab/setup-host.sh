@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 APT_PACKAGES=(
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils qemu-block-extra
-  dnsmasq-base iptables openssh-server openssh-client postgresql redis-server
+  dnsmasq-base dnsmasq-utils iptables openssh-server openssh-client postgresql redis-server
   mmdebstrap genisoimage parted e2fsprogs iproute2 procps psmisc util-linux
   python3-venv python3-libvirt ca-certificates
 )

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# create-vm.sh — runs ON a virtualization node (vmctl sends it over SSH on stdin: `bash -s -- ARGS`).
+# create-vm.sh — runs ON a virtualization node (vmctl sends it over SSH: `bash -c SCRIPT create-vm.sh ARGS`).
 #
 # Makes a VM from files the manager uploaded to a staging directory:
 #   STAGING/domain.xml  libvirt domain definition (disk paths point into STORAGE/NAME/)
@@ -9,29 +9,45 @@
 #
 # Usage: create-vm.sh --name NAME --base BASE_QCOW2 --root-gb N --data-gb N
 #                     --storage DIR --staging DIR [--no-start]
+#                     [--network NET --mac MAC --ip IPV4]
+#
+# With --network/--mac/--ip (all three or none), before the domain is defined, the libvirt network
+# NET (which must exist and be active) gets exactly one DHCP reservation
+# <host mac='MAC' name='NAME' ip='IPV4'/>, in its running state and its persistent definition.
+# Other entries for this address, this MAC or this name are stale (the manager never gives one
+# address to two VMs) and are deleted first; a DHCP lease of the address held by another MAC is
+# released with dhcp_release (package dnsmasq-utils; skipped with a warning if it is missing),
+# because dnsmasq would not hand out a reserved address that is leased to someone else.
 #
 # Safe to re-run: a VM that already exists with this name and was made by vmctl is left as it is
-# (exit 0). On failure everything this run created is removed and the staging directory is deleted.
+# (exit 0), apart from its DHCP reservation, which is ensured again. On failure everything this run
+# created is removed (including a reservation this run added) and the staging directory is deleted.
 #
 # Exit codes: 0 created (or already there), 2 bad arguments, 3 base image missing,
 #             4 a domain or directory of that name exists and was not made by vmctl,
-#             1 any other failure (the failing command is on stderr).
-set -euo pipefail
+#             1 any other failure, e.g. NET missing or inactive (the failing command is on stderr).
+set -Eeuo pipefail  # -E: the ERR trap (cleanup) also fires inside functions such as virsh()
 
 die() { local code=$1; shift; echo "create-vm.sh: $*" >&2; exit "$code"; }
 
 name='' base='' root_gb='' data_gb='' storage='' staging='' start=1
+net='' mac='' ip='' net_set=0 mac_set=0 ip_set=0
 while (($#)); do
   case $1 in
-    --name) name=${2-}; shift 2 ;;
-    --base) base=${2-}; shift 2 ;;
-    --root-gb) root_gb=${2-}; shift 2 ;;
-    --data-gb) data_gb=${2-}; shift 2 ;;
-    --storage) storage=${2-}; shift 2 ;;
-    --staging) staging=${2-}; shift 2 ;;
-    --no-start) start=0; shift ;;
+    --name) name=${2-} ;;
+    --base) base=${2-} ;;
+    --root-gb) root_gb=${2-} ;;
+    --data-gb) data_gb=${2-} ;;
+    --storage) storage=${2-} ;;
+    --staging) staging=${2-} ;;
+    --network) net=${2-} net_set=1 ;;
+    --mac) mac=${2-} mac_set=1 ;;
+    --ip) ip=${2-} ip_set=1 ;;
+    --no-start) start=0; shift; continue ;;
     *) die 2 "unknown argument: $1" ;;
   esac
+  (($# >= 2)) || die 2 "missing value after $1"
+  shift 2
 done
 
 [[ $name =~ ^[a-z][a-z0-9-]{0,61}[a-z0-9]$|^[a-z]$ ]] || die 2 "invalid --name '$name' (lower-case letters, digits, '-'; 1-63 characters)"
@@ -39,6 +55,18 @@ done
 [[ $data_gb =~ ^[0-9]{1,5}$ ]] || die 2 "invalid --data-gb '$data_gb' (0-99999)"
 [[ $storage == /* && $storage != *..* ]] || die 2 "invalid --storage '$storage' (an absolute path)"
 [[ $staging == /* && $staging != *..* && -d $staging ]] || die 2 "invalid --staging '$staging' (an existing directory)"
+if ((net_set + mac_set + ip_set)); then
+  missing=''
+  ((net_set)) || missing+=' --network'
+  ((mac_set)) || missing+=' --mac'
+  ((ip_set)) || missing+=' --ip'
+  [[ -z $missing ]] || die 2 "--network, --mac and --ip go together: missing$missing"
+  [[ $net =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || die 2 "invalid --network '$net' (letters, digits, '_', '.', '-'; 1-64 characters)"
+  [[ $mac =~ ^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$ ]] || die 2 "invalid --mac '$mac' (xx:xx:xx:xx:xx:xx, hexadecimal)"
+  octet='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
+  [[ $ip =~ ^$octet(\.$octet){3}$ ]] || die 2 "invalid --ip '$ip' (a dotted IPv4 address)"
+  mac=${mac,,}  # libvirt and dnsmasq write MACs in lower case
+fi
 for f in domain.xml user-data meta-data; do
   [[ -f $staging/$f ]] || die 2 "missing $staging/$f"
 done
@@ -48,11 +76,132 @@ vmdir=$storage/$name
 marker=$vmdir/.vmctl
 virsh() { command virsh -q -c qemu:///system "$@"; }
 
+# --- DHCP reservation in the libvirt network (--network/--mac/--ip) ---------------------------
+# dhcp_hosts SCOPE: the <host> entries under <dhcp> of network $net, from its running state
+# (SCOPE live) or its persistent definition (SCOPE config), into the arrays H_MAC (lower case),
+# H_IP and H_NAME ('' where an attribute is absent). Attribute order and quote style do not matter.
+dhcp_hosts() {
+  local xml line in_dhcp=0 a
+  local -a opt=()
+  [[ $1 == config ]] && opt=(--inactive)
+  xml=$(virsh net-dumpxml --network "$net" "${opt[@]}")
+  H_MAC=() H_IP=() H_NAME=()
+  while IFS= read -r line; do
+    case $line in
+      *'<dhcp>'* | *'<dhcp '*) in_dhcp=1 ;;
+      *'</dhcp>'*) in_dhcp=0 ;;
+    esac
+    if ((in_dhcp)) && [[ $line =~ \<host[[:space:]] ]]; then
+      for a in mac ip name; do
+        if [[ $line =~ [[:space:]]$a=(\"([^\"]*)\"|\'([^\']*)\') ]]; then
+          REPLY=${BASH_REMATCH[2]}${BASH_REMATCH[3]}
+        else
+          REPLY=''
+        fi
+        case $a in
+          mac) H_MAC+=("${REPLY,,}") ;;
+          ip) H_IP+=("$REPLY") ;;
+          name) H_NAME+=("$REPLY") ;;
+        esac
+      done
+    fi
+  done <<<"$xml"
+}
+
+# host_xml I: entry I of dhcp_hosts as an XML <host> with the attributes it has, which is what
+# `virsh net-update ... delete ip-dhcp-host` matches (all given attributes must match).
+host_xml() {
+  local attrs=''
+  [[ -z ${H_MAC[$1]} ]] || attrs+=" mac='${H_MAC[$1]}'"
+  [[ -z ${H_NAME[$1]} ]] || attrs+=" name='${H_NAME[$1]}'"
+  [[ -z ${H_IP[$1]} ]] || attrs+=" ip='${H_IP[$1]}'"
+  REPLY="<host$attrs/>"
+}
+
+# dhcp_leases: current IPv4 leases of network $net into the arrays L_MAC (lower case) and L_IP.
+# `virsh net-dhcp-leases` rows: expiry date, expiry time, MAC, protocol, IP/prefix, hostname, id.
+dhcp_leases() {
+  local out k
+  local -a f
+  out=$(virsh net-dhcp-leases --network "$net")
+  L_MAC=() L_IP=()
+  while read -r -a f; do
+    for ((k = 0; k + 2 < ${#f[@]}; k++)); do
+      if [[ ${f[k]} =~ ^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$ && ${f[k + 1]} == ipv4 ]]; then
+        L_MAC+=("${f[k],,}") L_IP+=("${f[k + 2]%/*}")
+        break
+      fi
+    done
+  done <<<"$out"
+}
+
+# net_info: fails (virsh's error on stderr) if network $net does not exist; sets net_active,
+# net_persistent (0/1) and bridge.
+net_info() {
+  local info
+  info=$(virsh net-info --network "$net")
+  net_active=0 net_persistent=0 bridge=''
+  [[ $info =~ Active:[[:space:]]+yes ]] && net_active=1
+  [[ $info =~ Persistent:[[:space:]]+yes ]] && net_persistent=1
+  [[ $info =~ Bridge:[[:space:]]+([^[:space:]]+) ]] && bridge=${BASH_REMATCH[1]}
+  return 0
+}
+
+# reserve: exactly one <host mac='$mac' name='$name' ip='$ip'/> in $net, live and persistent;
+# the scopes this run added it to go to `added` (for cleanup).
+added=()
+reserve() {
+  local scope i kept
+  local -a scopes=(live)
+  net_info
+  if ((!net_active)); then
+    echo "create-vm.sh: network $net on $(hostname) is not active" >&2
+    return 1
+  fi
+  ((net_persistent)) && scopes+=(config)
+  for scope in "${scopes[@]}"; do
+    dhcp_hosts "$scope"
+    kept=0
+    for i in "${!H_MAC[@]}"; do
+      if ((!kept)) && [[ ${H_MAC[i]} == "$mac" && ${H_IP[i]} == "$ip" ]]; then
+        kept=1
+      elif [[ ${H_MAC[i]} == "$mac" || ${H_IP[i]} == "$ip" || ${H_NAME[i]} == "$name" ]]; then
+        host_xml "$i"
+        echo "create-vm.sh: deleting stale DHCP reservation $REPLY from $net ($scope)" >&2
+        virsh net-update --network "$net" --command delete --section ip-dhcp-host --xml "$REPLY" "--$scope" >/dev/null
+      fi
+    done
+    if ((!kept)); then
+      virsh net-update --network "$net" --command add-last --section ip-dhcp-host \
+        --xml "<host mac='$mac' name='$name' ip='$ip'/>" "--$scope" >/dev/null
+      added+=("$scope")
+    fi
+  done
+  if ((${#added[@]})); then
+    echo "create-vm.sh: reserved $ip for $mac in $net (${added[*]})" >&2
+  fi
+  # dnsmasq does not hand out a reserved address while another MAC holds a lease of it.
+  dhcp_leases
+  for i in "${!L_MAC[@]}"; do
+    [[ ${L_IP[i]} == "$ip" && ${L_MAC[i]} != "$mac" ]] || continue
+    if ! command -v dhcp_release >/dev/null; then
+      echo "create-vm.sh: warning: $ip is leased to ${L_MAC[i]} in $net and dhcp_release (dnsmasq-utils) is not installed; $name may not get $ip until that lease expires" >&2
+    elif dhcp_release "$bridge" "$ip" "${L_MAC[i]}"; then
+      echo "create-vm.sh: released the stale lease of $ip to ${L_MAC[i]} in $net" >&2
+    else
+      echo "create-vm.sh: warning: dhcp_release $bridge $ip ${L_MAC[i]} failed; $name may not get $ip until that lease expires" >&2
+    fi
+  done
+}
+
 # Remove the staging directory however we leave.
 trap 'rm -rf -- "$staging"' EXIT
 
 if virsh dominfo "$name" >/dev/null 2>&1; then
   [[ -f $marker ]] || die 4 "a domain named $name exists on $(hostname) and was not made by vmctl"
+  if ((net_set)); then
+    reserve  # a re-run repairs the reservation
+  fi
   if ((start)) && [[ $(virsh domstate "$name") != running ]]; then
     virsh start "$name" >/dev/null
   fi
@@ -63,19 +212,27 @@ fi
 
 made_dir=0 defined=0
 cleanup() {
-  local status=$?
+  local status=$? scope
   trap - ERR
+  [[ $BASHPID == "$$" ]] || exit "$status"  # in a $(...): the main shell cleans up
   echo "create-vm.sh: failed (exit $status) at line ${BASH_LINENO[0]}: $BASH_COMMAND; removing what this run made" >&2
   if ((defined)); then
     virsh destroy "$name" >/dev/null 2>&1 || true
     virsh undefine "$name" --nvram >/dev/null 2>&1 || virsh undefine "$name" >/dev/null 2>&1 || true
   fi
   ((made_dir)) && rm -rf -- "$vmdir"
+  for scope in "${added[@]}"; do
+    virsh net-update --network "$net" --command delete --section ip-dhcp-host \
+      --xml "<host mac='$mac' ip='$ip'/>" "--$scope" >/dev/null || true
+  done
   rm -rf -- "$staging"
   exit 1
 }
 trap cleanup ERR
 
+if ((net_set)); then
+  reserve
+fi
 if [[ ! -d $vmdir ]]; then
   mkdir -p -- "$vmdir"
   made_dir=1

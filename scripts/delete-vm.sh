@@ -1,27 +1,151 @@
 #!/usr/bin/env bash
 # delete-vm.sh — runs ON a virtualization node: stops and removes a VM made by create-vm.sh.
-# Usage: delete-vm.sh --name NAME --storage DIR
-# Safe to re-run: a VM that is already gone is success.
+# Usage: delete-vm.sh --name NAME --storage DIR [--network NET --mac MAC]
+# With --network/--mac (both or none), once the domain is gone, every DHCP reservation (<host>
+# entry) for MAC in the libvirt network NET is deleted, from its running state and its persistent
+# definition, and a current DHCP lease of MAC there is released with dhcp_release (package
+# dnsmasq-utils; skipped with a warning if it is missing).
+# Safe to re-run: a VM that is already gone is success; so are no reservation, no lease and no
+# network NET (what was skipped is said on stderr).
 # Exit codes: 0 removed (or was not there), 2 bad arguments,
 #             4 the domain exists but was not made by vmctl (left alone), 1 other failure.
 set -euo pipefail
 
 die() { local code=$1; shift; echo "delete-vm.sh: $*" >&2; exit "$code"; }
 
-name='' storage=''
+name='' storage='' net='' mac='' net_set=0 mac_set=0
 while (($#)); do
   case $1 in
-    --name) name=${2-}; shift 2 ;;
-    --storage) storage=${2-}; shift 2 ;;
+    --name) name=${2-} ;;
+    --storage) storage=${2-} ;;
+    --network) net=${2-} net_set=1 ;;
+    --mac) mac=${2-} mac_set=1 ;;
     *) die 2 "unknown argument: $1" ;;
   esac
+  (($# >= 2)) || die 2 "missing value after $1"
+  shift 2
 done
 [[ $name =~ ^[a-z][a-z0-9-]{0,61}[a-z0-9]$|^[a-z]$ ]] || die 2 "invalid --name '$name'"
 [[ $storage == /* && $storage != *..* ]] || die 2 "invalid --storage '$storage'"
+if ((net_set != mac_set)); then
+  die 2 "--network and --mac go together: missing $( ((net_set)) && echo --mac || echo --network)"
+fi
+if ((net_set)); then
+  [[ $net =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || die 2 "invalid --network '$net'"
+  [[ $mac =~ ^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$ ]] || die 2 "invalid --mac '$mac'"
+  mac=${mac,,}  # libvirt and dnsmasq write MACs in lower case
+fi
 
 vmdir=$storage/$name
 virsh() { command virsh -q -c qemu:///system "$@"; }
 
+# dhcp_hosts SCOPE: the <host> entries under <dhcp> of network $net, from its running state
+# (SCOPE live) or its persistent definition (SCOPE config), into the arrays H_MAC (lower case),
+# H_IP and H_NAME ('' where an attribute is absent). Attribute order and quote style do not matter.
+dhcp_hosts() {
+  local xml line in_dhcp=0 a
+  local -a opt=()
+  [[ $1 == config ]] && opt=(--inactive)
+  xml=$(virsh net-dumpxml --network "$net" "${opt[@]}")
+  H_MAC=() H_IP=() H_NAME=()
+  while IFS= read -r line; do
+    case $line in
+      *'<dhcp>'* | *'<dhcp '*) in_dhcp=1 ;;
+      *'</dhcp>'*) in_dhcp=0 ;;
+    esac
+    if ((in_dhcp)) && [[ $line =~ \<host[[:space:]] ]]; then
+      for a in mac ip name; do
+        if [[ $line =~ [[:space:]]$a=(\"([^\"]*)\"|\'([^\']*)\') ]]; then
+          REPLY=${BASH_REMATCH[2]}${BASH_REMATCH[3]}
+        else
+          REPLY=''
+        fi
+        case $a in
+          mac) H_MAC+=("${REPLY,,}") ;;
+          ip) H_IP+=("$REPLY") ;;
+          name) H_NAME+=("$REPLY") ;;
+        esac
+      done
+    fi
+  done <<<"$xml"
+}
+
+# host_xml I: entry I of dhcp_hosts as an XML <host> with the attributes it has, which is what
+# `virsh net-update ... delete ip-dhcp-host` matches (all given attributes must match).
+host_xml() {
+  local attrs=''
+  [[ -z ${H_MAC[$1]} ]] || attrs+=" mac='${H_MAC[$1]}'"
+  [[ -z ${H_NAME[$1]} ]] || attrs+=" name='${H_NAME[$1]}'"
+  [[ -z ${H_IP[$1]} ]] || attrs+=" ip='${H_IP[$1]}'"
+  REPLY="<host$attrs/>"
+}
+
+# dhcp_leases: current IPv4 leases of network $net into the arrays L_MAC (lower case) and L_IP.
+# `virsh net-dhcp-leases` rows: expiry date, expiry time, MAC, protocol, IP/prefix, hostname, id.
+dhcp_leases() {
+  local out k
+  local -a f
+  out=$(virsh net-dhcp-leases --network "$net")
+  L_MAC=() L_IP=()
+  while read -r -a f; do
+    for ((k = 0; k + 2 < ${#f[@]}; k++)); do
+      if [[ ${f[k]} =~ ^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$ && ${f[k + 1]} == ipv4 ]]; then
+        L_MAC+=("${f[k],,}") L_IP+=("${f[k + 2]%/*}")
+        break
+      fi
+    done
+  done <<<"$out"
+}
+
+# unreserve: delete every DHCP reservation of $mac in $net and release its leases.
+unreserve() {
+  local info scope i found=0
+  local -a scopes=()
+  if ! info=$(virsh net-info --network "$net" 2>&1); then
+    if [[ $info == *'Network not found'* ]]; then
+      echo "delete-vm.sh: no network $net on $(hostname); no DHCP reservation to delete" >&2
+      return 0
+    fi
+    echo "$info" >&2
+    return 1
+  fi
+  [[ $info =~ Active:[[:space:]]+yes ]] && scopes+=(live)
+  [[ $info =~ Persistent:[[:space:]]+yes ]] && scopes+=(config)
+  for scope in "${scopes[@]}"; do
+    dhcp_hosts "$scope"
+    for i in "${!H_MAC[@]}"; do
+      [[ ${H_MAC[i]} == "$mac" ]] || continue
+      host_xml "$i"
+      virsh net-update --network "$net" --command delete --section ip-dhcp-host \
+        --xml "$REPLY" "--$scope" >/dev/null
+      echo "delete-vm.sh: deleted DHCP reservation $REPLY from $net ($scope)" >&2
+      found=1
+    done
+  done
+  if ((!found)); then
+    echo "delete-vm.sh: no DHCP reservation for $mac in $net" >&2
+  fi
+  if [[ " ${scopes[*]} " != *' live '* ]]; then
+    echo "delete-vm.sh: network $net is not active; no DHCP lease to release" >&2
+    return 0
+  fi
+  local bridge=''
+  [[ $info =~ Bridge:[[:space:]]+([^[:space:]]+) ]] && bridge=${BASH_REMATCH[1]}
+  dhcp_leases
+  for i in "${!L_MAC[@]}"; do
+    [[ ${L_MAC[i]} == "$mac" ]] || continue
+    if ! command -v dhcp_release >/dev/null; then
+      echo "delete-vm.sh: warning: dhcp_release (dnsmasq-utils) is not installed; the lease of ${L_IP[i]} to $mac in $net stays until it expires" >&2
+    elif dhcp_release "$bridge" "${L_IP[i]}" "$mac"; then
+      echo "delete-vm.sh: released the lease of ${L_IP[i]} to $mac in $net" >&2
+    else
+      echo "delete-vm.sh: warning: dhcp_release $bridge ${L_IP[i]} $mac failed; the lease stays until it expires" >&2
+    fi
+  done
+}
+
+# "No such domain" must mean that, not "libvirtd is down": only then are the files removed.
+virsh uri >/dev/null || die 1 "libvirt on $(hostname) does not answer; nothing removed"
 if virsh dominfo "$name" >/dev/null 2>&1; then
   [[ -f $vmdir/.vmctl ]] || die 4 "domain $name on $(hostname) was not made by vmctl; left alone"
   if [[ $(virsh domstate "$name") != "shut off" ]]; then
@@ -31,3 +155,6 @@ if virsh dominfo "$name" >/dev/null 2>&1; then
 fi
 rm -rf -- "$vmdir"
 echo "delete-vm.sh: $name removed" >&2
+if ((net_set)); then
+  unreserve
+fi

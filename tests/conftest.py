@@ -92,7 +92,8 @@ _HYPERVISORS: dict[str, object] = {}
 
 
 def leftovers(lab: dict, env: dict[str, str], names: list[str]) -> dict[str, list[str]]:  # type: ignore[type-arg]
-    """Everything of these VMs that exists anywhere: domains, VM directories, rows, cache keys."""
+    """Everything of these VMs that exists anywhere: domains, VM directories, DHCP reservations,
+    rows, cache keys."""
     import guests
     import redis
 
@@ -104,6 +105,7 @@ def leftovers(lab: dict, env: dict[str, str], names: list[str]) -> dict[str, lis
         "rows": [],
         "cache": [],
         "staging": [],
+        "reservations": [],
     }
     for node in lab["nodes"]:
         if node["name"] not in _HYPERVISORS:
@@ -116,6 +118,8 @@ def leftovers(lab: dict, env: dict[str, str], names: list[str]) -> dict[str, lis
         found["dirs"] += [f"{node['name']}:{d}" for d in listing if d in names]
         staging = runner.run(["ls", "-A", f"{guests.STORAGE}/.staging"], check=False).stdout
         found["staging"] += [f"{node['name']}:{s}" for s in staging.split()]
+        network = runner.run(["virsh", "-q", "net-dumpxml", node["guest_network"]]).stdout
+        found["reservations"] += [f"{node['name']}:{n}" for n in names if f"name='{n}'" in network]
     with Store(env["VMCTL_DATABASE_URL"]) as store:
         found["rows"] = [vm.name for vm in store.list() if vm.name in names]
     client = redis.Redis.from_url(env["VMCTL_REDIS_URL"])

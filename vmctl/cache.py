@@ -8,9 +8,11 @@ raises.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -28,8 +30,24 @@ DEFAULT_TTL_S = 7 * 24 * 3600
 RETRY_AFTER_S = 30.0  # after a failure, how long to work without Redis before trying again
 
 
+IP_CHANNEL = f"{KEY_PREFIX}ip"  # JSON messages: {"name", "node", "ip", "previous", "source", "at"}
+
+
 def node_key(name: str) -> str:
     return f"{KEY_PREFIX}vm:{name}:node"
+
+
+class Subscription(Protocol):
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        """The next message (a dict), or None after ``timeout`` s; SubscriptionLost if the
+        channel is gone (Redis went away): the caller polls PostgreSQL from then on."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SubscriptionLost(Exception):
+    pass
 
 
 class Cache(Protocol):
@@ -40,6 +58,10 @@ class Cache(Protocol):
     def forget(self, name: str) -> None: ...
 
     def keys(self) -> list[str]: ...
+
+    def publish_ip(self, message: dict[str, Any]) -> None: ...
+
+    def subscribe_ip(self) -> Subscription | None: ...
 
 
 class NullCache:
@@ -56,6 +78,12 @@ class NullCache:
 
     def keys(self) -> list[str]:
         return []
+
+    def publish_ip(self, message: dict[str, Any]) -> None:
+        return None
+
+    def subscribe_ip(self) -> Subscription | None:
+        return None
 
 
 def _where(url: str) -> str:
@@ -78,9 +106,11 @@ class RedisCache:
         warn: Callable[[str], None],
         ttl_s: int = DEFAULT_TTL_S,
         retry_after_s: float = RETRY_AFTER_S,
+        notice: Callable[[str], None] | None = None,
     ) -> None:
         self._where = _where(url)
         self._warn = warn
+        self._notice = notice  # told when Redis is back (long-running processes)
         self._warned = False
         self._ttl_s = ttl_s
         self._retry_after_s = retry_after_s
@@ -103,16 +133,22 @@ class RedisCache:
         if time.monotonic() < self._down_until:
             return missing
         try:
-            return work(self._redis)
+            result = work(self._redis)
         except redis.RedisError as e:
             self._down_until = time.monotonic() + self._retry_after_s
-            if not self._warned:
+            # A command warns once; a long-running process (``notice`` given) at each failed
+            # try, i.e. at most every ``retry_after_s``, since it cannot tell when Redis was back.
+            if not self._warned or self._notice is not None:
                 self._warned = True
                 detail = str(e).strip() or type(e).__name__
                 self._warn(
                     f"Redis at {self._where} is unavailable ({detail}); working from PostgreSQL"
                 )
             return missing
+        if self._warned and self._notice is not None:
+            self._warned = False
+            self._notice(f"Redis at {self._where} is reachable again")
+        return result
 
     def get_node(self, name: str) -> str | None:
         value = self._call(lambda r: r.get(node_key(name)), None)
@@ -130,8 +166,43 @@ class RedisCache:
         )
         return sorted(found)
 
+    def publish_ip(self, message: dict[str, Any]) -> None:
+        self._call(lambda r: r.publish(IP_CHANNEL, json.dumps(message, default=str)), None)
+
+    def subscribe_ip(self) -> Subscription | None:
+        """Listen on the IP channel; None (after the usual warning) when Redis is away."""
+
+        def subscribe(r: redis.Redis) -> Subscription:
+            pubsub = r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub.subscribe(IP_CHANNEL)
+            return _RedisSubscription(pubsub)
+
+        return self._call(subscribe, None)
+
     def close(self) -> None:
         self._redis.close()
+
+
+class _RedisSubscription:
+    def __init__(self, pubsub: redis.client.PubSub) -> None:
+        self._pubsub = pubsub
+
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            message = self._pubsub.get_message(timeout=timeout)
+        except (redis.RedisError, OSError, ValueError) as e:
+            raise SubscriptionLost(str(e)) from e
+        if message is None or message.get("type") != "message":
+            return None
+        try:
+            data = json.loads(message["data"])
+        except (TypeError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def close(self) -> None:
+        with contextlib.suppress(redis.RedisError, OSError):
+            self._pubsub.close()
 
 
 def open_cache(url: str | None, warn: Callable[[str], None]) -> Cache:

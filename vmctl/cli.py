@@ -7,13 +7,16 @@ a message on stderr and an exit code (`errors.ExitStatus`) in `main`, and only t
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from vmctl import __version__, db, settings, wiring
+from vmctl import __version__, db, logs, readiness, settings, wiring
+from vmctl.addressing import SOURCES, parse_sources
 from vmctl.errors import ExitStatus, InvalidInput, VmctlError
 from vmctl.output import Format, emit
 from vmctl.service import CreateRequest, VmService
@@ -62,6 +65,22 @@ NODE_COLUMNS = [
     ("disk_gb_free", "DISK FREE"),
 ]
 
+WATCH_COLUMNS = [
+    ("name", "NAME"),
+    ("node", "NODE"),
+    ("ip", "IP"),
+    ("previous", "PREVIOUS"),
+    ("source", "SOURCE"),
+    ("changed", "CHANGED"),
+]
+
+WaitForOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--wait-for",
+        help="ip, ssh or cloud-init (the default): how ready --wait waits for. Implies --wait.",
+    ),
+]
 OutputOpt = Annotated[Format, typer.Option("--output", "-o", help="table, json or yaml.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Same as -o json.")]
 
@@ -142,7 +161,10 @@ def create(
         Path | None, typer.Option(help="Extra #cloud-config or #! script, merged after vmctl's.")
     ] = None,
     count: Annotated[str, typer.Option(help="How many VMs.")] = "1",
-    wait: Annotated[bool, typer.Option(help="Wait until it has an IP and answers SSH.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Wait until the VMs are ready (see --wait-for).")
+    ] = False,
+    wait_for: WaitForOpt = None,
     timeout: Annotated[float, typer.Option(help="Seconds --wait may take.")] = 300,
     output: OutputOpt = Format.table,
     json_flag: JsonOpt = False,
@@ -157,6 +179,7 @@ def create(
         except OSError as exc:
             raise InvalidInput("user-data", f"cannot read {user_data}: {exc.strerror}") from exc
     n = _count(count)
+    until = readiness.check_step(wait_for or "cloud-init")
     names = [name] if n == 1 else [f"{name}-{i}" for i in range(1, n + 1)]
     keys = wiring.authorized_keys(_settings(), ssh_key)
     requests = [
@@ -177,8 +200,8 @@ def create(
     for req in requests:  # refuse bad input for all of them before making any
         svc.check(req)
     made = [svc.create(req) for req in requests]
-    if wait:
-        made = [svc.wait(vm.name, timeout) for vm in made]
+    if wait or wait_for is not None:
+        made = [svc.wait(vm.name, timeout, until) for vm in made]
     rows = [record(vm) for vm in made]
     emit(
         rows[0] if n == 1 else rows, SHOW_COLUMNS if n == 1 else VM_COLUMNS, _fmt(output, json_flag)
@@ -213,11 +236,55 @@ def show(name: str, output: OutputOpt = Format.table, json_flag: JsonOpt = False
 def wait_vm(
     name: str,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300,
+    wait_for: WaitForOpt = None,
     output: OutputOpt = Format.table,
     json_flag: JsonOpt = False,
 ) -> None:
-    """Wait until a VM has an IP and answers SSH."""
-    emit(record(_service().wait(name, timeout)), SHOW_COLUMNS, _fmt(output, json_flag))
+    """Wait until a VM is ready: address confirmed, SSH answers, cloud-init finished."""
+    until = readiness.check_step(wait_for or "cloud-init")
+    emit(record(_service().wait(name, timeout, until)), SHOW_COLUMNS, _fmt(output, json_flag))
+
+
+@app.command("watch-ip")
+def watch_ip(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="With --once: only these VMs (asked at once).")
+    ] = None,
+    once: Annotated[bool, typer.Option(help="One pass over every node, then exit.")] = False,
+    sources: Annotated[
+        str, typer.Option(help="Where to look, in order: lease, arp, agent.")
+    ] = ",".join(SOURCES),
+    log_format: Annotated[
+        str, typer.Option(help="Log lines on stderr: logfmt or json.")
+    ] = "logfmt",
+    output: OutputOpt = Format.table,
+    json_flag: JsonOpt = False,
+) -> None:
+    """Learn new VMs' addresses from their nodes; record them in PostgreSQL, announce on Redis.
+
+    Runs until stopped (SIGTERM, Ctrl-C) unless --once: then prints what it updated."""
+    try:
+        order = parse_sources(sources)
+    except ValueError as exc:
+        raise InvalidInput("sources", str(exc)) from exc
+    if log_format not in ("logfmt", "json"):
+        raise InvalidInput("log-format", f"must be logfmt or json, not {log_format!r}")
+    if names and not once:
+        raise InvalidInput("names", "VM names are only taken with --once")
+    log = logs.setup("vmctl.watch-ip", log_format)
+    ip_watcher = wiring.watcher(_settings(), log, order)
+    if once:
+        rows, problems = ip_watcher.once(names or [])
+        emit(rows, WATCH_COLUMNS, _fmt(output, json_flag))
+        for problem in problems:
+            print(f"vmctl: error: {problem}", file=sys.stderr)
+        if problems:
+            raise typer.Exit(ExitStatus.UNAVAILABLE)
+        return
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    ip_watcher.run(stop)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

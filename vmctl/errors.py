@@ -80,6 +80,10 @@ class Timeout(VmctlError):
     exit_status = ExitStatus.TIMEOUT
 
 
+class GuestFailed(VmctlError):
+    """The VM came up but something inside it failed (e.g. cloud-init reported errors)."""
+
+
 class RemoteCommandFailed(VmctlError):
     """A command run on a node exited non-zero."""
 

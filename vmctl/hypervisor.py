@@ -8,9 +8,11 @@ and always run the manager's version.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import secrets
 from dataclasses import dataclass
 
+from vmctl.addressing import Lease, Neighbor, Observation
 from vmctl.domainxml import GuestSpec
 from vmctl.domainxml import render as render_domain
 from vmctl.errors import RemoteCommandFailed, VmctlError
@@ -27,12 +29,27 @@ class Disks:
     data_gb: int
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A fixed address for a MAC in a libvirt network's DHCP (managed networks)."""
+
+    network: str
+    mac: str
+    ip: str
+
+
 def script_command(script: str, args: list[str]) -> list[str]:
     """Run one of scripts/ on a node: its text is the command, never a file left on the node."""
     return ["bash", "-c", node_script(script), script, *args]
 
 
-def create_args(spec: GuestSpec, disks: Disks, staging: str, start: bool = True) -> list[str]:
+def create_args(
+    spec: GuestSpec,
+    disks: Disks,
+    staging: str,
+    start: bool = True,
+    reservation: Reservation | None = None,
+) -> list[str]:
     argv = [
         "--name",
         spec.name,
@@ -47,11 +64,58 @@ def create_args(spec: GuestSpec, disks: Disks, staging: str, start: bool = True)
         "--staging",
         staging,
     ]
+    if reservation is not None:
+        argv += ["--network", reservation.network, "--mac", reservation.mac]
+        argv += ["--ip", reservation.ip]
     return argv if start else [*argv, "--no-start"]
 
 
-def delete_args(name: str, storage_dir: str) -> list[str]:
-    return ["--name", name, "--storage", storage_dir]
+def delete_args(
+    name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+) -> list[str]:
+    argv = ["--name", name, "--storage", storage_dir]
+    if network is not None and mac is not None:
+        argv += ["--network", network, "--mac", mac]
+    return argv
+
+
+# One command shows a node's DHCP leases of one network and its IPv4 ARP table.
+_OBSERVE = (
+    'virsh -q -c qemu:///system net-dhcp-leases "$1" 2>/dev/null || true; '
+    "echo '--- neighbors'; ip -4 neigh show"
+)
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def observe_command(network: str) -> list[str]:
+    return ["bash", "-c", _OBSERVE, "observe", network]
+
+
+def parse_observation(output: str) -> Observation:
+    """Leases (`virsh -q net-dhcp-leases`) and neighbours (`ip -4 neigh show`) from
+    ``observe_command``'s output; lines that do not parse are skipped."""
+    leases_text, _, neigh_text = output.partition("--- neighbors")
+    leases = []
+    for line in leases_text.splitlines():
+        # 2026-11-25 12:00:00  52:54:00:aa:bb:cc  ipv4  10.0.0.5/24  host  client-id
+        fields = line.split()
+        if len(fields) >= 5 and fields[3] == "ipv4" and _is_ipv4(fields[4].split("/")[0]):
+            leases.append(Lease(fields[2], fields[4].split("/")[0], f"{fields[0]} {fields[1]}"))
+    neighbors = []
+    for line in neigh_text.splitlines():
+        # 10.0.0.5 dev vmbr0 lladdr 52:54:00:aa:bb:cc REACHABLE
+        fields = line.split()
+        if fields and _is_ipv4(fields[0]) and "lladdr" in fields[:-1]:
+            mac = fields[fields.index("lladdr") + 1]
+            neighbors.append(Neighbor(mac, fields[0], fields[-1]))
+    return Observation(tuple(leases), tuple(neighbors))
 
 
 def domifaddr_command(name: str, source: str = "lease") -> list[str]:
@@ -75,7 +139,12 @@ class Hypervisor:
         self.runner = runner
 
     def create(
-        self, spec: GuestSpec, disks: Disks, seed_files: dict[str, str], start: bool = True
+        self,
+        spec: GuestSpec,
+        disks: Disks,
+        seed_files: dict[str, str],
+        start: bool = True,
+        reservation: Reservation | None = None,
     ) -> None:
         """Upload the domain XML and seed, then run create-vm.sh (which cleans up on failure)."""
         staging = f"{spec.storage_dir}/.staging/{spec.name}.{secrets.token_hex(4)}"
@@ -85,14 +154,24 @@ class Hypervisor:
             for name, text in seed_files.items():
                 self.runner.put(text.encode(), f"{staging}/{name}")
             self.runner.run(
-                script_command("create-vm.sh", create_args(spec, disks, staging, start))
+                script_command(
+                    "create-vm.sh", create_args(spec, disks, staging, start, reservation)
+                )
             )
         finally:  # the script removes it too, except when it refuses its arguments
             with contextlib.suppress(VmctlError):
                 self.runner.run(["rm", "-rf", "--", staging], check=False)
 
-    def delete(self, name: str, storage_dir: str) -> None:
-        self.runner.run(script_command("delete-vm.sh", delete_args(name, storage_dir)))
+    def delete(
+        self, name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+    ) -> None:
+        """Remove the VM (and its DHCP reservation in ``network``, when given)."""
+        args = delete_args(name, storage_dir, network, mac)
+        self.runner.run(script_command("delete-vm.sh", args))
+
+    def observe(self, network: str, timeout: float = 15.0) -> Observation:
+        """The node's DHCP leases in ``network`` and its ARP table, in one command."""
+        return parse_observation(self.runner.run(observe_command(network), timeout=timeout).stdout)
 
     def domains(self) -> list[str]:
         out = self.runner.run([*VIRSH, "list", "--all", "--name"]).stdout
@@ -103,6 +182,15 @@ class Hypervisor:
             out = self.runner.run(domifaddr_command(name, source)).stdout
         except RemoteCommandFailed:
             return []  # no agent, domain not running yet, ...
+        return parse_domifaddr(out)
+
+    def agent_addresses(self, name: str, timeout_s: int = 5) -> list[tuple[str, str]]:
+        """(mac, ipv4) pairs the guest agent reports; none if it does not answer in time."""
+        command = ["timeout", str(timeout_s), *domifaddr_command(name, "agent")]
+        try:
+            out = self.runner.run(command).stdout
+        except RemoteCommandFailed:
+            return []
         return parse_domifaddr(out)
 
     def console_log(self, name: str, storage_dir: str) -> str:

@@ -7,6 +7,7 @@ Every key is checked on load; any mistake becomes one `ConfigError` that names t
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, NoReturn
@@ -157,20 +158,72 @@ class Storage(_Model):
         return self.path
 
 
+class AddressRange(_Model):
+    """The addresses vmctl may hand out on a managed network, first and last included."""
+
+    first: Address
+    last: Address
+
+
 class Network(_Model):
-    """The libvirt network guests join on a node; `managed`: vmctl assigns the addresses."""
+    """The libvirt network guests join on a node.
+
+    `managed: true` means vmctl assigns each VM its address before boot (from `addresses`, by
+    default every host address of the subnet but the gateway) and reserves it for the VM's MAC in
+    the network's DHCP. Keep `addresses` outside the DHCP server's dynamic range.
+    """
 
     name: Text
     subnet: Subnet
     gateway: Address
     managed: Annotated[bool, Strict()] = False
+    addresses: AddressRange | None = None
 
     @model_validator(mode="after")
     def _gateway_inside(self) -> Network:
         ends = (self.subnet.network_address, self.subnet.broadcast_address)
         if self.gateway not in self.subnet or (self.subnet.prefixlen < 31 and self.gateway in ends):
             _fail(f"gateway {self.gateway} is not a host address of subnet {self.subnet}")
+        if self.addresses is not None:
+            if not self.managed:
+                _fail("addresses is only used with managed: true")
+            first, last = self.addresses.first, self.addresses.last
+            for end in (first, last):
+                if end not in self.subnet or (self.subnet.prefixlen < 31 and end in ends):
+                    _fail(f"addresses: {end} is not a host address of subnet {self.subnet}")
+            if first > last:
+                _fail(f"addresses: first {first} comes after last {last}")
         return self
+
+    def pool(self) -> AddressPool | None:
+        """The addresses vmctl assigns on this network; None when it does not manage it."""
+        if not self.managed:
+            return None
+        if self.addresses is not None:
+            first, last = self.addresses.first, self.addresses.last
+        else:
+            edge = 1 if self.subnet.prefixlen < 31 else 0  # network and broadcast addresses
+            first = self.subnet.network_address + edge
+            last = self.subnet.broadcast_address - edge
+        return AddressPool(str(self.subnet), first, last, frozenset({self.gateway}))
+
+
+@dataclass(frozen=True)
+class AddressPool:
+    """A range of addresses to assign from: ``key`` names the address space (the subnet)."""
+
+    key: str
+    first: IPv4Address
+    last: IPv4Address
+    exclude: frozenset[IPv4Address] = frozenset()
+
+    def __len__(self) -> int:
+        return (
+            int(self.last)
+            - int(self.first)
+            + 1
+            - sum(1 for ip in self.exclude if self.first <= ip <= self.last)
+        )
 
 
 class Node(_Model):

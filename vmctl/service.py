@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import getpass
 import socket
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from vmctl import cloudinit, hostkeys, placement, readiness, validation
+from vmctl import cloudinit, hostkeys, placement, readiness, validation, watcher
+from vmctl.addressing import SOURCES
 from vmctl.cache import Cache
 from vmctl.domainxml import GuestSpec
-from vmctl.errors import Conflict, InvalidInput, NotFound, VmctlError
-from vmctl.hypervisor import Disks, Hypervisor
+from vmctl.errors import (
+    ConfigError,
+    Conflict,
+    GuestFailed,
+    InvalidInput,
+    NotFound,
+    Timeout,
+    VmctlError,
+)
+from vmctl.hypervisor import Disks, Hypervisor, Reservation
 from vmctl.inventory import Inventory, Node
 from vmctl.store import NewVm, NodeUsage, Store, VmRecord
+
+WATCHER_ALIVE_S = 15.0  # a watch-ip whose heartbeat is older than this is taken to be gone
 
 Progress = Callable[[str], None]
 
@@ -48,6 +62,8 @@ class VmService:
     connect: Callable[[Node], Hypervisor]
     progress: Progress = lambda _msg: None
     actor: str = field(default_factory=lambda: f"{getpass.getuser()}@{socket.gethostname()}")
+    guest_key: Path | None = None  # private key that logs into guests (asks cloud-init)
+    sources: Sequence[str] = SOURCES  # how to learn addresses when no watcher runs
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -138,8 +154,10 @@ class VmService:
             new,
             lambda usages: placement.place(want, self._loads(usages)),
             host_key=host_key.public,
+            pool_of=lambda node: self.inventory.node(node).network.pool(),
         )
-        self.progress(f"{new.name}: placed on {record.node}")
+        address = f", address {record.reserved_ip} reserved" if record.reserved_ip else ""
+        self.progress(f"{new.name}: placed on {record.node}{address}")
         self.store.add_event(
             new.name,
             record.node,
@@ -154,14 +172,17 @@ class VmService:
             },
         )
         node = self.inventory.node(record.node)
+        reservation = None
+        if record.reserved_ip is not None:
+            reservation = Reservation(node.network.name, record.mac, record.reserved_ip)
         hv: Hypervisor | None = None
         try:
             hv = self.connect(node)
-            self._build(hv, node, new, host_key, req)
+            self._build(hv, node, new, host_key, req, reservation)
             self.store.set_state(new.name, "running")
             self.cache.set_node(new.name, node.name)
         except BaseException as exc:
-            self._rollback(new.name, node, hv, exc)
+            self._rollback(record, node, hv, exc)
             raise
         self.store.add_event(new.name, node.name, "create", "ok", {"actor": self.actor})
         return self.store.get(new.name)
@@ -173,6 +194,7 @@ class VmService:
         new: NewVm,
         host_key: cloudinit.HostKey,
         req: CreateRequest,
+        reservation: Reservation | None,
     ) -> None:
         image = self.inventory.image(new.image)
         seed = cloudinit.Seed(
@@ -198,17 +220,21 @@ class VmService:
             cmdline=image.cmdline if image.boot == "kernel" else None,
         )
         self.progress(f"{new.name}: creating disks and seed, starting the domain on {node.name}")
-        hv.create(spec, Disks(image.path, new.root_gb, new.disk_gb), files)
+        disks = Disks(image.path, new.root_gb, new.disk_gb)
+        hv.create(spec, disks, files, reservation=reservation)
 
-    def _rollback(self, name: str, node: Node, hv: Hypervisor | None, cause: BaseException) -> None:
+    def _rollback(
+        self, record: VmRecord, node: Node, hv: Hypervisor | None, cause: BaseException
+    ) -> None:
         """Remove what a failed create made. Every step runs, whatever the others do."""
+        name = record.name
         self.progress(f"{name}: failed ({cause}); removing what was made")
         steps: list[tuple[str, Callable[[], object]]] = [
             ("cache", lambda: self.cache.forget(name)),
             ("database row", lambda: self.store.delete(name)),
         ]
         if hv is not None:
-            steps.insert(0, ("node", lambda: hv.delete(name, node.storage.directory)))
+            steps.insert(0, ("node", lambda: self._remove_from_node(hv, node, record)))
         problems = []
         for what, step in steps:
             try:
@@ -230,27 +256,82 @@ class VmService:
 
     # -- wait --------------------------------------------------------------------------------
 
-    def wait(self, name: str, timeout: float) -> VmRecord:
-        """Until the VM has an IP (recorded in PostgreSQL) and SSH answers with its host key."""
+    def wait(self, name: str, timeout: float, until: str = "cloud-init") -> VmRecord:
+        """Until the VM is ready, step by step (readiness.STEPS, up to ``until``): its address
+        confirmed, SSH answering with its host key, cloud-init finished. Timeout names the step
+        it was stuck at and where to look."""
+        readiness.check_step(until)
+        deadline = time.monotonic() + timeout
         record = self.get(name)
         node = self.inventory.node(record.node)
-        hv = self.connect(node)
-        self.progress(f"{name}: waiting for its address and SSH (timeout {timeout:.0f} s)")
-
-        def on_ip(ip: str) -> None:
-            self.store.set_ip(name, ip, "confirmed")
-            self.progress(f"{name}: {ip}")
-
-        readiness.wait_ready(
-            hv,
-            name,
-            record.mac,
-            record.host_key or "",
-            timeout,
-            on_ip,
-            f"{node.storage.directory}/{name}/console.log",
+        console = f"{node.storage.directory}/{name}/console.log"
+        look = None
+        if not self.store.alive(watcher.KIND, WATCHER_ALIVE_S):
+            self.progress(f"{name}: no `vmctl watch-ip` is running; looking for the address itself")
+            look = self._look_for(record, node)
+        self.progress(f"{name}: waiting for {until} (timeout {timeout:.0f} s)")
+        vm = readiness.wait_for_address(
+            self.store, self.cache, name, deadline, look, progress=self.progress
         )
+        if vm is None:
+            what = (
+                f"its reserved address {record.reserved_ip} was not seen on the node"
+                if record.reserved_ip
+                else f"no DHCP lease, ARP entry or agent report for MAC {record.mac}"
+            )
+            raise Timeout(readiness.stuck(name, "ip", timeout, node.name, console, what))
+        self.progress(f"{name}: address {vm.ip}")
+        if until == "ip":
+            return vm
+        assert vm.ip is not None
+        if not readiness.wait_for_ssh(vm.ip, vm.host_key or "", deadline):
+            what = f"SSH at {vm.ip} did not answer with the VM's host key"
+            raise Timeout(readiness.stuck(name, "ssh", timeout, node.name, console, what))
+        self.progress(f"{name}: SSH answers")
+        if until == "ssh":
+            return vm
+        if self.guest_key is None:
+            raise ConfigError("no SSH key to log into guests with (ssh_key): use --wait-for ssh")
+        user = self.inventory.image(vm.image).default_user
+        result = readiness.wait_for_cloud_init(
+            vm.ip, user, self.guest_key, vm.host_key or "", deadline
+        )
+        if result is None:
+            what = "cloud-init did not report that it had finished"
+            raise Timeout(readiness.stuck(name, "cloud-init", timeout, node.name, console, what))
+        if result.status == "error":
+            raise GuestFailed(
+                f"{name}: cloud-init finished with errors ({_last_line(result.detail)}); "
+                f"see /var/log/cloud-init.log in the VM (vmctl ssh {name})"
+            )
+        if result.status == "degraded":
+            self.progress(f"{name}: cloud-init finished with recoverable errors")
+        self.progress(f"{name}: cloud-init finished")
         return self.store.get(name)
+
+    def _look_for(self, vm: VmRecord, node: Node) -> Callable[[], None]:
+        """One look at the node for the VM's address (at most once a second), for waiting when
+        no watcher runs."""
+        hv = self.connect(node)
+        last = [0.0]
+
+        def look() -> None:
+            if time.monotonic() - last[0] < 1.0:
+                return
+            last[0] = time.monotonic()
+            age = (datetime.now(UTC) - vm.created_at).total_seconds()
+            try:
+                found = watcher.discover(
+                    hv, node.network.name, [vm], self.sources, lambda _vm: age > 30
+                )
+                for f in found:
+                    change = self.store.record_ip(f.name, f.mac, f.ip, f.source)
+                    if change is not None:
+                        self.cache.publish_ip(watcher.change_message(change))
+            except VmctlError as exc:
+                self.progress(f"{vm.name}: {exc}")
+
+        return look
 
     # -- delete ------------------------------------------------------------------------------
 
@@ -259,7 +340,7 @@ class VmService:
         node = self.inventory.node(self.node_of(record.name))
         self.store.set_state(name, "deleting")
         try:
-            self.connect(node).delete(name, node.storage.directory)
+            self._remove_from_node(self.connect(node), node, record)
         except VmctlError as exc:
             self.store.set_state(name, "error")
             self.store.add_event(
@@ -271,6 +352,14 @@ class VmService:
         self.store.add_event(name, node.name, "delete", "ok", {"actor": self.actor})
 
     # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _remove_from_node(hv: Hypervisor, node: Node, vm: VmRecord) -> None:
+        """Domain, disks, seed and (managed networks) the DHCP reservation."""
+        if vm.reserved_ip is not None:
+            hv.delete(vm.name, node.storage.directory, node.network.name, vm.mac)
+        else:
+            hv.delete(vm.name, node.storage.directory)
 
     def _loads(self, usages: Sequence[NodeUsage]) -> list[placement.NodeLoad]:
         used = {u.node: u for u in usages}
@@ -293,3 +382,8 @@ class VmService:
                 )
             )
         return loads
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no details"

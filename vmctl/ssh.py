@@ -114,6 +114,7 @@ class FabricRunner:
                 in_stream=False,  # never read this process's stdin
             )
         except invoke.exceptions.CommandTimedOut as exc:
+            self.close()  # the link may be dead: the next command opens a new connection
             raise RemoteCommandFailed(
                 self.node, command, -1, f"timed out after {timeout} s"
             ) from exc

@@ -16,13 +16,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from ipaddress import IPv4Address
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from vmctl import db
-from vmctl.errors import Conflict, InvalidInput, NotFound
+from vmctl import addressing, db
+from vmctl.errors import CapacityError, Conflict, InvalidInput, NotFound
+from vmctl.inventory import AddressPool
 
 T = TypeVar("T")
 Connection = psycopg.Connection[dict[str, Any]]
@@ -79,6 +81,21 @@ class VmRecord:
     project: str | None
     created_at: datetime  # timezone-aware, UTC
     updated_at: datetime  # timezone-aware, UTC
+    ip_pool: str | None = None  # managed networks: the address space reserved_ip belongs to
+    reserved_ip: str | None = None  # the address reserved for the VM's MAC in the DHCP
+
+
+@dataclass(frozen=True)
+class IpChange:
+    """An address the watcher recorded: what it was before and how it was learned."""
+
+    name: str
+    node: str
+    ip: str
+    previous: str | None
+    previous_state: str | None
+    source: str
+    at: datetime
 
 
 def default_actor() -> str:
@@ -97,6 +114,7 @@ def _utc(value: datetime) -> datetime:
 def _record(row: dict[str, Any]) -> VmRecord:
     fields = dict(row)
     fields["ip"] = None if row["ip"] is None else str(row["ip"])
+    fields["reserved_ip"] = None if row.get("reserved_ip") is None else str(row["reserved_ip"])
     fields["created_at"] = _utc(row["created_at"])
     fields["updated_at"] = _utc(row["updated_at"])
     return VmRecord(**fields)
@@ -167,12 +185,16 @@ class Store:
         vm: NewVm,
         choose: Callable[[builtins.list[NodeUsage]], str],
         host_key: str | None = None,
+        pool_of: Callable[[str], AddressPool | None] = lambda _node: None,
     ) -> VmRecord:
         """Reserve room for ``vm``: record it as 'creating' on the node ``choose`` picks.
 
         All claims are serialized by a transaction-level advisory lock, so ``choose`` sees the
         usage of every VM claimed before it and none claimed after. If ``choose`` raises (e.g.
         CapacityError), nothing is recorded. Conflict if the name is taken.
+
+        When ``pool_of(node)`` gives an address pool (a managed network), the VM also gets a free
+        address of it, recorded as its *expected* IP; CapacityError if none is left.
         """
         if not NAME_RE.fullmatch(vm.name):
             raise InvalidInput("name", f"{vm.name!r} must match ^[a-z][a-z0-9-]{{0,62}}$")
@@ -183,15 +205,25 @@ class Store:
             if row is not None:
                 raise Conflict(f"a VM named {vm.name} exists already (on node {row['node']})")
             node = choose(self._usage(conn))
+            pool = pool_of(node)
+            address = None if pool is None else self._free_address(conn, pool, node)
             try:
                 inserted = conn.execute(
                     """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image,
-                                        mac, host_key, group_name, project)
+                                        mac, host_key, group_name, project,
+                                        ip_pool, reserved_ip, ip, ip_state)
                        VALUES (%(name)s, %(node)s, 'creating', %(ram_mb)s, %(cpu)s, %(disk_gb)s,
                                %(root_gb)s, %(image)s, %(mac)s, %(host_key)s, %(group_name)s,
-                               %(project)s)
+                               %(project)s, %(pool)s, %(ip)s, %(ip)s,
+                               CASE WHEN %(ip)s::inet IS NULL THEN NULL ELSE 'expected' END)
                        RETURNING *""",
-                    {**asdict(vm), "node": node, "host_key": host_key},
+                    {
+                        **asdict(vm),
+                        "node": node,
+                        "host_key": host_key,
+                        "pool": None if pool is None else pool.key,
+                        "ip": address,
+                    },
                 ).fetchone()
             except psycopg.errors.UniqueViolation as e:
                 raise Conflict(f"a VM named {vm.name} exists already") from e
@@ -203,6 +235,28 @@ class Store:
             return _record(inserted)
 
         return self._run(work)
+
+    @staticmethod
+    def _free_address(conn: Connection, pool: AddressPool, node: str) -> IPv4Address:
+        """Called under the claim lock: the address the next VM of ``pool`` gets."""
+        taken = [
+            row["reserved_ip"]
+            for row in conn.execute(
+                "SELECT reserved_ip FROM vms WHERE ip_pool = %s", (pool.key,)
+            ).fetchall()
+        ]
+        released = {
+            row["ip"]: row["released_at"]
+            for row in conn.execute(
+                "SELECT ip, released_at FROM released_addresses WHERE ip_pool = %s", (pool.key,)
+            ).fetchall()
+        }
+        address = addressing.pick_address(pool, taken, released)
+        if address is None:
+            raise CapacityError(
+                f"node {node}: every address of {pool.key} ({pool.first}-{pool.last}) is taken"
+            )
+        return address
 
     def get(self, name: str) -> VmRecord:
         row = self._run(
@@ -250,11 +304,87 @@ class Store:
         return _record(row)
 
     def delete(self, name: str) -> bool:
-        """Remove the VM's row; whether there was one."""
-        row = self._run(
-            lambda c: c.execute("DELETE FROM vms WHERE name = %s RETURNING id", (name,)).fetchone()
+        """Remove the VM's row, giving its reserved address back; whether there was one."""
+
+        def work(conn: Connection) -> bool:
+            row = conn.execute(
+                "DELETE FROM vms WHERE name = %s RETURNING ip_pool, reserved_ip", (name,)
+            ).fetchone()
+            if row is not None and row["reserved_ip"] is not None:
+                conn.execute(
+                    """INSERT INTO released_addresses (ip_pool, ip) VALUES (%s, %s)
+                       ON CONFLICT (ip_pool, ip) DO UPDATE SET released_at = now()""",
+                    (row["ip_pool"], row["reserved_ip"]),
+                )
+            return row is not None
+
+        return self._run(work)
+
+    def record_ip(self, name: str, mac: str, ip: str, source: str) -> IpChange | None:
+        """The watcher saw ``ip`` for the VM ``name`` with ``mac``: confirm it, with an event.
+
+        None when nothing changed (already confirmed at that address) or when there is no such
+        VM any more (deleted, or deleted and made again with another MAC, while it was watched).
+        """
+        address = ipaddress.ip_address(ip)
+
+        def work(conn: Connection) -> IpChange | None:
+            row = conn.execute(
+                "SELECT node, ip, ip_state FROM vms WHERE name = %s AND mac = %s FOR UPDATE",
+                (name, mac),
+            ).fetchone()
+            if row is None or (row["ip"] == address and row["ip_state"] == "confirmed"):
+                return None
+            previous = None if row["ip"] is None else str(row["ip"])
+            now = conn.execute(
+                """UPDATE vms SET ip = %s, ip_state = 'confirmed', updated_at = now()
+                   WHERE name = %s RETURNING updated_at""",
+                (address, name),
+            ).fetchone()
+            assert now is not None
+            detail = {"ip": ip, "previous": previous, "previous_state": row["ip_state"]}
+            conn.execute(
+                """INSERT INTO events (vm, node, actor, action, result, detail)
+                   VALUES (%s, %s, %s, 'ip', 'ok', %s)""",
+                (name, row["node"], self.actor, Jsonb({**detail, "source": source})),
+            )
+            return IpChange(
+                name=name,
+                node=row["node"],
+                ip=ip,
+                previous=previous,
+                previous_state=row["ip_state"],
+                source=source,
+                at=_utc(now["updated_at"]),
+            )
+
+        return self._run(work)
+
+    # -- heartbeats --------------------------------------------------------------------------
+
+    def heartbeat(self, process: str, kind: str, detail: dict[str, Any]) -> None:
+        """Say that the long-running ``process`` (of ``kind``, e.g. watch-ip) is alive."""
+        self._run(
+            lambda c: c.execute(
+                """INSERT INTO heartbeats (process, kind, at, detail) VALUES (%s, %s, now(), %s)
+                   ON CONFLICT (process) DO UPDATE SET at = now(), detail = EXCLUDED.detail""",
+                (process, kind, Jsonb(detail)),
+            )
         )
-        return row is not None
+
+    def forget_heartbeat(self, process: str) -> None:
+        self._run(lambda c: c.execute("DELETE FROM heartbeats WHERE process = %s", (process,)))
+
+    def alive(self, kind: str, within_s: float) -> builtins.list[str]:
+        """The processes of ``kind`` that said they were alive in the last ``within_s`` s."""
+        rows = self._run(
+            lambda c: c.execute(
+                """SELECT process FROM heartbeats
+                   WHERE kind = %s AND at > now() - make_interval(secs => %s) ORDER BY process""",
+                (kind, within_s),
+            ).fetchall()
+        )
+        return [row["process"] for row in rows]
 
     def usage(self) -> builtins.list[NodeUsage]:
         """Per node that has VMs, what they take, ordered by node name."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vmctl import hostkeys
@@ -17,6 +20,7 @@ from vmctl.service import VmService
 from vmctl.settings import Settings
 from vmctl.ssh import FabricRunner, SshTarget
 from vmctl.store import Store
+from vmctl.watcher import KIND, Watcher
 
 
 def progress(message: str) -> None:
@@ -47,8 +51,37 @@ def make_cache(settings: Settings) -> Cache:
 
 
 def service(settings: Settings, quiet: bool = False) -> VmService:
-    inventory = inventory_mod.load_inventory(settings.inventory)
+    return VmService(
+        inventory=inventory_mod.load_inventory(settings.inventory),
+        store=Store(settings.require_database()),
+        cache=make_cache(settings),
+        connect=connector(settings),
+        progress=(lambda _m: None) if quiet else progress,
+        guest_key=settings.ssh_key,
+    )
 
+
+def watcher(settings: Settings, log: logging.Logger, sources: Sequence[str]) -> Watcher:
+    def to_log(level: int) -> Callable[[str], None]:
+        return lambda message: log.log(level, message)
+
+    cache: Cache = NullCache()
+    if settings.redis_url:
+        cache = RedisCache(
+            settings.redis_url, warn=to_log(logging.WARNING), notice=to_log(logging.INFO)
+        )
+    return Watcher(
+        inventory=inventory_mod.load_inventory(settings.inventory),
+        store=Store(settings.require_database()),
+        cache=cache,
+        connect=connector(settings),
+        log=log,
+        sources=sources,
+        process=f"{KIND}@{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+def connector(settings: Settings) -> Callable[[Node], Hypervisor]:
     connections: dict[str, Hypervisor] = {}
 
     def connect(node: Node) -> Hypervisor:
@@ -68,13 +101,7 @@ def service(settings: Settings, quiet: bool = False) -> VmService:
             )
         return connections[node.name]
 
-    return VmService(
-        inventory=inventory,
-        store=Store(settings.require_database()),
-        cache=make_cache(settings),
-        connect=connect,
-        progress=(lambda _m: None) if quiet else progress,
-    )
+    return connect
 
 
 def ssh_argv(settings: Settings, svc: VmService, name: str, command: list[str]) -> list[str]:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, inventory, net, nodes, services, snapshot
+from . import config, inventory, net, nodes, services, snapshot, watcher
 from .sh import LabError, log, run
 
 
@@ -83,6 +83,7 @@ def up(count: int) -> None:
     services.ensure_redis()
     config.INVENTORY.write_text(inventory.render(lab_nodes))
     _migrate()
+    watcher.start(vmctl_settings())
     new_state = {"node_count": count, "prefix": config.PREFIX, "image_dir": str(image_dir)}
     if new_state != state:
         config.STATE_FILE.write_text(json.dumps(new_state, indent=2) + "\n")
@@ -103,6 +104,7 @@ def _migrate() -> None:
 
 
 def down() -> None:
+    watcher.stop()
     state = _load_state() or {}
     count = int(state.get("node_count", 0))  # type: ignore[call-overload]
     known = {n.netns: n for n in config.nodes(count)}
@@ -150,7 +152,23 @@ def status() -> dict[str, object]:
             "default_user": config.GUEST_USER,
         },
         "ssh": {"key": str(config.SSH_KEY), "known_hosts": str(config.KNOWN_HOSTS)},
+        "watcher": {
+            "up": watcher.pid() is not None,
+            "pid": watcher.pid(),
+            "log": str(watcher.LOG_FILE),
+        },
         "inventory": str(config.INVENTORY),
+    }
+
+
+def vmctl_settings() -> dict[str, str]:
+    """The VMCTL_* variables that point vmctl at the lab."""
+    return {
+        "VMCTL_INVENTORY": str(config.INVENTORY),
+        "VMCTL_DATABASE_URL": services.postgres_url(),
+        "VMCTL_REDIS_URL": services.redis_url(),
+        "VMCTL_SSH_KEY": str(config.SSH_KEY),
+        "VMCTL_KNOWN_HOSTS": str(config.KNOWN_HOSTS),
     }
 
 
@@ -158,11 +176,7 @@ def env_lines() -> list[str]:
     if _load_state() is None:
         raise LabError("the lab is not up: run `lab/lab up`")
     values = {
-        "VMCTL_INVENTORY": str(config.INVENTORY),
-        "VMCTL_DATABASE_URL": services.postgres_url(),
-        "VMCTL_REDIS_URL": services.redis_url(),
-        "VMCTL_SSH_KEY": str(config.SSH_KEY),
-        "VMCTL_KNOWN_HOSTS": str(config.KNOWN_HOSTS),
+        **vmctl_settings(),
         "LAB_SSH_KEY": str(config.SSH_KEY),
         "LAB_KNOWN_HOSTS": str(config.KNOWN_HOSTS),
         "LAB_GUEST_USER": config.GUEST_USER,
@@ -179,6 +193,7 @@ def main(argv: list[str]) -> int:
     p_status = sub.add_parser("status", help="what runs, where")
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("env", help="print export lines for vmctl and the tests")
+    sub.add_parser("restart-watcher", help="restart the lab's vmctl watch-ip (after code changes)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("lab: must run as root (namespaces, bridges, daemons)", file=sys.stderr)
@@ -199,6 +214,11 @@ def main(argv: list[str]) -> int:
             return 0 if info["running"] else 3
         elif args.command == "env":
             print("\n".join(env_lines()))
+        elif args.command == "restart-watcher":
+            if _load_state() is None:
+                raise LabError("the lab is not up: run `lab/lab up`")
+            watcher.stop()
+            watcher.start(vmctl_settings())
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 1
@@ -218,3 +238,5 @@ def _print_status(info: dict[str, object]) -> None:
     for svc in ("postgres", "redis"):
         s = info[svc]
         print(f"{svc:8} 127.0.0.1:{s['port']:<6} {'up' if s['up'] else 'DOWN'}")  # type: ignore[index]
+    w = info["watcher"]
+    print(f"watch-ip pid {w['pid'] or '-':<15} {'up' if w['up'] else 'DOWN'}  log {w['log']}")  # type: ignore[index]

@@ -28,6 +28,7 @@ SSH_KEY = SSH_DIR / "id_ed25519"
 KNOWN_HOSTS = SSH_DIR / "known_hosts"
 INVENTORY = LAB_DIR / "inventory.yaml"
 NODES_DIR = LAB_DIR / "nodes"
+WATCHER_DIR = LAB_DIR / "watch-ip"
 QEMU_CAPS_CACHE = CACHE_DIR / "qemu-capabilities"
 
 
@@ -73,6 +74,12 @@ class Node:
     def dhcp_range(self) -> tuple[str, str]:
         base = f"{PREFIX}.{10 + self.index}"
         return f"{base}.100", f"{base}.254"
+
+    @property
+    def reserved_range(self) -> tuple[str, str]:
+        """Where vmctl assigns addresses (DHCP reservations): below the dynamic range."""
+        base = f"{PREFIX}.{10 + self.index}"
+        return f"{base}.10", f"{base}.99"
 
     @property
     def dir(self) -> Path:

@@ -43,5 +43,7 @@ def render(nodes: list[Node]) -> str:
             f"      subnet: {node.guest_subnet}",
             f"      gateway: {node.guest_gateway}",
             "      managed: true",
+            # reservations stay out of the DHCP server's dynamic range (.100-.254)
+            f"      addresses: {{first: {node.reserved_range[0]}, last: {node.reserved_range[1]}}}",
         ]
     return "\n".join(lines) + "\n"

@@ -82,7 +82,8 @@ def test_create_wait_login_list_delete(
     assert leftovers(lab, vmctl_env, ["e2e-web-1"]) == {}
     with Store(vmctl_env["VMCTL_DATABASE_URL"]) as store:
         steps = [(e["action"], e["result"]) for e in store.events("e2e-web-1")[earlier:]]
-    assert steps == [("create", "started"), ("create", "ok"), ("delete", "ok")]
+    # The address was recorded once, by the watcher, between create and delete.
+    assert steps == [("create", "started"), ("create", "ok"), ("ip", "ok"), ("delete", "ok")]
 
 
 def _inventory_with(lab_inventory: Path, tmp_path: Path, change: dict) -> Path:  # type: ignore[type-arg]
@@ -185,6 +186,10 @@ def test_ten_concurrent_creates_for_room_for_five(
         refused = [r for r in results if r.returncode != 0]
         assert len(ok) == 5, [r.stderr for r in refused]
         assert all(r.returncode == 5 and "no node has room" in r.stderr for r in refused)
+        # Every VM got its own reserved address, even though the creates raced.
+        addresses = [(vm["node"], vm["ip"]) for vm in ok]
+        assert all(vm["ip_state"] == "expected" for vm in ok)
+        assert len(set(addresses)) == len(addresses) == 5
         per_node = {"node1": 0, "node2": 0}
         for vm in ok:
             per_node[vm["node"]] += vm["ram_mb"]

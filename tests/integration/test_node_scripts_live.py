@@ -75,3 +75,310 @@ def test_a_domain_not_made_by_vmctl_is_left_alone(lab: dict) -> None:  # type: i
     finally:
         hv.runner.run(["virsh", "-q", "undefine", "foreign-1"])
         hv.runner.run(["rm", "-f", "/tmp/foreign-1.xml"])
+
+
+# --- DHCP reservations (--network/--mac/--ip) ------------------------------------------------
+# vmctl/hypervisor.py does not pass these options yet, so these tests stage the files the way
+# Hypervisor.create does and call the scripts directly. Addresses are in .10-.99 of node1's guest
+# subnet, outside the DHCP range (.100-.254) the lab's own guests use.
+
+
+def _spec_and_seed(name: str, mac: str, network: str) -> tuple[object, dict[str, str]]:
+    import guests
+
+    from vmctl import cloudinit
+    from vmctl.domainxml import GuestSpec
+
+    spec = GuestSpec(
+        name=name,
+        ram_mb=256,
+        cpu=1,
+        storage_dir=guests.STORAGE,
+        network=network,
+        mac=mac,
+        image="debian-12",
+        virt_type="qemu",
+    )
+    seed = cloudinit.render(
+        cloudinit.Seed(
+            hostname=name,
+            instance_id=name,
+            user="debian",
+            ssh_authorized_keys=["ssh-ed25519 A"],
+            mac=mac,
+        )
+    )
+    return spec, seed
+
+
+def _create(
+    hv,
+    spec,
+    seed: dict[str, str],
+    extra: list[str],
+    domain_xml: str | None = None,
+    start: bool = False,
+):  # type: ignore[no-untyped-def]
+    """Hypervisor.create's staging, then create-vm.sh with extra arguments; returns its Result."""
+    import secrets
+
+    import guests
+
+    from vmctl.domainxml import render
+    from vmctl.hypervisor import Disks, create_args, script_command
+
+    staging = f"{spec.storage_dir}/.staging/{spec.name}.{secrets.token_hex(4)}"
+    hv.runner.run(["mkdir", "-p", "-m", "0700", staging])
+    try:
+        hv.runner.put((domain_xml or render(spec)).encode(), f"{staging}/domain.xml")
+        for fname, text in seed.items():
+            hv.runner.put(text.encode(), f"{staging}/{fname}")
+        argv = create_args(spec, Disks(guests.BASE_IMAGE, 4, 1), staging, start=start)
+        return hv.runner.run(script_command("create-vm.sh", [*argv, *extra]))
+    finally:
+        hv.runner.run(["rm", "-rf", "--", staging], check=False)
+
+
+def _delete(hv, name: str, extra: list[str]):  # type: ignore[no-untyped-def]
+    import guests
+
+    from vmctl.hypervisor import delete_args, script_command
+
+    return hv.runner.run(
+        script_command("delete-vm.sh", [*delete_args(name, guests.STORAGE), *extra])
+    )
+
+
+def _hosts(hv, network: str = "vmnet") -> dict[str, list[tuple[str, str, str]]]:  # type: ignore[no-untyped-def]
+    """(mac, name, ip) of every DHCP <host> of the network, running state and persistent config."""
+    import xml.etree.ElementTree as ET
+
+    found = {}
+    for scope, opts in (("live", []), ("config", ["--inactive"])):
+        xml = hv.runner.run(["virsh", "-q", "net-dumpxml", network, *opts]).stdout
+        found[scope] = [
+            (h.get("mac", ""), h.get("name", ""), h.get("ip", ""))
+            for h in ET.fromstring(xml).iter("host")
+        ]
+    return found
+
+
+def _unreserve(hv, ip: str, network: str = "vmnet") -> None:  # type: ignore[no-untyped-def]
+    """Remove what an earlier, interrupted run of these tests may have left for this address."""
+    for scope, entries in _hosts(hv, network).items():
+        for mac, _, addr in entries:
+            if addr == ip:
+                xml = f"<host mac='{mac}' ip='{addr}'/>"
+                hv.runner.run(
+                    [
+                        "virsh",
+                        "-q",
+                        "net-update",
+                        network,
+                        "delete",
+                        "ip-dhcp-host",
+                        xml,
+                        f"--{scope}",
+                    ]
+                )
+
+
+def _leftovers(hv, name: str) -> list[str]:  # type: ignore[no-untyped-def]
+    import guests
+
+    found = [f"domain {name}" for d in hv.domains() if d == name]
+    listing = hv.runner.run(["ls", "-A", guests.STORAGE]).stdout.split()
+    found += [f"dir {name}" for d in listing if d == name]
+    staging = hv.runner.run(["ls", "-A", f"{guests.STORAGE}/.staging"], check=False).stdout
+    found += [f"staging {s}" for s in staging.split() if s.startswith(f"{name}.")]
+    return found
+
+
+def test_reservation_is_made_once_replaces_stale_ones_and_goes_with_the_vm(lab: dict) -> None:  # type: ignore[type-arg]
+    import guests
+
+    from vmctl import hostkeys
+
+    hv = guests.hypervisor(lab["nodes"][0], lab)
+    name, ip, mac = "resv-1", "10.213.11.77", hostkeys.new_mac()
+    net = ["--network", "vmnet", "--mac", mac, "--ip", ip]
+    mine = (mac, name, ip)
+    spec, seed = _spec_and_seed(name, mac, "vmnet")
+    _delete(hv, name, [])
+    _unreserve(hv, ip)
+    # A stale reservation of the same address for another MAC (a VM deleted without its entry).
+    stale_mac = hostkeys.new_mac()
+    stale = f"<host mac='{stale_mac}' name='resv-gone' ip='{ip}'/>"
+    hv.runner.run(
+        [
+            "virsh",
+            "-q",
+            "net-update",
+            "vmnet",
+            "add-last",
+            "ip-dhcp-host",
+            stale,
+            "--live",
+            "--config",
+        ]
+    )
+    try:
+        res = _create(hv, spec, seed, net)
+        assert f"deleting stale DHCP reservation <host mac='{stale_mac}'" in res.stderr
+        hosts = _hosts(hv)
+        for scope in ("live", "config"):
+            assert [h for h in hosts[scope] if ip in h or mac in h] == [mine], scope
+            assert not [h for h in hosts[scope] if stale_mac in h], scope
+
+        res = _create(hv, spec, seed, net)  # again: changes nothing
+        assert "exists already" in res.stderr
+        assert "reserved" not in res.stderr
+        hosts = _hosts(hv)
+        assert [h for h in hosts["live"] if ip in h or mac in h] == [mine]
+        assert [h for h in hosts["config"] if ip in h or mac in h] == [mine]
+
+        # Lost from the running network only (e.g. a partial update): a re-run repairs it there.
+        xml = f"<host mac='{mac}' ip='{ip}'/>"
+        hv.runner.run(
+            ["virsh", "-q", "net-update", "vmnet", "delete", "ip-dhcp-host", xml, "--live"]
+        )
+        res = _create(hv, spec, seed, net)
+        assert f"reserved {ip} for {mac} in vmnet (live)" in res.stderr
+        hosts = _hosts(hv)
+        assert [h for h in hosts["live"] if ip in h or mac in h] == [mine]
+        assert [h for h in hosts["config"] if ip in h or mac in h] == [mine]
+        assert hv.runner.run(["virsh", "-q", "domstate", name]).stdout.strip() == "shut off"
+    finally:
+        res = _delete(hv, name, ["--network", "vmnet", "--mac", mac])
+    assert "deleted DHCP reservation" in res.stderr
+    hosts = _hosts(hv)
+    assert not [h for h in hosts["live"] + hosts["config"] if ip in h or mac in h]
+    assert _leftovers(hv, name) == []
+    res = _delete(hv, name, ["--network", "vmnet", "--mac", mac])  # again: nothing left is fine
+    assert f"no DHCP reservation for {mac} in vmnet" in res.stderr
+    res = _delete(hv, name, ["--network", "no-such-net", "--mac", mac])
+    assert "no network no-such-net" in res.stderr
+
+
+def test_a_failed_create_leaves_no_reservation_it_made(lab: dict) -> None:  # type: ignore[type-arg]
+    import guests
+
+    from vmctl import hostkeys
+    from vmctl.errors import RemoteCommandFailed
+
+    hv = guests.hypervisor(lab["nodes"][0], lab)
+    name, ip, mac = "resv-2", "10.213.11.78", hostkeys.new_mac()
+    spec, seed = _spec_and_seed(name, mac, "vmnet")
+    _delete(hv, name, [])
+    _unreserve(hv, ip)
+
+    # No such network: refused before anything is made.
+    with pytest.raises(RemoteCommandFailed) as err:
+        _create(hv, spec, seed, ["--network", "no-such-net", "--mac", mac, "--ip", ip])
+    assert err.value.remote_exit_status == 1
+    assert "no network with matching name 'no-such-net'" in err.value.stderr
+    assert _leftovers(hv, name) == []
+
+    # A network that is defined but not running (never started: no bridge, no dnsmasq).
+    off = "resv-off"
+    if off not in hv.runner.run(["virsh", "-q", "net-list", "--all", "--name"]).stdout.split():
+        xml = f"<network><name>{off}</name><bridge name='resvoff0'/></network>"
+        hv.runner.put(xml.encode(), f"/tmp/{off}.xml")
+        hv.runner.run(["virsh", "-q", "net-define", f"/tmp/{off}.xml"])
+        hv.runner.run(["rm", "-f", f"/tmp/{off}.xml"])
+    try:
+        with pytest.raises(RemoteCommandFailed) as err:
+            _create(hv, spec, seed, ["--network", off, "--mac", mac, "--ip", ip])
+        assert err.value.remote_exit_status == 1
+        assert f"network {off} on node1 is not active" in err.value.stderr
+        assert _leftovers(hv, name) == []
+    finally:
+        hv.runner.run(["virsh", "-q", "net-undefine", off])
+
+    # Failing after the reservation was made (libvirt refuses the domain XML): cleanup removes
+    # the reservation this run added...
+    net = ["--network", "vmnet", "--mac", mac, "--ip", ip]
+    with pytest.raises(RemoteCommandFailed) as err:
+        _create(hv, spec, seed, net, domain_xml="<domain>not a domain</domain>")
+    assert err.value.remote_exit_status == 1
+    assert "removing what this run made" in err.value.stderr
+    assert _leftovers(hv, name) == []
+    hosts = _hosts(hv)
+    assert not [h for h in hosts["live"] + hosts["config"] if ip in h or mac in h]
+
+    # ...but not one that was there before.
+    mine = f"<host mac='{mac}' name='{name}' ip='{ip}'/>"
+    hv.runner.run(
+        [
+            "virsh",
+            "-q",
+            "net-update",
+            "vmnet",
+            "add-last",
+            "ip-dhcp-host",
+            mine,
+            "--live",
+            "--config",
+        ]
+    )
+    try:
+        with pytest.raises(RemoteCommandFailed):
+            _create(hv, spec, seed, net, domain_xml="<domain>not a domain</domain>")
+        assert _leftovers(hv, name) == []
+        hosts = _hosts(hv)
+        assert [h for h in hosts["live"] if ip in h] == [(mac, name, ip)]
+        assert [h for h in hosts["config"] if ip in h] == [(mac, name, ip)]
+    finally:
+        _unreserve(hv, ip)
+
+
+def test_a_stale_lease_of_the_address_is_released(lab: dict) -> None:  # type: ignore[type-arg]
+    """dnsmasq refuses a reserved address leased to another MAC; the scripts release such leases.
+    Two short boots (~20 s each, until the guest's DHCP lease), no login."""
+    import time
+
+    import guests
+
+    from vmctl import hostkeys
+
+    hv = guests.hypervisor(lab["nodes"][0], lab)
+    ip = "10.213.11.79"
+
+    def leases() -> list[tuple[str, str]]:
+        out = hv.runner.run(["virsh", "-q", "net-dhcp-leases", "vmnet"]).stdout
+        return [(f[2], f[4].split("/")[0]) for f in map(str.split, out.splitlines()) if len(f) > 4]
+
+    def wait_lease(mac: str) -> None:
+        deadline = time.monotonic() + 240
+        while (mac, ip) not in leases():
+            assert time.monotonic() < deadline, f"no lease of {ip} for {mac}: {leases()}"
+            time.sleep(1)
+
+    old_mac, new_mac = hostkeys.new_mac(), hostkeys.new_mac()
+    for name in ("resv-l1", "resv-l2"):
+        _delete(hv, name, [])
+    _unreserve(hv, ip)
+    try:
+        # A VM holds a lease of the address, then goes away without its reservation or lease.
+        spec, seed = _spec_and_seed("resv-l1", old_mac, "vmnet")
+        _create(hv, spec, seed, ["--network", "vmnet", "--mac", old_mac, "--ip", ip], start=True)
+        wait_lease(old_mac)
+        _delete(hv, "resv-l1", [])
+        assert (old_mac, ip) in leases()
+
+        # The address is given to a new VM: the stale lease is released, and the VM gets it.
+        spec, seed = _spec_and_seed("resv-l2", new_mac, "vmnet")
+        res = _create(hv, spec, seed, ["--network", "vmnet", "--mac", new_mac, "--ip", ip])
+        assert f"released the stale lease of {ip} to {old_mac} in vmnet" in res.stderr
+        assert not [lease for lease in leases() if lease[1] == ip]
+        hv.runner.run(["virsh", "-q", "start", "resv-l2"])
+        wait_lease(new_mac)
+
+        res = _delete(hv, "resv-l2", ["--network", "vmnet", "--mac", new_mac])
+        assert f"released the lease of {ip} to {new_mac} in vmnet" in res.stderr
+        assert not [lease for lease in leases() if lease[1] == ip]
+    finally:
+        _delete(hv, "resv-l1", ["--network", "vmnet", "--mac", old_mac])
+        _delete(hv, "resv-l2", ["--network", "vmnet", "--mac", new_mac])
+    hosts = _hosts(hv)
+    assert not [h for h in hosts["live"] + hosts["config"] if ip in h]

@@ -10,7 +10,7 @@ import yaml
 from labkit import config, inventory
 
 from vmctl.errors import ConfigError, NotFound
-from vmctl.inventory import Inventory, load_inventory
+from vmctl.inventory import AddressPool, Inventory, Network, load_inventory
 
 pytestmark = pytest.mark.unit
 
@@ -135,6 +135,19 @@ def _drop(path: str) -> Callable[[dict[str, Any]], None]:
     return change
 
 
+def _managed(**network: Any) -> Callable[[dict[str, Any]], None]:
+    """kvm1's network (10.20.1.0/24, gateway .1) with ``network`` merged in."""
+
+    def change(data: dict[str, Any]) -> None:
+        data["nodes"][0]["network"].update(network)
+
+    return change
+
+
+def _range(first: str, last: str) -> dict[str, str]:
+    return {"first": first, "last": last}
+
+
 BROKEN = [
     ("unknown top-level key", _set("extras", 1), ["unknown key 'extras'"]),
     ("unknown node key", _set("nodes.0.capactiy", {}), ["node 'kvm1': unknown key 'capactiy'"]),
@@ -199,6 +212,35 @@ BROKEN = [
      ["node 'kvm1': storage: type: rbd needs a pool"]),
     ("relative storage path", _set("nodes.1.storage.path", "vms"),
      ["node 'kvm2': storage.path: must be an absolute path (got 'vms')"]),
+    ("addresses on an unmanaged network", _managed(addresses=_range("10.20.1.100", "10.20.1.199")),
+     ["node 'kvm1': network: addresses is only used with managed: true"]),
+    ("addresses with managed: false",
+     _managed(managed=False, addresses=_range("10.20.1.100", "10.20.1.199")),
+     ["node 'kvm1': network: addresses is only used with managed: true"]),
+    ("addresses start outside the subnet",
+     _managed(managed=True, addresses=_range("10.20.9.100", "10.20.1.199")),
+     ["node 'kvm1': network: addresses: 10.20.9.100 is not a host address of subnet 10.20.1.0/24"]),
+    ("addresses end outside the subnet",
+     _managed(managed=True, addresses=_range("10.20.1.100", "10.20.2.10")),
+     ["node 'kvm1': network: addresses: 10.20.2.10 is not a host address of subnet 10.20.1.0/24"]),
+    ("addresses end at the broadcast address",
+     _managed(managed=True, addresses=_range("10.20.1.100", "10.20.1.255")),
+     ["node 'kvm1': network: addresses: 10.20.1.255 is not a host address"]),
+    ("addresses start at the network address",
+     _managed(managed=True, addresses=_range("10.20.1.0", "10.20.1.9")),
+     ["node 'kvm1': network: addresses: 10.20.1.0 is not a host address"]),
+    ("addresses first after last",
+     _managed(managed=True, addresses=_range("10.20.1.200", "10.20.1.100")),
+     ["node 'kvm1': network: addresses: first 10.20.1.200 comes after last 10.20.1.100"]),
+    ("addresses bad address", _managed(managed=True, addresses=_range("10.20.1.300", "10.20.1.9")),
+     ["node 'kvm1': network.addresses.first: '10.20.1.300' is not a valid IPv4 address"]),
+    ("addresses without last", _managed(managed=True, addresses={"first": "10.20.1.100"}),
+     ["node 'kvm1': network.addresses: missing key 'last'"]),
+    ("addresses unknown key",
+     _managed(managed=True, addresses={**_range("10.20.1.2", "10.20.1.9"), "count": 8}),
+     ["node 'kvm1': network.addresses: unknown key 'count'"]),
+    ("addresses not a mapping", _managed(managed=True, addresses="10.20.1.100-10.20.1.199"),
+     ["node 'kvm1': network.addresses: expected a mapping (got '10.20.1.100-10.20.1.199')"]),
 ]  # fmt: skip
 
 
@@ -271,3 +313,120 @@ def test_document_that_is_not_a_mapping(tmp_path: Path, text: str) -> None:
 def test_inventory_can_be_built_in_code() -> None:
     inv = Inventory.model_validate(BASE)
     assert inv.node("kvm2").network.gateway == IPv4Address("10.20.2.1")
+
+
+# managed networks: the addresses vmctl hands out
+
+
+def _network(**values: Any) -> Network:
+    return Network.model_validate(
+        {"name": "vmnet", "subnet": "10.20.1.0/24", "gateway": "10.20.1.1", **values}
+    )
+
+
+def test_network_addresses_are_accepted_with_managed(tmp_path: Path) -> None:
+    change = _managed(managed=True, addresses=_range("10.20.1.100", "10.20.1.199"))
+    network = load_inventory(write(tmp_path, mutated(change))).node("kvm1").network
+    assert network.managed is True
+    assert network.addresses is not None
+    assert network.addresses.first == IPv4Address("10.20.1.100")
+    assert network.addresses.last == IPv4Address("10.20.1.199")
+
+
+def test_a_range_of_one_address_is_accepted() -> None:
+    pool = _network(managed=True, addresses=_range("10.20.1.9", "10.20.1.9")).pool()
+    assert pool is not None and len(pool) == 1
+
+
+def test_pool_defaults_to_every_host_address_but_the_gateway() -> None:
+    pool = _network(managed=True).pool()
+    assert pool == AddressPool(
+        "10.20.1.0/24",
+        IPv4Address("10.20.1.1"),
+        IPv4Address("10.20.1.254"),
+        frozenset({IPv4Address("10.20.1.1")}),
+    )
+    assert len(pool) == 253
+
+
+def test_pool_of_the_configured_addresses() -> None:
+    pool = _network(managed=True, addresses=_range("10.20.1.100", "10.20.1.199")).pool()
+    assert pool == AddressPool(
+        "10.20.1.0/24",
+        IPv4Address("10.20.1.100"),
+        IPv4Address("10.20.1.199"),
+        frozenset({IPv4Address("10.20.1.1")}),
+    )
+    assert len(pool) == 100  # the gateway is outside the range: nothing to leave out
+
+
+def test_a_gateway_inside_the_configured_addresses_is_left_out() -> None:
+    pool = _network(managed=True, addresses=_range("10.20.1.1", "10.20.1.10")).pool()
+    assert pool is not None and len(pool) == 9
+
+
+def test_pool_key_is_the_subnet() -> None:
+    pool = _network(subnet="192.168.122.0/24", gateway="192.168.122.1", managed=True).pool()
+    assert pool is not None and pool.key == "192.168.122.0/24"
+
+
+@pytest.mark.parametrize(
+    ("subnet", "gateway", "first", "last", "size"),
+    [
+        ("10.20.1.0/30", "10.20.1.1", "10.20.1.1", "10.20.1.2", 1),
+        ("10.20.1.0/31", "10.20.1.0", "10.20.1.0", "10.20.1.1", 1),  # point-to-point: both hosts
+        ("10.20.1.7/32", "10.20.1.7", "10.20.1.7", "10.20.1.7", 0),
+        ("10.20.0.0/16", "10.20.255.254", "10.20.0.1", "10.20.255.254", 65533),
+    ],
+)
+def test_pool_of_small_and_large_subnets(
+    subnet: str, gateway: str, first: str, last: str, size: int
+) -> None:
+    pool = _network(subnet=subnet, gateway=gateway, managed=True).pool()
+    assert pool is not None
+    assert (pool.first, pool.last) == (IPv4Address(first), IPv4Address(last))
+    assert len(pool) == size
+
+
+def test_an_unmanaged_network_has_no_pool(tmp_path: Path) -> None:
+    assert _network().pool() is None
+    assert _network(managed=False).pool() is None
+    assert load_inventory(write(tmp_path, BASE)).node("kvm1").network.pool() is None
+
+
+def test_documented_example_pool() -> None:
+    network = load_inventory(REPO / "inventory.yaml").node("kvm1").network
+    pool = network.pool()
+    assert pool is not None and pool.key == str(network.subnet)
+    assert network.gateway in pool.exclude
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "exclude", "size"),
+    [
+        ("10.0.0.1", "10.0.0.1", (), 1),
+        ("10.0.0.1", "10.0.0.10", (), 10),
+        ("10.0.0.1", "10.0.0.10", ("10.0.0.1", "10.0.0.10"), 8),
+        ("10.0.0.1", "10.0.0.10", ("10.0.0.0", "10.0.0.11", "192.168.1.1"), 10),  # outside
+        ("10.0.0.5", "10.0.0.5", ("10.0.0.5",), 0),
+    ],
+)
+def test_len_of_an_address_pool(first: str, last: str, exclude: tuple[str, ...], size: int) -> None:
+    pool = AddressPool(
+        "k", IPv4Address(first), IPv4Address(last), frozenset(map(IPv4Address, exclude))
+    )
+    assert len(pool) == size
+
+
+def test_lab_pools_stay_out_of_the_dhcp_range(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    nodes = config.nodes(3)
+    path.write_text(inventory.render(nodes))
+    inv = load_inventory(path)
+    for lab_node in nodes:
+        pool = inv.node(lab_node.name).network.pool()
+        assert pool is not None
+        dhcp_first, dhcp_last = map(IPv4Address, lab_node.dhcp_range)
+        assert pool.last < dhcp_first or pool.first > dhcp_last
+        assert pool.first in IPv4Network(lab_node.guest_subnet)
+        assert len(pool) == 90

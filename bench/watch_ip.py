@@ -1,0 +1,220 @@
+"""How fast `vmctl watch-ip` records a new VM's address, and what it costs while idle.
+
+latency: creates VMs (no --wait; nobody but the lab's watcher looks for their addresses), half on
+each node, and watches every node's DHCP lease file from this machine (the nodes' /var/lib/libvirt
+is a directory here) every 10 ms. For each VM: the delay from its lease appearing in the file to
+the watcher's `ip` event in PostgreSQL (same clock). Prints p50, p95 and max, and deletes the VMs.
+
+idle: puts 100 VMs (rows with confirmed addresses, half per node) into PostgreSQL, starts a
+second `vmctl watch-ip`, lets it settle, then reads its CPU time and memory from /proc over a
+window. Removes the rows afterwards.
+
+Run with the lab up:
+
+    eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py latency --vms 10 --rounds 2
+    eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py idle --vms 100 --seconds 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "lab"))
+
+from labkit import config  # noqa: E402
+
+from vmctl import hostkeys  # noqa: E402
+from vmctl.store import NewVm, Store  # noqa: E402
+
+VMCTL = str(REPO / ".venv" / "bin" / "vmctl")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def lease_files() -> list[Path]:
+    return [node.dir / "lib" / "dnsmasq" / f"{config.GUEST_BRIDGE}.status" for node in nodes()]
+
+
+def nodes() -> list[config.Node]:
+    state = json.loads(config.STATE_FILE.read_text())
+    return config.nodes(int(state["node_count"]))
+
+
+class LeaseClock:
+    """The wall-clock time each MAC first shows up in a node's lease file (polled every 10 ms)."""
+
+    def __init__(self) -> None:
+        self.first_seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LeaseClock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        files = lease_files()
+        while not self._stop.is_set():
+            for path in files:
+                try:
+                    leases = json.loads(path.read_text() or "[]")
+                except (OSError, ValueError):
+                    continue
+                now = time.time()
+                for lease in leases:
+                    self.first_seen.setdefault(lease["mac-address"].lower(), now)
+            time.sleep(0.01)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+def latency(vms: int, rounds: int, ram_mb: int) -> dict[str, object]:
+    env = dict(os.environ)
+    store = Store(env["VMCTL_DATABASE_URL"])
+    delays: list[float] = []
+    boot_s: list[float] = []
+    for round_no in range(1, rounds + 1):
+        names = [f"bench-ip-{round_no}-{i}" for i in range(1, vms + 1)]
+        with LeaseClock() as clock:
+            made = {}
+            try:
+                for i, name in enumerate(names):
+                    node = f"node{i % 2 + 1}"
+                    proc = subprocess.run(
+                        [VMCTL, "create", name, "--node", node, "--ram", str(ram_mb), "--json"],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                    )
+                    if proc.returncode != 0:
+                        raise SystemExit(f"create {name} failed: {proc.stderr}")
+                    made[name] = (json.loads(proc.stdout), time.time())
+                deadline = time.monotonic() + 900
+                while time.monotonic() < deadline:
+                    if all(store.get(n).ip_state == "confirmed" for n in made):
+                        break
+                    time.sleep(1)
+                else:
+                    raise SystemExit("not every VM got a confirmed address in 15 minutes")
+                for name, (vm, created) in made.items():
+                    event = next(e for e in store.events(name) if e["action"] == "ip")
+                    seen = clock.first_seen[vm["mac"].lower()]
+                    delays.append(event["at"].timestamp() - seen)
+                    boot_s.append(seen - created)
+                    print(
+                        f"{name}: lease {seen - created:5.1f} s after create, "
+                        f"in PostgreSQL {delays[-1]:.3f} s later ({event['detail']['source']})",
+                        file=sys.stderr,
+                    )
+            finally:
+                if made:
+                    subprocess.run(
+                        [VMCTL, "delete", "--yes", *made], env=env, capture_output=True, text=True
+                    )
+    store.close()
+    return {
+        "vms": len(delays),
+        "rounds": rounds,
+        "lease_to_postgres_s": {
+            "p50": round(statistics.median(delays), 3),
+            "p95": round(percentile(delays, 95), 3),
+            "max": round(max(delays), 3),
+            "min": round(min(delays), 3),
+        },
+        "create_to_lease_s_median": round(statistics.median(boot_s), 1),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values
+
+
+def idle(vms: int, seconds: float, settle: float) -> dict[str, object]:
+    env = dict(os.environ)
+    names = [f"bench-idle-{i:03d}" for i in range(vms)]
+    lab_nodes = nodes()
+    with Store(env["VMCTL_DATABASE_URL"]) as store:
+        for i, name in enumerate(names):
+            node = lab_nodes[i % len(lab_nodes)]
+            vm = NewVm(name, 256, 1, 1, 4, config.IMAGE_NAME, hostkeys.new_mac())
+            store.claim(vm, lambda _usage, n=node: n.name)  # type: ignore[misc]
+            prefix = node.guest_subnet.rsplit(".", 1)[0]  # e.g. 10.213.11
+            ip = f"{prefix}.{100 + (i // len(lab_nodes)) % 150}"  # no lease will ever match
+            store.set_state(name, "running")
+            store.set_ip(name, ip, "confirmed")
+    log = Path(config.LAB_DIR) / "bench-watch-ip.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [VMCTL, "watch-ip"], env=env, stdout=subprocess.DEVNULL, stderr=log_file
+        )
+    try:
+        time.sleep(settle)
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        memory = memory_kib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        with Store(env["VMCTL_DATABASE_URL"]) as store:
+            for name in names:
+                store.delete(name)
+    return {
+        "vms_known": vms,
+        "window_s": round(t1 - t0, 1),
+        "cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
+        "rss_mib": round(memory["VmRSS"] / 1024, 1),
+        "peak_rss_mib": round(memory["VmHWM"] / 1024, 1),
+        "log": str(log),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p_lat = sub.add_parser("latency")
+    p_lat.add_argument("--vms", type=int, default=10)
+    p_lat.add_argument("--rounds", type=int, default=1)
+    p_lat.add_argument("--ram", type=int, default=256)
+    p_idle = sub.add_parser("idle")
+    p_idle.add_argument("--vms", type=int, default=100)
+    p_idle.add_argument("--seconds", type=float, default=120)
+    p_idle.add_argument("--settle", type=float, default=15)
+    args = parser.parse_args()
+    started = datetime.now().isoformat(timespec="seconds")
+    if args.what == "latency":
+        result = latency(args.vms, args.rounds, args.ram)
+    else:
+        result = idle(args.vms, args.seconds, args.settle)
+    print(json.dumps({"bench": args.what, "started": started, **result}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

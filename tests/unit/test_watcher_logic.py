@@ -1,0 +1,508 @@
+"""vmctl watch-ip without a lab: where each VM is (``discover``), what goes out on Redis, and one
+pass over every node (``Watcher.once``) with nodes, PostgreSQL and Redis faked."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from vmctl.addressing import Lease, Neighbor, Observation
+from vmctl.errors import NodeUnreachable, NotFound
+from vmctl.inventory import Inventory, Node
+from vmctl.store import IpChange, VmRecord
+from vmctl.watcher import Found, Watcher, agent_address, change_message, discover
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+MAC_A = "52:54:00:00:00:0a"
+MAC_B = "52:54:00:00:00:0b"
+MAC_C = "52:54:00:00:00:0c"
+NOTHING = Observation()
+
+
+def vm(
+    name: str,
+    mac: str,
+    node: str = "kvm1",
+    ip: str | None = None,
+    ip_state: str | None = None,
+    state: str = "running",
+) -> VmRecord:
+    return VmRecord(
+        id=abs(hash(name)) % 10_000,
+        name=name,
+        node=node,
+        state=state,
+        ram_mb=512,
+        cpu=1,
+        disk_gb=1,
+        root_gb=10,
+        image="debian-12",
+        mac=mac,
+        host_key=None,
+        ip=ip,
+        ip_state=ip_state,
+        group_name=None,
+        project=None,
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def lease(mac: str, ip: str) -> Lease:
+    return Lease(mac, ip, "2026-11-25 15:00:00")
+
+
+def arp(mac: str, ip: str, state: str = "REACHABLE") -> Neighbor:
+    return Neighbor(mac, ip, state)
+
+
+class FakeHypervisor:
+    """One node: what it observes, what guest agents say, and what it was asked."""
+
+    def __init__(
+        self,
+        seen: Observation = NOTHING,
+        agent: dict[str, list[tuple[str, str]]] | None = None,
+        fail: Exception | None = None,
+    ) -> None:
+        self.seen = seen
+        self.agent = agent or {}
+        self.fail = fail
+        self.observed: list[str] = []
+        self.asked: list[str] = []
+
+    def observe(self, network: str, timeout: float = 15.0) -> Observation:
+        self.observed.append(network)
+        if self.fail is not None:
+            raise self.fail
+        return self.seen
+
+    def agent_addresses(self, name: str, timeout_s: int = 5) -> list[tuple[str, str]]:
+        self.asked.append(name)
+        return self.agent.get(name, [])
+
+
+def found(
+    hv: FakeHypervisor, vms: Sequence[VmRecord], sources: Sequence[str], **kwargs: Any
+) -> list[Found]:
+    return discover(hv, "vmnet", vms, sources, **kwargs)  # type: ignore[arg-type]
+
+
+# agent_address
+
+
+def test_agent_address_is_the_one_of_the_vms_mac() -> None:
+    hv = FakeHypervisor(
+        agent={"a": [(MAC_B, "10.20.1.9"), ("00:00:00:00:00:00", "127.0.0.1"), (MAC_A, "10.0.0.5")]}
+    )
+    assert agent_address(hv, vm("a", MAC_A)) == "10.0.0.5"  # type: ignore[arg-type]
+    assert hv.asked == ["a"]
+
+
+def test_agent_address_macs_are_compared_without_case() -> None:
+    hv = FakeHypervisor(agent={"a": [(MAC_A.upper(), "10.0.0.5")]})
+    assert agent_address(hv, vm("a", MAC_A)) == "10.0.0.5"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ip", ["169.254.10.20", "127.0.0.1", "127.1.2.3"])
+def test_agent_link_local_and_loopback_addresses_are_ignored(ip: str) -> None:
+    hv = FakeHypervisor(agent={"a": [(MAC_A, ip)]})
+    assert agent_address(hv, vm("a", MAC_A)) is None  # type: ignore[arg-type]
+    hv = FakeHypervisor(agent={"a": [(MAC_A, ip), (MAC_A, "10.0.0.5")]})
+    assert agent_address(hv, vm("a", MAC_A)) == "10.0.0.5"  # type: ignore[arg-type]
+
+
+def test_no_agent_answer_gives_none() -> None:
+    assert agent_address(FakeHypervisor(), vm("a", MAC_A)) is None  # type: ignore[arg-type]
+
+
+# discover
+
+
+def test_the_first_source_that_knows_wins() -> None:
+    hv = FakeHypervisor(
+        Observation(leases=(lease(MAC_A, "10.0.0.5"),), neighbors=(arp(MAC_A, "10.0.0.6"),))
+    )
+    a = vm("a", MAC_A)
+    assert found(hv, [a], ("lease", "arp")) == [Found("a", "kvm1", MAC_A, "10.0.0.5", "lease")]
+    assert found(hv, [a], ("arp", "lease")) == [Found("a", "kvm1", MAC_A, "10.0.0.6", "arp")]
+
+
+def test_a_later_source_is_used_when_the_earlier_ones_know_nothing() -> None:
+    hv = FakeHypervisor(
+        Observation(leases=(lease(MAC_A, "10.0.0.5"),), neighbors=(arp(MAC_B, "10.0.0.6"),)),
+        agent={"c": [(MAC_C, "10.0.0.7")]},
+    )
+    vms = [vm("a", MAC_A), vm("b", MAC_B), vm("c", MAC_C)]
+    assert found(hv, vms, ("lease", "arp", "agent")) == [
+        Found("a", "kvm1", MAC_A, "10.0.0.5", "lease"),
+        Found("b", "kvm1", MAC_B, "10.0.0.6", "arp"),
+        Found("c", "kvm1", MAC_C, "10.0.0.7", "agent"),
+    ]
+    assert hv.observed == ["vmnet"]  # one look for every VM of the node
+    assert hv.asked == ["c"]  # the agent only for the VM nobody else knew
+
+
+def test_a_source_not_configured_is_not_used() -> None:
+    hv = FakeHypervisor(Observation(leases=(lease(MAC_A, "10.0.0.5"),)))
+    assert found(hv, [vm("a", MAC_A)], ("arp",)) == []
+
+
+def test_the_agent_is_asked_only_when_use_agent_says_so() -> None:
+    hv = FakeHypervisor(agent={"a": [(MAC_A, "10.0.0.5")], "b": [(MAC_B, "10.0.0.6")]})
+    vms = [vm("a", MAC_A), vm("b", MAC_B)]
+    result = found(hv, vms, ("lease", "agent"), use_agent=lambda v: v.name == "b")
+    assert result == [Found("b", "kvm1", MAC_B, "10.0.0.6", "agent")]
+    assert hv.asked == ["b"]
+
+
+def test_the_agent_is_not_asked_when_a_batch_source_knows() -> None:
+    hv = FakeHypervisor(
+        Observation(leases=(lease(MAC_A, "10.0.0.5"),)), agent={"a": [(MAC_A, "10.0.0.99")]}
+    )
+    assert found(hv, [vm("a", MAC_A)], ("lease", "agent"))[0].source == "lease"
+    assert hv.asked == []
+
+
+def test_the_agent_first_when_configured_so() -> None:
+    hv = FakeHypervisor(
+        Observation(leases=(lease(MAC_A, "10.0.0.5"),)), agent={"a": [(MAC_A, "10.0.0.99")]}
+    )
+    assert found(hv, [vm("a", MAC_A)], ("agent", "lease")) == [
+        Found("a", "kvm1", MAC_A, "10.0.0.99", "agent")
+    ]
+
+
+def test_agent_link_local_addresses_fall_through_to_the_next_source() -> None:
+    hv = FakeHypervisor(
+        Observation(neighbors=(arp(MAC_A, "10.0.0.5", "STALE"),)),
+        agent={"a": [(MAC_A, "169.254.3.4"), (MAC_A, "127.0.0.1")]},
+    )
+    assert found(hv, [vm("a", MAC_A)], ("agent", "arp")) == [
+        Found("a", "kvm1", MAC_A, "10.0.0.5", "arp")
+    ]
+
+
+def test_vms_found_nowhere_give_nothing() -> None:
+    hv = FakeHypervisor(
+        Observation(
+            leases=(lease(MAC_B, "10.0.0.6"),), neighbors=(arp(MAC_A, "10.0.0.5", "FAILED"),)
+        )
+    )
+    assert found(hv, [vm("a", MAC_A), vm("c", MAC_C)], ("lease", "arp", "agent")) == []
+    assert hv.asked == ["a", "c"]
+
+
+def test_the_node_is_not_observed_when_only_the_agent_is_asked() -> None:
+    hv = FakeHypervisor(agent={"a": [(MAC_A, "10.0.0.5")]})
+    assert found(hv, [vm("a", MAC_A)], ("agent",)) == [
+        Found("a", "kvm1", MAC_A, "10.0.0.5", "agent")
+    ]
+    assert hv.observed == []
+
+
+def test_the_node_is_not_observed_without_vms() -> None:
+    hv = FakeHypervisor()
+    assert found(hv, [], ("lease", "arp", "agent")) == []
+    assert hv.observed == [] and hv.asked == []
+
+
+def test_an_unreachable_node_raises() -> None:
+    hv = FakeHypervisor(fail=NodeUnreachable("node kvm1: connection lost"))
+    with pytest.raises(NodeUnreachable):
+        found(hv, [vm("a", MAC_A)], ("lease",))
+
+
+# change_message
+
+
+def test_change_message() -> None:
+    change = IpChange(
+        name="a",
+        node="kvm1",
+        ip="10.0.0.5",
+        previous="10.0.0.4",
+        previous_state="expected",
+        source="lease",
+        at=datetime(2026, 11, 25, 14, 3, 22, 500000, tzinfo=UTC),
+    )
+    assert change_message(change) == {
+        "name": "a",
+        "node": "kvm1",
+        "ip": "10.0.0.5",
+        "previous": "10.0.0.4",
+        "source": "lease",
+        "at": "2026-11-25T14:03:22.500000+00:00",
+    }
+    assert change_message(replace(change, previous=None))["previous"] is None
+
+
+# Watcher.once
+
+INVENTORY = Inventory.model_validate(
+    {
+        "defaults": {"image": "debian-12", "ram_mb": 512, "cpu": 1, "disk_gb": 1},
+        "images": {"debian-12": {"path": "/img/debian.qcow2", "default_user": "debian"}},
+        "nodes": [
+            {
+                "name": f"kvm{i}",
+                "ssh": {"host": f"10.0.0.{i}"},
+                "capacity": {"cpu": 4, "ram_mb": 8192, "disk_gb": 100},
+                "storage": {"path": "/var/lib/vmctl"},
+                "network": {
+                    "name": f"vmnet{i}",
+                    "subnet": f"10.20.{i}.0/24",
+                    "gateway": f"10.20.{i}.1",
+                },
+            }
+            for i in (1, 2)
+        ],
+    }
+)
+
+
+class FakeStore:
+    """The VMs table in memory; ``record_ip`` does what PostgreSQL's does."""
+
+    def __init__(self, vms: Sequence[VmRecord]) -> None:
+        self.vms = {v.name: v for v in vms}
+        self.recorded: list[tuple[str, str, str, str]] = []
+
+    def get(self, name: str) -> VmRecord:
+        if name not in self.vms:
+            raise NotFound(f"no VM named {name}")
+        return self.vms[name]
+
+    def list(self) -> list[VmRecord]:
+        return sorted(self.vms.values(), key=lambda v: v.name)
+
+    def record_ip(self, name: str, mac: str, ip: str, source: str) -> IpChange | None:
+        self.recorded.append((name, mac, ip, source))
+        row = self.vms.get(name)
+        if row is None or row.mac != mac or (row.ip == ip and row.ip_state == "confirmed"):
+            return None
+        self.vms[name] = replace(row, ip=ip, ip_state="confirmed")
+        return IpChange(name, row.node, ip, row.ip, row.ip_state, source, datetime.now(UTC))
+
+
+class FakeCache:
+    def __init__(self) -> None:
+        self.published: list[dict[str, Any]] = []
+
+    def publish_ip(self, message: dict[str, Any]) -> None:
+        self.published.append(message)
+
+
+def watcher(
+    store: FakeStore, nodes: dict[str, FakeHypervisor], sources: Sequence[str] = ("lease", "arp")
+) -> tuple[Watcher, FakeCache]:
+    cache = FakeCache()
+
+    def connect(node: Node) -> FakeHypervisor:
+        return nodes[node.name]
+
+    w = Watcher(
+        INVENTORY,
+        store,  # type: ignore[arg-type]
+        cache,  # type: ignore[arg-type]
+        connect,  # type: ignore[arg-type]
+        logging.getLogger("test-watch-ip"),
+        sources=sources,
+    )
+    return w, cache
+
+
+def lab() -> tuple[FakeStore, dict[str, FakeHypervisor]]:
+    """kvm1: a (new), b (confirmed, unchanged), d (stopped); kvm2: c (expected .20, leased .20)."""
+    store = FakeStore(
+        [
+            vm("a", MAC_A, state="creating"),
+            vm("b", MAC_B, ip="10.20.1.11", ip_state="confirmed"),
+            vm("c", MAC_C, node="kvm2", ip="10.20.2.20", ip_state="expected"),
+            vm("d", "52:54:00:00:00:0d", state="stopped"),
+        ]
+    )
+    nodes = {
+        "kvm1": FakeHypervisor(
+            Observation(
+                leases=(lease(MAC_B, "10.20.1.11"), lease("52:54:00:00:00:0d", "10.20.1.13")),
+                neighbors=(arp(MAC_A, "10.20.1.10"),),
+            )
+        ),
+        "kvm2": FakeHypervisor(Observation(leases=(lease(MAC_C, "10.20.2.20"),))),
+    }
+    return store, nodes
+
+
+def test_once_gives_rows_for_changed_addresses_only() -> None:
+    store, nodes = lab()
+    w, _ = watcher(store, nodes)
+    rows, problems = w.once()
+    assert problems == []
+    assert sorted(rows, key=lambda r: r["name"]) == [
+        {
+            "name": "a",
+            "node": "kvm1",
+            "ip": "10.20.1.10",
+            "previous": None,
+            "source": "arp",
+            "changed": True,
+        },
+        {
+            "name": "c",
+            "node": "kvm2",
+            "ip": "10.20.2.20",
+            "previous": "10.20.2.20",
+            "source": "lease",
+            "changed": True,
+        },
+    ]
+    assert nodes["kvm1"].observed == ["vmnet1"] and nodes["kvm2"].observed == ["vmnet2"]
+    assert ("d", "52:54:00:00:00:0d", "10.20.1.13", "lease") not in store.recorded  # stopped
+    assert store.get("a").ip_state == "confirmed" and store.get("a").ip == "10.20.1.10"
+
+
+def test_once_publishes_each_change() -> None:
+    store, nodes = lab()
+    w, cache = watcher(store, nodes)
+    rows, _ = w.once()
+    assert len(cache.published) == len(rows) == 2
+    for row in rows:
+        [message] = [m for m in cache.published if m["name"] == row["name"]]
+        assert {k: message[k] for k in ("node", "ip", "previous", "source")} == {
+            k: row[k] for k in ("node", "ip", "previous", "source")
+        }
+    assert sorted((m["name"], m["ip"], m["previous"], m["source"]) for m in cache.published) == [
+        ("a", "10.20.1.10", None, "arp"),
+        ("c", "10.20.2.20", "10.20.2.20", "lease"),
+    ]
+    for message in cache.published:
+        assert set(message) == {"name", "node", "ip", "previous", "source", "at"}
+        datetime.fromisoformat(message["at"])
+
+
+def test_a_second_pass_finds_nothing_new() -> None:
+    store, nodes = lab()
+    w, cache = watcher(store, nodes)
+    w.once()
+    assert w.once() == ([], [])
+    assert len(cache.published) == 2
+
+
+def test_once_with_names_gives_a_row_for_every_address_found() -> None:
+    store, nodes = lab()
+    w, cache = watcher(store, nodes)
+    rows, problems = w.once(["b", "a", "d"])
+    assert problems == []
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["b"] == {
+        "name": "b",
+        "node": "kvm1",
+        "ip": "10.20.1.11",
+        "previous": "10.20.1.11",
+        "source": "lease",
+        "changed": False,
+    }
+    assert by_name["a"]["changed"] is True and by_name["a"]["ip"] == "10.20.1.10"
+    assert by_name["d"]["changed"] is True  # asked for by name: looked at whatever its state
+    assert set(by_name) == {"a", "b", "d"}
+    assert nodes["kvm2"].observed == []  # no VM asked for there
+    assert sorted(m["name"] for m in cache.published) == ["a", "d"]
+
+
+def test_once_with_an_unknown_name_is_not_found() -> None:
+    store, nodes = lab()
+    w, _ = watcher(store, nodes)
+    with pytest.raises(NotFound):
+        w.once(["nope"])
+
+
+def test_an_unreachable_node_is_a_problem_and_the_others_still_report() -> None:
+    store, nodes = lab()
+    nodes["kvm1"].fail = NodeUnreachable("node kvm1 (10.0.0.1:22): timed out")
+    w, cache = watcher(store, nodes)
+    rows, problems = w.once()
+    assert problems == ["node kvm1: node kvm1 (10.0.0.1:22): timed out"]
+    assert [r["name"] for r in rows] == ["c"]
+    assert [m["name"] for m in cache.published] == ["c"]
+    assert store.get("a").ip_state is None  # nothing recorded for the unreachable node
+
+
+def test_a_node_that_cannot_be_connected_is_a_problem() -> None:
+    store, nodes = lab()
+    w, _ = watcher(store, nodes)
+
+    def connect(node: Node) -> FakeHypervisor:
+        if node.name == "kvm2":
+            raise NodeUnreachable("node kvm2: host key does not match")
+        return nodes[node.name]
+
+    w.connect = connect  # type: ignore[assignment]
+    rows, problems = w.once()
+    assert problems == ["node kvm2: node kvm2: host key does not match"]
+    assert [r["name"] for r in rows] == ["a"]
+
+
+def test_once_asks_the_agent_only_for_unconfirmed_vms_unless_named() -> None:
+    store = FakeStore(
+        [
+            vm("a", MAC_A, state="creating"),
+            vm("b", MAC_B, ip="10.20.1.11", ip_state="confirmed"),
+        ]
+    )
+    hv = FakeHypervisor(agent={"a": [(MAC_A, "10.20.1.10")], "b": [(MAC_B, "10.20.1.12")]})
+    w, _ = watcher(store, {"kvm1": hv, "kvm2": FakeHypervisor()}, ("lease", "agent"))
+    rows, _ = w.once()
+    assert hv.asked == ["a"]
+    assert [(r["name"], r["source"]) for r in rows] == [("a", "agent")]
+
+    hv.asked.clear()
+    rows, _ = w.once(["a", "b"])
+    assert sorted(hv.asked) == ["a", "b"]  # by name: the agent is asked at once
+    assert {r["name"]: r["changed"] for r in rows} == {"a": False, "b": True}
+    assert store.get("b").ip == "10.20.1.12"
+
+
+def test_a_vm_deleted_meanwhile_gives_no_row() -> None:
+    store, nodes = lab()
+    w, cache = watcher(store, nodes)
+    real = store.record_ip
+
+    def gone_c(name: str, mac: str, ip: str, source: str) -> IpChange | None:
+        return None if name == "c" else real(name, mac, ip, source)
+
+    store.record_ip = gone_c  # type: ignore[method-assign]
+    rows, problems = w.once()
+    assert [r["name"] for r in rows] == ["a"] and problems == []
+    assert [m["name"] for m in cache.published] == ["a"]
+
+
+def test_a_reserved_address_that_dhcp_did_not_give_is_logged_as_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FakeStore([vm("c", MAC_C, node="kvm2", ip="10.20.2.20", ip_state="expected")])
+    nodes = {
+        "kvm1": FakeHypervisor(),
+        "kvm2": FakeHypervisor(Observation(leases=(lease(MAC_C, "10.20.2.99"),))),
+    }
+    w, _ = watcher(store, nodes)
+    with caplog.at_level(logging.INFO, logger="test-watch-ip"):
+        rows, _ = w.once()
+    assert rows[0]["previous"] == "10.20.2.20" and rows[0]["ip"] == "10.20.2.99"
+    [record] = [r for r in caplog.records if r.getMessage() == "ip recorded"]
+    assert record.levelno == logging.WARNING
+    assert record.fields["vm"] == "c" and record.fields["previous_state"] == "expected"  # type: ignore[attr-defined]
+
+
+def test_a_confirmed_reserved_address_is_logged_as_info(caplog: pytest.LogCaptureFixture) -> None:
+    store, nodes = lab()
+    w, _ = watcher(store, nodes)
+    with caplog.at_level(logging.INFO, logger="test-watch-ip"):
+        w.once()
+    levels = {r.fields["vm"]: r.levelno for r in caplog.records if r.getMessage() == "ip recorded"}  # type: ignore[attr-defined]
+    assert levels == {"a": logging.INFO, "c": logging.INFO}

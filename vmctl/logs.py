@@ -1,0 +1,57 @@
+"""Structured logs for long-running vmctl processes (watch-ip, serve): one line per event on
+stderr, as logfmt (``ts=... level=info msg="ip recorded" vm=web-1 ...``) or JSON lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+FIELDS = "fields"  # logger.info("...", extra={"fields": {...}})
+
+
+def _quote(value: object) -> str:
+    text = "" if value is None else str(value)
+    if text and not any(c in text for c in ' "=\\') and text.isprintable():
+        return text
+    return json.dumps(text)
+
+
+def _parts(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str, Any]:
+    parts: dict[str, Any] = {
+        "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        "level": record.levelname.lower(),
+        "msg": record.getMessage(),
+        **getattr(record, FIELDS, {}),
+    }
+    if record.exc_info:
+        parts["error"] = formatter.formatException(record.exc_info).splitlines()[-1]
+    return parts
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{key}={_quote(value)}" for key, value in _parts(record, self).items())
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(_parts(record, self), default=str)
+
+
+def setup(name: str, fmt: str = "logfmt", level: int = logging.INFO) -> logging.Logger:
+    """The logger of a long-running command, writing to stderr in ``fmt`` (logfmt or json)."""
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+    return logger
+
+
+def fields(**values: object) -> dict[str, dict[str, object]]:
+    """``extra=`` for a log call: ``log.info("ip recorded", extra=fields(vm=name, ip=ip))``."""
+    return {FIELDS: values}

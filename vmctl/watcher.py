@@ -1,0 +1,382 @@
+"""vmctl watch-ip: learn each VM's address as soon as its node knows it.
+
+One thread per node keeps that node's SSH connection and looks at it (DHCP leases and the ARP table
+in one command, the guest agent per VM as a late fallback): every ``fast_s`` while one of its VMs
+has no confirmed address, every ``idle_s`` otherwise (to catch changed addresses). The main thread
+reads the VM list from PostgreSQL, writes what the nodes report (``Store.record_ip``: the address,
+``ip_state`` confirmed, an ``ip`` event) and announces it on the Redis channel ``vmctl:ip``.
+
+Nothing is lost when something is away: a node that does not answer is retried with backoff; an
+address learned while PostgreSQL is down is kept and written when it is back; Redis is optional.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from vmctl.addressing import SOURCES, Observation, address_from
+from vmctl.cache import Cache
+from vmctl.errors import StoreUnavailable, VmctlError
+from vmctl.hypervisor import Hypervisor
+from vmctl.inventory import Inventory, Node
+from vmctl.logs import fields
+from vmctl.store import IpChange, Store, VmRecord
+
+KIND = "watch-ip"  # the heartbeat kind
+WATCHED_STATES = ("creating", "running")
+BACKOFF_S = (1, 2, 4, 8, 16, 30)
+
+
+@dataclass(frozen=True)
+class Found:
+    name: str
+    node: str
+    mac: str
+    ip: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Timing:
+    fast_s: float = 0.5  # a node with VMs waiting for an address is looked at this often
+    idle_s: float = 5.0  # ... and with none
+    refresh_s: float = 1.0  # the VM list is read from PostgreSQL this often
+    agent_after_s: float = 30.0  # ask the guest agent once a VM waited this long for DHCP/ARP
+    agent_every_s: float = 3.0  # ... and then at most this often
+    heartbeat_s: float = 5.0
+
+
+def agent_address(hv: Hypervisor, vm: VmRecord) -> str | None:
+    """The VM's IPv4 address on its vmctl interface as its guest agent reports it."""
+    for mac, ip in hv.agent_addresses(vm.name):
+        if mac.lower() == vm.mac.lower():
+            address = ipaddress.ip_address(ip)
+            if not (address.is_loopback or address.is_link_local):
+                return ip
+    return None
+
+
+def discover(
+    hv: Hypervisor,
+    network: str,
+    vms: Sequence[VmRecord],
+    sources: Sequence[str],
+    use_agent: Callable[[VmRecord], bool] = lambda _vm: True,
+) -> list[Found]:
+    """Where each VM of one node is, by the first of ``sources`` that knows (one command for the
+    leases and the ARP table of all of them; the agent is asked per VM, when ``use_agent``)."""
+    batch = any(source in ("lease", "arp") for source in sources)
+    seen = hv.observe(network) if batch and vms else Observation()
+    found = []
+    for vm in vms:
+        for source in sources:
+            if source == "agent":
+                ip = agent_address(hv, vm) if use_agent(vm) else None
+            else:
+                ip = address_from(seen, vm.mac, source)
+            if ip is not None:
+                found.append(Found(vm.name, vm.node, vm.mac, ip, source))
+                break
+    return found
+
+
+def change_message(change: IpChange) -> dict[str, Any]:
+    """What goes out on the Redis channel for a recorded address."""
+    return {
+        "name": change.name,
+        "node": change.node,
+        "ip": change.ip,
+        "previous": change.previous,
+        "source": change.source,
+        "at": change.at.isoformat(),
+    }
+
+
+class Watcher:
+    def __init__(
+        self,
+        inventory: Inventory,
+        store: Store,
+        cache: Cache,
+        connect: Callable[[Node], Hypervisor],
+        log: logging.Logger,
+        sources: Sequence[str] = SOURCES,
+        timing: Timing = Timing(),
+        process: str = KIND,
+    ) -> None:
+        self.inventory = inventory
+        self.store = store
+        self.cache = cache
+        self.connect = connect
+        self.log = log
+        self.sources = tuple(sources)
+        self.timing = timing
+        self.process = process
+        self._lock = threading.Lock()
+        self._targets: dict[str, dict[str, VmRecord]] = {n.name: {} for n in inventory.nodes}
+        self._wake = {n.name: threading.Event() for n in inventory.nodes}
+        self._node_state = {n.name: "starting" for n in inventory.nodes}
+        self._results: queue.Queue[Found] = queue.Queue()
+        self._unsaved: dict[str, Found] = {}
+        self._store_down = False
+
+    # -- one pass (watch-ip --once, the API's discovery trigger, waiting without a watcher) -----
+
+    def once(self, names: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[str]]:
+        """Look at every node once and record what changed.
+
+        Without ``names``: every VM being watched; rows for the addresses that changed. With
+        ``names``: those VMs, the guest agent asked at once, a row for each address found.
+        Returns (rows, problems): a problem is a node that could not be looked at.
+        """
+        if names:
+            vms = [self.store.get(name) for name in names]  # NotFound for an unknown name
+        else:
+            vms = [vm for vm in self.store.list() if vm.state in WATCHED_STATES]
+        per_node: dict[str, list[VmRecord]] = {}
+        for vm in vms:
+            per_node.setdefault(vm.node, []).append(vm)
+
+        def look(node_name: str) -> list[Found]:
+            node = self.inventory.node(node_name)
+            return discover(
+                self.connect(node),
+                node.network.name,
+                per_node[node_name],
+                self.sources,
+                use_agent=lambda vm: bool(names) or vm.ip_state != "confirmed",
+            )
+
+        rows: list[dict[str, Any]] = []
+        problems: list[str] = []
+        with ThreadPoolExecutor(max(1, len(per_node))) as pool:
+            futures = {name: pool.submit(look, name) for name in per_node}
+        for node_name, future in futures.items():
+            try:
+                found = future.result()
+            except VmctlError as exc:
+                problems.append(f"node {node_name}: {exc}")
+                continue
+            for f in found:
+                change = self._record(f)
+                if change is not None or names:
+                    rows.append(
+                        {
+                            "name": f.name,
+                            "node": f.node,
+                            "ip": f.ip,
+                            "previous": change.previous if change else f.ip,
+                            "source": f.source,
+                            "changed": change is not None,
+                        }
+                    )
+        return rows, problems
+
+    # -- the service ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch until ``stop`` is set."""
+        self.log.info(
+            "watching",
+            extra=fields(
+                nodes=",".join(self._targets), sources=",".join(self.sources), process=self.process
+            ),
+        )
+        workers = [
+            threading.Thread(
+                target=self._node_loop, args=(node, stop), name=f"watch-{node.name}", daemon=True
+            )
+            for node in self.inventory.nodes
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            self._main_loop(stop)
+        finally:
+            stop.set()
+            for event in self._wake.values():
+                event.set()
+            for worker in workers:
+                worker.join(timeout=20)
+            with contextlib.suppress(StoreUnavailable):
+                self.store.forget_heartbeat(self.process)
+            self.log.info("stopped", extra=fields(unsaved=len(self._unsaved)))
+
+    def _main_loop(self, stop: threading.Event) -> None:
+        t = self.timing
+        next_refresh = next_beat = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_refresh:
+                self._refresh()
+                next_refresh = now + t.refresh_s
+            if now >= next_beat:
+                self._heartbeat()
+                next_beat = now + t.heartbeat_s
+            try:
+                found = self._results.get(timeout=max(0.01, next_refresh - time.monotonic()))
+            except queue.Empty:
+                found = None
+            while found is not None:
+                self._unsaved[found.name] = found  # the newest report for a VM wins
+                try:
+                    found = self._results.get_nowait()
+                except queue.Empty:
+                    found = None
+            self._flush()
+
+    def _refresh(self) -> None:
+        try:
+            vms = self.store.list()
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            return
+        self._store_back()
+        targets: dict[str, dict[str, VmRecord]] = {name: {} for name in self._targets}
+        for vm in vms:
+            if vm.state in WATCHED_STATES and vm.node in targets:
+                targets[vm.node][vm.name] = vm
+        with self._lock:
+            for node, now in targets.items():
+                before = self._targets[node]
+                new = [vm for name, vm in now.items() if name not in before]
+                if any(vm.ip_state != "confirmed" for vm in new):
+                    self._wake[node].set()  # a new VM to find: look now, not at the idle pace
+                self._targets[node] = now
+
+    def _flush(self) -> None:
+        for name, found in list(self._unsaved.items()):
+            try:
+                self._record(found)
+            except StoreUnavailable as exc:
+                self._store_failed(exc)
+                return
+            self._store_back()
+            del self._unsaved[name]
+
+    def _record(self, found: Found) -> IpChange | None:
+        change = self.store.record_ip(found.name, found.mac, found.ip, found.source)
+        if change is None:
+            return None
+        with self._lock:
+            vm = self._targets.get(found.node, {}).get(found.name)
+            if vm is not None:
+                self._targets[found.node][found.name] = replace(
+                    vm, ip=found.ip, ip_state="confirmed"
+                )
+        level = logging.INFO
+        if change.previous_state == "expected" and change.previous != change.ip:
+            level = logging.WARNING  # the DHCP gave another address than the one reserved
+        self.log.log(
+            level,
+            "ip recorded",
+            extra=fields(
+                vm=change.name,
+                node=change.node,
+                ip=change.ip,
+                previous=change.previous,
+                previous_state=change.previous_state,
+                source=change.source,
+            ),
+        )
+        self.cache.publish_ip(change_message(change))
+        return change
+
+    def _heartbeat(self) -> None:
+        with self._lock:
+            watched = sum(len(vms) for vms in self._targets.values())
+            pending = sum(
+                1
+                for vms in self._targets.values()
+                for vm in vms.values()
+                if vm.ip_state != "confirmed"
+            )
+            nodes = dict(self._node_state)
+        detail = {"nodes": nodes, "watched": watched, "pending": pending}
+        try:
+            self.store.heartbeat(self.process, KIND, {**detail, "unsaved": len(self._unsaved)})
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreUnavailable) -> None:
+        if not self._store_down:
+            self._store_down = True
+            self.log.warning(
+                "PostgreSQL unavailable; addresses are kept until it is back",
+                extra=fields(error=str(exc), unsaved=len(self._unsaved)),
+            )
+
+    def _store_back(self) -> None:
+        if self._store_down:
+            self._store_down = False
+            self.log.info("PostgreSQL reachable again", extra=fields(unsaved=len(self._unsaved)))
+
+    # -- one node -------------------------------------------------------------------------------
+
+    def _node_loop(self, node: Node, stop: threading.Event) -> None:
+        t = self.timing
+        failures = 0
+        asked_agent: dict[str, float] = {}
+        hv: Hypervisor | None = None
+
+        def use_agent(vm: VmRecord) -> bool:
+            if vm.ip_state == "confirmed":
+                return False
+            age = (datetime.now(UTC) - vm.created_at).total_seconds()
+            now = time.monotonic()
+            if age < t.agent_after_s or now - asked_agent.get(vm.name, 0.0) < t.agent_every_s:
+                return False
+            asked_agent[vm.name] = now
+            return True
+
+        while not stop.is_set():
+            with self._lock:
+                vms = list(self._targets[node.name].values())
+            pending = any(vm.ip_state != "confirmed" for vm in vms)
+            if vms:
+                try:
+                    if hv is None:
+                        hv = self.connect(node)
+                    found = discover(hv, node.network.name, vms, self.sources, use_agent)
+                except Exception as exc:  # a node thread must never die
+                    failures += 1
+                    delay = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
+                    if failures == 1:
+                        unexpected = not isinstance(exc, VmctlError)
+                        self.log.log(
+                            logging.ERROR if unexpected else logging.WARNING,
+                            "node unreachable; retrying with backoff",
+                            extra=fields(node=node.name, error=str(exc)),
+                            exc_info=exc if unexpected else None,
+                        )
+                    self._node_state[node.name] = "unreachable"
+                    if hv is not None:
+                        hv.runner.close()  # the next look opens a new connection
+                    stop.wait(delay)
+                    continue
+                if failures:
+                    self.log.info(
+                        "node reachable again", extra=fields(node=node.name, attempts=failures)
+                    )
+                    failures = 0
+                self._node_state[node.name] = "connected"
+                known = {vm.name: vm for vm in vms}
+                for f in found:
+                    vm = known[f.name]
+                    if f.ip != vm.ip or vm.ip_state != "confirmed":
+                        self._results.put(f)
+                for name in set(asked_agent) - set(known):
+                    del asked_agent[name]
+            wake = self._wake[node.name]
+            wake.wait(t.fast_s if pending else t.idle_s)
+            wake.clear()
