@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, timedelta
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import psycopg
@@ -29,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from vmctl import db
 from vmctl.errors import CapacityError, Conflict, InvalidInput, NotFound, StoreUnavailable
+from vmctl.inventory import AddressPool
 from vmctl.store import NewVm, NodeUsage, Store
 
 pytestmark = pytest.mark.integration
@@ -78,9 +80,13 @@ def _tables(url: str) -> set[str]:
 # -- migrations -----------------------------------------------------------------------------
 
 
-def test_upgrade_applies_0001_once(pg_url: str) -> None:
-    assert db.upgrade(pg_url) == ["0001_initial"]
-    assert {"vms", "nodes", "events"} <= _tables(pg_url)
+ALL_MIGRATIONS = sorted(p.stem for p in db.MIGRATIONS_DIR.glob("*.sql"))
+
+
+def test_upgrade_applies_every_migration_once(pg_url: str) -> None:
+    assert ALL_MIGRATIONS[:2] == ["0001_initial", "0002_addresses_and_watcher"]
+    assert db.upgrade(pg_url) == ALL_MIGRATIONS
+    assert {"vms", "nodes", "events", "released_addresses", "heartbeats"} <= _tables(pg_url)
     assert db.upgrade(pg_url) == []
 
 
@@ -96,7 +102,7 @@ def test_two_processes_upgrading_at_once_apply_each_migration_once(pg_url: str) 
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     applied = sorted(out.strip() for out, _err in results)
-    assert applied == ["", "0001_initial"], results
+    assert applied == ["", ",".join(ALL_MIGRATIONS)], results
     assert db.upgrade(pg_url) == []
 
 
@@ -107,7 +113,7 @@ def test_two_threads_upgrading_at_once_apply_each_migration_once(pg_url: str) ->
         t.start()
     for t in threads:
         t.join(120)
-    assert sorted(results) == [[], ["0001_initial"]]
+    assert sorted(results) == [[], ALL_MIGRATIONS]
 
 
 def test_stale_yoyo_lock_row_does_not_block_upgrade(pg_url: str) -> None:
@@ -347,5 +353,101 @@ def test_store_rides_over_a_postgres_restart_and_outage(
 def test_conninfo_forms_are_accepted(pg_url: str) -> None:
     params = conninfo_to_dict(pg_url)
     as_kw = make_conninfo(**params)  # key=value form
-    assert db.upgrade(as_kw) == ["0001_initial"]
+    assert db.upgrade(as_kw) == ALL_MIGRATIONS
     assert db.describe(pg_url) == f"{params['host']}:{params['port']}"
+
+
+# -- addresses on managed networks ------------------------------------------------------------
+
+
+def _pool(first: str, last: str, exclude: tuple[str, ...] = ()) -> AddressPool:
+    return AddressPool(
+        "10.9.0.0/24", IPv4Address(first), IPv4Address(last), frozenset(map(IPv4Address, exclude))
+    )
+
+
+def test_concurrent_claims_never_get_the_same_address(pg_url: str) -> None:
+    db.upgrade(pg_url)
+    pool = _pool("10.9.0.10", "10.9.0.14", exclude=("10.9.0.12",))  # room for 4
+    barrier = threading.Barrier(8, timeout=30)
+    got: dict[str, str | None] = {}
+
+    def create(i: int) -> None:
+        with Store(pg_url) as s:
+            s.usage()
+            barrier.wait()
+            try:
+                vm = s.claim(_vm(f"vm-{i}", mac=f"52:54:00:00:01:{i:02x}"), lambda _u: "node-a",
+                             pool_of=lambda _node: pool)  # fmt: skip
+                assert vm.ip_state == "expected" and vm.ip == vm.reserved_ip
+                got[vm.name] = vm.reserved_ip
+            except CapacityError as exc:
+                assert "every address of 10.9.0.0/24 (10.9.0.10-10.9.0.14) is taken" in str(exc)
+                got[f"vm-{i}"] = None
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    addresses = sorted(ip for ip in got.values() if ip)
+    assert addresses == ["10.9.0.10", "10.9.0.11", "10.9.0.13", "10.9.0.14"]
+    assert list(got.values()).count(None) == 4
+    with Store(pg_url) as s:  # the refused ones left no row
+        assert sorted(vm.name for vm in s.list()) == sorted(n for n, ip in got.items() if ip)
+
+
+def test_a_given_back_address_is_handed_out_again_last(store: Store) -> None:
+    pool = _pool("10.9.0.10", "10.9.0.12")
+
+    def claim(name: str) -> str | None:
+        return store.claim(_vm(name), lambda _u: "node-a", pool_of=lambda _n: pool).reserved_ip
+
+    assert [claim(n) for n in ("a", "b", "c")] == ["10.9.0.10", "10.9.0.11", "10.9.0.12"]
+    store.delete("b")
+    time.sleep(0.01)
+    store.delete("a")
+    assert claim("d") == "10.9.0.11"  # given back longest ago
+    assert claim("e") == "10.9.0.10"
+    # unmanaged networks: no address until the watcher finds one
+    vm = store.claim(_vm("f"), lambda _u: "node-b")
+    assert (vm.ip, vm.ip_state, vm.reserved_ip, vm.ip_pool) == (None, None, None, None)
+
+
+def test_record_ip_confirms_once_and_follows_changes(store: Store) -> None:
+    pool = _pool("10.9.0.10", "10.9.0.12")
+    vm = store.claim(_vm("web", mac="52:54:00:aa:bb:cc"), lambda _u: "n1", pool_of=lambda _n: pool)
+    change = store.record_ip("web", "52:54:00:aa:bb:cc", "10.9.0.10", "lease")
+    assert change is not None
+    assert (change.ip, change.previous, change.previous_state) == (
+        "10.9.0.10",
+        "10.9.0.10",
+        "expected",
+    )
+    assert store.get("web").ip_state == "confirmed"
+    assert store.record_ip("web", "52:54:00:aa:bb:cc", "10.9.0.10", "lease") is None  # no change
+    assert store.record_ip("web", "52:54:00:00:00:99", "10.9.0.50", "arp") is None  # not its MAC
+    assert store.record_ip("gone", "52:54:00:aa:bb:cc", "10.9.0.50", "arp") is None  # no such VM
+    moved = store.record_ip("web", "52:54:00:aa:bb:cc", "10.9.0.77", "arp")
+    assert moved is not None and (moved.previous, moved.previous_state) == (
+        "10.9.0.10",
+        "confirmed",
+    )
+    assert store.get("web").reserved_ip == vm.reserved_ip  # the reservation stays
+    details = [e["detail"] for e in store.events("web") if e["action"] == "ip"]
+    assert [(d["ip"], d["source"]) for d in details] == [
+        ("10.9.0.10", "lease"),
+        ("10.9.0.77", "arp"),
+    ]
+
+
+def test_heartbeats(store: Store) -> None:
+    assert store.alive("watch-ip", 15) == []
+    store.heartbeat("watch-ip@a:1", "watch-ip", {"watched": 3})
+    store.heartbeat("watch-ip@a:1", "watch-ip", {"watched": 4})
+    assert store.alive("watch-ip", 15) == ["watch-ip@a:1"]
+    assert store.alive("serve", 15) == []
+    time.sleep(1.1)
+    assert store.alive("watch-ip", 1) == []
+    store.forget_heartbeat("watch-ip@a:1")
+    assert store.alive("watch-ip", 15) == []
