@@ -9,7 +9,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils qemu-block-extra
   dnsmasq-base dnsmasq-utils iptables openssh-server openssh-client postgresql redis-server
   mmdebstrap genisoimage parted e2fsprogs iproute2 procps psmisc util-linux
-  python3-venv python3-libvirt ca-certificates
+  python3-venv python3-libvirt ca-certificates haproxy openssl curl
 )
 
 missing=()

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vmctl import __version__, db, logs, readiness, settings, wiring
+from vmctl import __version__, db, logs, readiness, settings, validation, wiring
 from vmctl.addressing import SOURCES, parse_sources
 from vmctl.errors import ExitStatus, InvalidInput, VmctlError
 from vmctl.output import Format, emit
@@ -32,6 +32,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The PostgreSQL schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+token_app = typer.Typer(
+    help="Bearer tokens of the HTTP API (one project each).", no_args_is_help=True
+)
+app.add_typer(token_app, name="token")
 
 _state: dict[str, Any] = {"debug": False, "flags": {}}
 
@@ -133,6 +137,7 @@ def record(vm: VmRecord) -> dict[str, Any]:
         "ip": vm.ip,
         "ip_state": vm.ip_state,
         "group": vm.group_name,
+        "project": vm.project,
         "created_at": vm.created_at,
         "updated_at": vm.updated_at,
     }
@@ -152,6 +157,7 @@ def create(
     image: Annotated[str | None, typer.Option(help="Image name from the inventory.")] = None,
     node: Annotated[str | None, typer.Option(help="Put it on this node.")] = None,
     group: Annotated[str | None, typer.Option(help="Anti-affinity group: one per node.")] = None,
+    project: Annotated[str | None, typer.Option(help="Project (API tokens see theirs).")] = None,
     pack: Annotated[bool, typer.Option("--pack/--spread", help="Fill nodes or spread.")] = False,
     ssh_key: Annotated[
         list[str] | None,
@@ -194,6 +200,7 @@ def create(
             policy="pack" if pack else "spread",
             authorized_keys=keys,
             user_data=extra,
+            project=project,
         )
         for vm_name in names
     ]
@@ -209,20 +216,19 @@ def create(
 
 
 def _count(text: str) -> int:
-    from vmctl.validation import integer
-
-    return integer("count", text)
+    return validation.integer("count", text)
 
 
 @app.command("list")
 def list_vms(
     node: Annotated[str | None, typer.Option(help="Only VMs on this node.")] = None,
     state: Annotated[str | None, typer.Option(help="Only VMs in this state.")] = None,
+    project: Annotated[str | None, typer.Option(help="Only VMs of this project.")] = None,
     output: OutputOpt = Format.table,
     json_flag: JsonOpt = False,
 ) -> None:
     """List VMs (from PostgreSQL)."""
-    vms = _service(quiet=True).list_vms(node=node, state=state)
+    vms = _service(quiet=True).list_vms(node=node, state=state, project=project)
     emit([record(vm) for vm in vms], VM_COLUMNS, _fmt(output, json_flag))
 
 
@@ -327,6 +333,72 @@ def delete(
 def nodes(output: OutputOpt = Format.table, json_flag: JsonOpt = False) -> None:
     """Capacity used and free on each node (free = capacity x overcommit - allocated)."""
     emit(_service(quiet=True).nodes(), NODE_COLUMNS, _fmt(output, json_flag))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    trusted_proxies: Annotated[
+        str, typer.Option(help="Addresses whose X-Forwarded-For is believed (HAProxy).")
+    ] = "127.0.0.1",
+    log_format: Annotated[str, typer.Option(help="logfmt or json.")] = "logfmt",
+) -> None:
+    """Serve the HTTP API (one replica; run several behind HAProxy). OpenAPI at /openapi.json."""
+    import uvicorn
+
+    if log_format not in ("logfmt", "json"):
+        raise InvalidInput("log-format", f"must be logfmt or json, not {log_format!r}")
+    log = logs.setup("vmctl.serve", log_format)
+    application = wiring.api_app(_settings(), log)
+    log.info("serving", extra=logs.fields(host=host, port=port, pid=os.getpid()))
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        proxy_headers=True,
+        forwarded_allow_ips=trusted_proxies,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
+TOKEN_COLUMNS = [
+    ("id", "ID"),
+    ("project", "PROJECT"),
+    ("name", "NAME"),
+    ("created_at", "CREATED (UTC)"),
+    ("revoked_at", "REVOKED (UTC)"),
+]
+
+
+@token_app.command("create")
+def token_create(
+    project: Annotated[str, typer.Option(help="The project whose VMs the token sees.")],
+    name: Annotated[str, typer.Option(help="What the token is for (a note).")] = "",
+) -> None:
+    """Make a token; prints it once on stdout (only its SHA-256 is kept)."""
+    from vmctl import tokens
+
+    validation.name(project, "project")
+    token, digest = tokens.new_secret(tokens.TOKEN_PREFIX)
+    token_id = _service(quiet=True).store.create_token(project, digest, name)
+    wiring.progress(f"token {token_id} for project {project}; it is not shown again")
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(output: OutputOpt = Format.table, json_flag: JsonOpt = False) -> None:
+    """The tokens (never their secrets)."""
+    emit(_service(quiet=True).store.tokens(), TOKEN_COLUMNS, _fmt(output, json_flag))
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[int, typer.Argument(help="The token's ID.")]) -> None:
+    """Revoke a token: it stops working at once."""
+    _service(quiet=True).store.revoke_token(token_id)
+    wiring.progress(f"token {token_id} revoked")
 
 
 @db_app.command("upgrade")

@@ -35,6 +35,7 @@ class Seed:
     mac: str
     host_key: HostKey | None = None
     data_disk: DataDisk | None = field(default_factory=DataDisk)
+    phone_home_url: str | None = None  # cloud-init POSTs here once the guest is up
 
 
 def _env() -> jinja2.Environment:
@@ -61,6 +62,7 @@ def render(seed: Seed, extra_user_data: str | None = None) -> dict[str, str]:
         "mac": seed.mac,
         "host_key": seed.host_key,
         "data_disk": seed.data_disk,
+        "phone_home_url": seed.phone_home_url,
     }
     files = {
         name: env.get_template(f"{name}.j2").render(values)

@@ -94,3 +94,7 @@ class RemoteCommandFailed(VmctlError):
         self.command = command
         self.remote_exit_status = exit_status
         self.stderr = stderr
+
+
+class Forbidden(VmctlError):
+    """The caller may not do this (a wrong secret or token)."""

@@ -12,12 +12,12 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vmctl import cloudinit, hostkeys, placement, readiness, validation, watcher
+from vmctl import cloudinit, hostkeys, placement, readiness, tokens, validation, watcher
 from vmctl.addressing import SOURCES
 from vmctl.cache import Cache
 from vmctl.domainxml import GuestSpec
@@ -64,16 +64,20 @@ class VmService:
     actor: str = field(default_factory=lambda: f"{getpass.getuser()}@{socket.gethostname()}")
     guest_key: Path | None = None  # private key that logs into guests (asks cloud-init)
     sources: Sequence[str] = SOURCES  # how to learn addresses when no watcher runs
+    phone_home_base: str | None = None  # the internal API's URL guests call home to, if any
+    default_keys: Sequence[str] = ()  # public keys for guests made without any (the API)
 
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, name: str) -> VmRecord:
         return self.store.get(validation.name(name))
 
-    def list_vms(self, node: str | None = None, state: str | None = None) -> list[VmRecord]:
+    def list_vms(
+        self, node: str | None = None, state: str | None = None, project: str | None = None
+    ) -> list[VmRecord]:
         if node is not None:
             self.inventory.node(node)  # NotFound for an unknown node
-        return self.store.list(node=node, state=state)
+        return self.store.list(node=node, state=state, project=project)
 
     def node_of(self, name: str) -> str:
         """Which node holds a VM: the Redis cache first, PostgreSQL when it misses."""
@@ -123,6 +127,8 @@ class VmService:
                 raise InvalidInput("node", str(exc)) from exc
         if req.group is not None:
             validation.name(req.group, "group")
+        if req.project is not None:
+            validation.name(req.project, "project")
         if req.policy not in ("spread", "pack"):
             raise InvalidInput("policy", f"must be 'spread' or 'pack', not {req.policy!r}")
         if not req.authorized_keys:
@@ -147,6 +153,13 @@ class VmService:
 
     def create(self, req: CreateRequest) -> VmRecord:
         new = self.check(req)
+        phone_home_url = None
+        if self.phone_home_base:
+            secret, secret_hash = tokens.new_secret()
+            new = replace(new, phone_home_hash=secret_hash)
+            phone_home_url = (
+                f"{self.phone_home_base.rstrip('/')}/api/v1/phone-home/{new.name}?secret={secret}"
+            )
         host_key = hostkeys.new_host_key(new.name)
         need = placement.Resources(new.cpu, new.ram_mb, new.disk_gb + new.root_gb)
         want = placement.Request(new.name, need, node=req.node, group=req.group, policy=req.policy)  # type: ignore[arg-type]
@@ -178,7 +191,7 @@ class VmService:
         hv: Hypervisor | None = None
         try:
             hv = self.connect(node)
-            self._build(hv, node, new, host_key, req, reservation)
+            self._build(hv, node, new, host_key, req, reservation, phone_home_url)
             self.store.set_state(new.name, "running")
             self.cache.set_node(new.name, node.name)
         except BaseException as exc:
@@ -195,6 +208,7 @@ class VmService:
         host_key: cloudinit.HostKey,
         req: CreateRequest,
         reservation: Reservation | None,
+        phone_home_url: str | None = None,
     ) -> None:
         image = self.inventory.image(new.image)
         seed = cloudinit.Seed(
@@ -204,6 +218,7 @@ class VmService:
             ssh_authorized_keys=list(req.authorized_keys),
             mac=new.mac,
             host_key=host_key,
+            phone_home_url=phone_home_url,
         )
         files = cloudinit.render(seed, extra_user_data=req.user_data)
         spec = GuestSpec(

@@ -25,6 +25,7 @@ class Settings:
     ssh_key: Path = HOME / ".ssh" / "id_ed25519"  # reaches the nodes
     known_hosts: Path = HOME / ".ssh" / "known_hosts"  # node host keys; guests' are added here
     guest_ssh_keys: tuple[Path, ...] = ()  # public keys put into guests; default: ssh_key + .pub
+    api_internal_url: str | None = None  # where guests phone home (the internal HAProxy)
 
     @property
     def authorized_key_files(self) -> tuple[Path, ...]:

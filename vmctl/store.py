@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import getpass
+import hmac
 import ipaddress
 import re
 import socket
@@ -23,7 +24,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from vmctl import addressing, db
-from vmctl.errors import CapacityError, Conflict, InvalidInput, NotFound
+from vmctl.errors import CapacityError, Conflict, Forbidden, InvalidInput, NotFound
 from vmctl.inventory import AddressPool
 
 T = TypeVar("T")
@@ -48,6 +49,7 @@ class NewVm:
     mac: str
     group_name: str | None = None
     project: str | None = None
+    phone_home_hash: str | None = None  # SHA-256 of the VM's one-time phone-home secret
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class VmRecord:
     updated_at: datetime  # timezone-aware, UTC
     ip_pool: str | None = None  # managed networks: the address space reserved_ip belongs to
     reserved_ip: str | None = None  # the address reserved for the VM's MAC in the DHCP
+    phone_home_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,10 @@ class Store:
                         raise db.unreachable(self._url, e) from e
             raise AssertionError("not reached")
 
+    def ping(self) -> None:
+        """StoreUnavailable unless PostgreSQL answers."""
+        self._run(lambda c: c.execute("SELECT 1").fetchone())
+
     # -- VMs ---------------------------------------------------------------------------------
 
     def claim(
@@ -211,11 +218,12 @@ class Store:
                 inserted = conn.execute(
                     """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image,
                                         mac, host_key, group_name, project,
-                                        ip_pool, reserved_ip, ip, ip_state)
+                                        ip_pool, reserved_ip, ip, ip_state, phone_home_hash)
                        VALUES (%(name)s, %(node)s, 'creating', %(ram_mb)s, %(cpu)s, %(disk_gb)s,
                                %(root_gb)s, %(image)s, %(mac)s, %(host_key)s, %(group_name)s,
                                %(project)s, %(pool)s, %(ip)s, %(ip)s,
-                               CASE WHEN %(ip)s::inet IS NULL THEN NULL ELSE 'expected' END)
+                               CASE WHEN %(ip)s::inet IS NULL THEN NULL ELSE 'expected' END,
+                               %(phone_home_hash)s)
                        RETURNING *""",
                     {
                         **asdict(vm),
@@ -266,8 +274,10 @@ class Store:
             raise NotFound(f"no VM named {name}")
         return _record(row)
 
-    def list(self, node: str | None = None, state: str | None = None) -> builtins.list[VmRecord]:
-        """VMs ordered by name, optionally only those on ``node`` and/or in ``state``."""
+    def list(
+        self, node: str | None = None, state: str | None = None, project: str | None = None
+    ) -> builtins.list[VmRecord]:
+        """VMs ordered by name, optionally only those on ``node``, in ``state``, of ``project``."""
         if state is not None and state not in STATES:
             raise InvalidInput("state", f"must be one of {', '.join(STATES)}, not {state!r}")
         rows = self._run(
@@ -275,8 +285,9 @@ class Store:
                 """SELECT * FROM vms
                    WHERE (%(node)s::text IS NULL OR node = %(node)s)
                      AND (%(state)s::text IS NULL OR state = %(state)s)
+                     AND (%(project)s::text IS NULL OR project = %(project)s)
                    ORDER BY name""",
-                {"node": node, "state": state},
+                {"node": node, "state": state, "project": project},
             ).fetchall()
         )
         return [_record(row) for row in rows]
@@ -326,39 +337,103 @@ class Store:
         None when nothing changed (already confirmed at that address) or when there is no such
         VM any more (deleted, or deleted and made again with another MAC, while it was watched).
         """
-        address = ipaddress.ip_address(ip)
+        return self._run(lambda conn: self._record_ip(conn, name, mac, ip, source))
+
+    def record_phone_home(self, name: str, secret_hash: str, ip: str) -> IpChange | None:
+        """The VM ``name`` called home from ``ip`` with the secret whose hash is given: use the
+        secret up (it works once) and record the address. Forbidden if the secret is not the
+        VM's (or was used already), NotFound if there is no such VM."""
 
         def work(conn: Connection) -> IpChange | None:
             row = conn.execute(
-                "SELECT node, ip, ip_state FROM vms WHERE name = %s AND mac = %s FOR UPDATE",
-                (name, mac),
+                "SELECT mac, phone_home_hash FROM vms WHERE name = %s FOR UPDATE", (name,)
             ).fetchone()
-            if row is None or (row["ip"] == address and row["ip_state"] == "confirmed"):
-                return None
-            previous = None if row["ip"] is None else str(row["ip"])
-            now = conn.execute(
-                """UPDATE vms SET ip = %s, ip_state = 'confirmed', updated_at = now()
-                   WHERE name = %s RETURNING updated_at""",
-                (address, name),
-            ).fetchone()
-            assert now is not None
-            detail = {"ip": ip, "previous": previous, "previous_state": row["ip_state"]}
-            conn.execute(
-                """INSERT INTO events (vm, node, actor, action, result, detail)
-                   VALUES (%s, %s, %s, 'ip', 'ok', %s)""",
-                (name, row["node"], self.actor, Jsonb({**detail, "source": source})),
-            )
-            return IpChange(
-                name=name,
-                node=row["node"],
-                ip=ip,
-                previous=previous,
-                previous_state=row["ip_state"],
-                source=source,
-                at=_utc(now["updated_at"]),
-            )
+            if row is None:
+                raise NotFound(f"no VM named {name}")
+            stored = row["phone_home_hash"]
+            if stored is None or not hmac.compare_digest(stored, secret_hash):
+                raise Forbidden(f"{name}: not its phone-home secret (or it was used already)")
+            conn.execute("UPDATE vms SET phone_home_hash = NULL WHERE name = %s", (name,))
+            return self._record_ip(conn, name, row["mac"], ip, "phone-home")
 
         return self._run(work)
+
+    def _record_ip(
+        self, conn: Connection, name: str, mac: str, ip: str, source: str
+    ) -> IpChange | None:
+        address = ipaddress.ip_address(ip)
+        row = conn.execute(
+            "SELECT node, ip, ip_state FROM vms WHERE name = %s AND mac = %s FOR UPDATE",
+            (name, mac),
+        ).fetchone()
+        if row is None or (row["ip"] == address and row["ip_state"] == "confirmed"):
+            return None
+        previous = None if row["ip"] is None else str(row["ip"])
+        now = conn.execute(
+            """UPDATE vms SET ip = %s, ip_state = 'confirmed', updated_at = now()
+               WHERE name = %s RETURNING updated_at""",
+            (address, name),
+        ).fetchone()
+        assert now is not None
+        detail = {"ip": ip, "previous": previous, "previous_state": row["ip_state"]}
+        conn.execute(
+            """INSERT INTO events (vm, node, actor, action, result, detail)
+               VALUES (%s, %s, %s, 'ip', 'ok', %s)""",
+            (name, row["node"], self.actor, Jsonb({**detail, "source": source})),
+        )
+        return IpChange(
+            name=name,
+            node=row["node"],
+            ip=ip,
+            previous=previous,
+            previous_state=row["ip_state"],
+            source=source,
+            at=_utc(now["updated_at"]),
+        )
+
+    # -- API tokens --------------------------------------------------------------------------
+
+    def create_token(self, project: str, token_hash: str, name: str = "") -> int:
+        if not NAME_RE.fullmatch(project):
+            raise InvalidInput("project", f"{project!r} must match ^[a-z][a-z0-9-]{{0,62}}$")
+        row = self._run(
+            lambda c: c.execute(
+                "INSERT INTO api_tokens (project, name, token_hash) VALUES (%s, %s, %s) "
+                "RETURNING id",
+                (project, name, token_hash),
+            ).fetchone()
+        )
+        assert row is not None
+        return int(row["id"])
+
+    def token_project(self, token_hash: str) -> str | None:
+        """The project of the token with this hash; None if there is none or it was revoked."""
+        row = self._run(
+            lambda c: c.execute(
+                "SELECT project FROM api_tokens WHERE token_hash = %s AND revoked_at IS NULL",
+                (token_hash,),
+            ).fetchone()
+        )
+        return None if row is None else str(row["project"])
+
+    def tokens(self) -> builtins.list[dict[str, Any]]:
+        rows = self._run(
+            lambda c: c.execute(
+                "SELECT id, project, name, created_at, revoked_at FROM api_tokens ORDER BY id"
+            ).fetchall()
+        )
+        return [dict(row) for row in rows]
+
+    def revoke_token(self, token_id: int) -> None:
+        row = self._run(
+            lambda c: c.execute(
+                "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s "
+                "RETURNING id",
+                (token_id,),
+            ).fetchone()
+        )
+        if row is None:
+            raise NotFound(f"no API token with id {token_id}")
 
     # -- heartbeats --------------------------------------------------------------------------
 

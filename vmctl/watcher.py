@@ -113,11 +113,14 @@ class Watcher:
         sources: Sequence[str] = SOURCES,
         timing: Timing = Timing(),
         process: str = KIND,
+        connect_agent: Callable[[Node], Hypervisor] | None = None,
     ) -> None:
         self.inventory = inventory
         self.store = store
         self.cache = cache
         self.connect = connect
+        # The agent thread's own connections (an agent that hangs must not hold up the others).
+        self.connect_agent = connect_agent or connect
         self.log = log
         self.sources = tuple(sources)
         self.timing = timing
@@ -192,11 +195,13 @@ class Watcher:
                 nodes=",".join(self._targets), sources=",".join(self.sources), process=self.process
             ),
         )
+        loops = [self._node_loop]
+        if "agent" in self.sources:
+            loops.append(self._agent_loop)
         workers = [
-            threading.Thread(
-                target=self._node_loop, args=(node, stop), name=f"watch-{node.name}", daemon=True
-            )
+            threading.Thread(target=loop, args=(node, stop), name=f"watch-{node.name}", daemon=True)
             for node in self.inventory.nodes
+            for loop in loops
         ]
         for worker in workers:
             worker.start()
@@ -324,59 +329,84 @@ class Watcher:
     # -- one node -------------------------------------------------------------------------------
 
     def _node_loop(self, node: Node, stop: threading.Event) -> None:
+        """Leases and ARP table: one command per look, all the node's VMs at once."""
+        batch = tuple(source for source in self.sources if source != "agent")
+
+        def look(hv: Hypervisor, vms: list[VmRecord]) -> tuple[list[Found], float]:
+            found = discover(hv, node.network.name, vms, batch) if batch else []
+            pending = any(vm.ip_state != "confirmed" for vm in vms)
+            return found, self.timing.fast_s if pending else self.timing.idle_s
+
+        self._loop(node, stop, "look", self.connect, look, self._wake[node.name])
+
+    def _agent_loop(self, node: Node, stop: threading.Event) -> None:
+        """The guest agent, per VM, for VMs still without an address after ``agent_after_s``.
+        Its own thread and connection: an agent that does not answer (5 s) delays nothing else."""
         t = self.timing
+
+        def look(hv: Hypervisor, vms: list[VmRecord]) -> tuple[list[Found], float]:
+            now = datetime.now(UTC)
+            late = [
+                vm
+                for vm in vms
+                if vm.ip_state != "confirmed"
+                and (now - vm.created_at).total_seconds() >= t.agent_after_s
+            ]
+            found = discover(hv, node.network.name, late, ("agent",)) if late else []
+            return found, t.agent_every_s
+
+        self._loop(node, stop, "agent", self.connect_agent, look, threading.Event())
+
+    def _loop(
+        self,
+        node: Node,
+        stop: threading.Event,
+        kind: str,
+        connect: Callable[[Node], Hypervisor],
+        look: Callable[[Hypervisor, list[VmRecord]], tuple[list[Found], float]],
+        wake: threading.Event,
+    ) -> None:
+        """Look at one node until ``stop``; a node that fails is retried with backoff, and
+        this thread never dies of an error."""
         failures = 0
-        asked_agent: dict[str, float] = {}
         hv: Hypervisor | None = None
-
-        def use_agent(vm: VmRecord) -> bool:
-            if vm.ip_state == "confirmed":
-                return False
-            age = (datetime.now(UTC) - vm.created_at).total_seconds()
-            now = time.monotonic()
-            if age < t.agent_after_s or now - asked_agent.get(vm.name, 0.0) < t.agent_every_s:
-                return False
-            asked_agent[vm.name] = now
-            return True
-
         while not stop.is_set():
             with self._lock:
                 vms = list(self._targets[node.name].values())
-            pending = any(vm.ip_state != "confirmed" for vm in vms)
+            pause = self.timing.idle_s
             if vms:
                 try:
                     if hv is None:
-                        hv = self.connect(node)
-                    found = discover(hv, node.network.name, vms, self.sources, use_agent)
-                except Exception as exc:  # a node thread must never die
+                        hv = connect(node)
+                    found, pause = look(hv, vms)
+                except Exception as exc:  # a watching thread must never die
                     failures += 1
-                    delay = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
                     if failures == 1:
                         unexpected = not isinstance(exc, VmctlError)
                         self.log.log(
                             logging.ERROR if unexpected else logging.WARNING,
                             "node unreachable; retrying with backoff",
-                            extra=fields(node=node.name, error=str(exc)),
+                            extra=fields(node=node.name, by=kind, error=str(exc)),
                             exc_info=exc if unexpected else None,
                         )
-                    self._node_state[node.name] = "unreachable"
+                    if kind == "look":
+                        self._node_state[node.name] = "unreachable"
                     if hv is not None:
                         hv.runner.close()  # the next look opens a new connection
-                    stop.wait(delay)
+                    stop.wait(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])
                     continue
                 if failures:
                     self.log.info(
-                        "node reachable again", extra=fields(node=node.name, attempts=failures)
+                        "node reachable again",
+                        extra=fields(node=node.name, by=kind, attempts=failures),
                     )
                     failures = 0
-                self._node_state[node.name] = "connected"
+                if kind == "look":
+                    self._node_state[node.name] = "connected"
                 known = {vm.name: vm for vm in vms}
                 for f in found:
                     vm = known[f.name]
                     if f.ip != vm.ip or vm.ip_state != "confirmed":
                         self._results.put(f)
-                for name in set(asked_agent) - set(known):
-                    del asked_agent[name]
-            wake = self._wake[node.name]
-            wake.wait(t.fast_s if pending else t.idle_s)
+            wake.wait(pause)
             wake.clear()

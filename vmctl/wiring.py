@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from vmctl import hostkeys
 from vmctl import inventory as inventory_mod
@@ -58,7 +59,34 @@ def service(settings: Settings, quiet: bool = False) -> VmService:
         connect=connector(settings),
         progress=(lambda _m: None) if quiet else progress,
         guest_key=settings.ssh_key,
+        phone_home_base=settings.api_internal_url,
     )
+
+
+def api_app(settings: Settings, log: logging.Logger) -> Any:
+    """The ASGI app of `vmctl serve`: one VmService per worker thread."""
+    from vmctl.api import create_app  # FastAPI is only imported by `serve`
+
+    inventory = inventory_mod.load_inventory(settings.inventory)
+    database_url = settings.require_database()
+    try:
+        keys = authorized_keys(settings)
+    except ConfigError:
+        keys = []  # API callers then have to send SSHKeys
+
+    def make_service() -> VmService:
+        return VmService(
+            inventory=inventory,
+            store=Store(database_url),
+            cache=make_cache(settings),
+            connect=connector(settings),
+            progress=lambda message: log.info(message),
+            guest_key=settings.ssh_key,
+            phone_home_base=settings.api_internal_url,
+            default_keys=keys,
+        )
+
+    return create_app(make_service, log)
 
 
 def watcher(settings: Settings, log: logging.Logger, sources: Sequence[str]) -> Watcher:
@@ -78,6 +106,7 @@ def watcher(settings: Settings, log: logging.Logger, sources: Sequence[str]) -> 
         log=log,
         sources=sources,
         process=f"{KIND}@{socket.gethostname()}:{os.getpid()}",
+        connect_agent=connector(settings),
     )
 
 

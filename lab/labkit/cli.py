@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, inventory, net, nodes, services, snapshot, watcher
+from . import api, config, inventory, net, nodes, services, snapshot, watcher
 from .sh import LabError, log, run
 
 
@@ -84,6 +84,7 @@ def up(count: int) -> None:
     config.INVENTORY.write_text(inventory.render(lab_nodes))
     _migrate()
     watcher.start(vmctl_settings())
+    api.start(vmctl_settings())
     new_state = {"node_count": count, "prefix": config.PREFIX, "image_dir": str(image_dir)}
     if new_state != state:
         config.STATE_FILE.write_text(json.dumps(new_state, indent=2) + "\n")
@@ -104,6 +105,7 @@ def _migrate() -> None:
 
 
 def down() -> None:
+    api.stop()
     watcher.stop()
     state = _load_state() or {}
     count = int(state.get("node_count", 0))  # type: ignore[call-overload]
@@ -158,6 +160,7 @@ def status() -> dict[str, object]:
             "log": str(watcher.LOG_FILE),
         },
         "inventory": str(config.INVENTORY),
+        "api": api.status(),
     }
 
 
@@ -169,6 +172,7 @@ def vmctl_settings() -> dict[str, str]:
         "VMCTL_REDIS_URL": services.redis_url(),
         "VMCTL_SSH_KEY": str(config.SSH_KEY),
         "VMCTL_KNOWN_HOSTS": str(config.KNOWN_HOSTS),
+        "VMCTL_API_INTERNAL_URL": api.internal_url(),
     }
 
 
@@ -177,6 +181,9 @@ def env_lines() -> list[str]:
         raise LabError("the lab is not up: run `lab/lab up`")
     values = {
         **vmctl_settings(),
+        "VMCTL_API_URL": api.external_url(),
+        "VMCTL_API_TOKEN": api.token(),
+        "VMCTL_API_CA": str(api.CA_PEM),
         "LAB_SSH_KEY": str(config.SSH_KEY),
         "LAB_KNOWN_HOSTS": str(config.KNOWN_HOSTS),
         "LAB_GUEST_USER": config.GUEST_USER,
@@ -193,7 +200,10 @@ def main(argv: list[str]) -> int:
     p_status = sub.add_parser("status", help="what runs, where")
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("env", help="print export lines for vmctl and the tests")
-    sub.add_parser("restart-watcher", help="restart the lab's vmctl watch-ip (after code changes)")
+    sub.add_parser(
+        "restart-vmctl",
+        help="restart the lab's vmctl processes: watch-ip, API (after code changes)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("lab: must run as root (namespaces, bridges, daemons)", file=sys.stderr)
@@ -214,11 +224,13 @@ def main(argv: list[str]) -> int:
             return 0 if info["running"] else 3
         elif args.command == "env":
             print("\n".join(env_lines()))
-        elif args.command == "restart-watcher":
+        elif args.command == "restart-vmctl":
             if _load_state() is None:
                 raise LabError("the lab is not up: run `lab/lab up`")
+            api.stop()
             watcher.stop()
             watcher.start(vmctl_settings())
+            api.start(vmctl_settings())
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 1

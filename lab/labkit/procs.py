@@ -1,0 +1,88 @@
+"""Long-running processes the lab starts itself (this machine has no systemd): the watcher, the
+API replicas, HAProxy. Each has a PID file and a log file in its directory; `stop` ends it by
+that PID only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .sh import LabError, alive, log, wait_for, wait_gone
+
+
+@dataclass(frozen=True)
+class Daemon:
+    name: str
+    directory: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            value = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return value if alive(value) else None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def start(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        ready: Callable[[str], bool],
+        timeout: float = 30,
+    ) -> None:
+        """Start it unless it runs already; wait until ``ready(what it logged since)``."""
+        if self.pid() is not None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        offset = len(self.log_text())
+        with open(self.log_file, "ab") as logfile:
+            proc = subprocess.Popen(
+                argv,
+                env={**os.environ, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=logfile,
+                start_new_session=True,
+                cwd="/",
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                tail = self.log_text()[-2000:]
+                raise LabError(f"{self.name} exited {proc.returncode}: {tail}")
+            return ready(self.log_text()[offset:])
+
+        wait_for(self.name, up, timeout=timeout)
+        log(f"{self.name}: running (pid {proc.pid}, log {self.log_file})")
+
+    def stop(self) -> None:
+        value = self.pid()
+        if value is None:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        log(f"{self.name}: stopping (pid {value})")
+        os.kill(value, signal.SIGTERM)
+        try:
+            wait_gone([value], timeout=30)
+        except LabError:
+            os.kill(value, signal.SIGKILL)
+            wait_gone([value])
+        self.pid_file.unlink(missing_ok=True)
