@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -85,13 +86,14 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[k]
 
 
-def latency(vms: int, rounds: int, ram_mb: int) -> dict[str, object]:
+def latency(vms: int, rounds: int, ram_mb: int, stagger_s: float) -> dict[str, object]:
     env = dict(os.environ)
     store = Store(env["VMCTL_DATABASE_URL"])
     delays: list[float] = []
     boot_s: list[float] = []
+    run_id = secrets.token_hex(2)  # names never seen before: the event log keeps old runs
     for round_no in range(1, rounds + 1):
-        names = [f"bench-ip-{round_no}-{i}" for i in range(1, vms + 1)]
+        names = [f"bench-ip-{run_id}-{round_no}-{i}" for i in range(1, vms + 1)]
         with LeaseClock() as clock:
             made = {}
             try:
@@ -106,6 +108,7 @@ def latency(vms: int, rounds: int, ram_mb: int) -> dict[str, object]:
                     if proc.returncode != 0:
                         raise SystemExit(f"create {name} failed: {proc.stderr}")
                     made[name] = (json.loads(proc.stdout), time.time())
+                    time.sleep(stagger_s)
                 deadline = time.monotonic() + 900
                 while time.monotonic() < deadline:
                     if all(store.get(n).ip_state == "confirmed" for n in made):
@@ -132,6 +135,7 @@ def latency(vms: int, rounds: int, ram_mb: int) -> dict[str, object]:
     return {
         "vms": len(delays),
         "rounds": rounds,
+        "stagger_s": stagger_s,
         "lease_to_postgres_s": {
             "p50": round(statistics.median(delays), 3),
             "p95": round(percentile(delays, 95), 3),
@@ -203,6 +207,9 @@ def main() -> None:
     p_lat.add_argument("--vms", type=int, default=10)
     p_lat.add_argument("--rounds", type=int, default=1)
     p_lat.add_argument("--ram", type=int, default=256)
+    p_lat.add_argument(
+        "--stagger", type=float, default=0, help="seconds between creates (0: all at once)"
+    )
     p_idle = sub.add_parser("idle")
     p_idle.add_argument("--vms", type=int, default=100)
     p_idle.add_argument("--seconds", type=float, default=120)
@@ -210,7 +217,7 @@ def main() -> None:
     args = parser.parse_args()
     started = datetime.now().isoformat(timespec="seconds")
     if args.what == "latency":
-        result = latency(args.vms, args.rounds, args.ram)
+        result = latency(args.vms, args.rounds, args.ram, args.stagger)
     else:
         result = idle(args.vms, args.seconds, args.settle)
     print(json.dumps({"bench": args.what, "started": started, **result}, indent=2))

@@ -25,7 +25,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt
+from starlette.exceptions import HTTPException
 
 from vmctl import tokens, watcher
 from vmctl.errors import (
@@ -55,11 +56,13 @@ class VmIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     Name: str = Field(validation_alias=AliasChoices("Name", "name"), examples=["test-1"])
-    RAM: str | int | None = Field(
+    RAM: str | StrictInt | None = Field(
         None, validation_alias=AliasChoices("RAM", "ram"), description="MiB", examples=["1024"]
     )
-    CPU: str | int | None = Field(None, validation_alias=AliasChoices("CPU", "cpu"), examples=["2"])
-    Disk: str | int | None = Field(
+    CPU: str | StrictInt | None = Field(
+        None, validation_alias=AliasChoices("CPU", "cpu"), examples=["2"]
+    )
+    Disk: str | StrictInt | None = Field(
         None, validation_alias=AliasChoices("Disk", "disk"), description="GiB", examples=["10"]
     )
     Image: str | None = Field(None, validation_alias=AliasChoices("Image", "image"))
@@ -198,10 +201,25 @@ def create_app(make_service: Callable[[], VmService], log: logging.Logger) -> Fa
             log.warning("request failed", extra=fields(status=status, error=str(exc)))
         return error_response(status, str(exc), getattr(exc, "field", None))
 
+    @app.exception_handler(HTTPException)
+    def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        """Starlette's own answers (unknown path, wrong method, a body that is not text)."""
+        response = error_response(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
     @app.exception_handler(RequestValidationError)
     def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        where = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
+        loc = list(first.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "path", "header"):
+            loc = loc[1:]
+        # A JSON syntax error's location is a character position: no field to name then.
+        where = (
+            [part for part in loc if isinstance(part, str)]
+            if len(loc) == 0 or isinstance(loc[0], str)
+            else []
+        )
         field = ".".join(where) or None
         message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
         return error_response(422, message, field)

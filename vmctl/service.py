@@ -131,8 +131,7 @@ class VmService:
             validation.name(req.project, "project")
         if req.policy not in ("spread", "pack"):
             raise InvalidInput("policy", f"must be 'spread' or 'pack', not {req.policy!r}")
-        if not req.authorized_keys:
-            raise InvalidInput("ssh-key", "no public key to put into the VM")
+        validation.public_keys(req.authorized_keys)
         try:
             existing = self.store.get(name)
         except NotFound:

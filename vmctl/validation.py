@@ -7,6 +7,7 @@ with the same message.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from vmctl.errors import InvalidInput
 
@@ -34,6 +35,23 @@ def name(value: str, field: str = "name") -> str:
     return value
 
 
+KEY_TYPES = ("ssh-", "ecdsa-", "sk-")
+
+
+def public_keys(keys: Sequence[str], field: str = "ssh-key") -> list[str]:
+    """OpenSSH public keys ("TYPE BASE64 [COMMENT]"), one a line, at least one."""
+    good = []
+    for key in keys:
+        parts = key.split()
+        if len(parts) < 2 or not parts[0].startswith(KEY_TYPES) or "\n" in key.strip():
+            shown = key if len(key) <= 40 else key[:37] + "..."
+            raise InvalidInput(field, f"{shown!r} is not an OpenSSH public key")
+        good.append(key.strip())
+    if not good:
+        raise InvalidInput(field, "no public key to put into the VM")
+    return good
+
+
 def integer(field: str, value: object) -> int:
     """An integer within LIMITS[field]; accepts int or a decimal string such as "1024"."""
     low, high, unit = LIMITS[field]
@@ -41,8 +59,10 @@ def integer(field: str, value: object) -> int:
         raise InvalidInput(field, f"must be a whole number of {unit}, not {value!r}")
     if isinstance(value, str):
         text = value.strip()
-        if not re.fullmatch(r"[+-]?\d+", text):
-            raise InvalidInput(field, f"must be a whole number of {unit}, not {value!r}")
+        # ASCII digits only, and few enough to be a number at all (int() refuses > 4300)
+        if not re.fullmatch(r"[+-]?[0-9]{1,18}", text):
+            shown = value if len(value) <= 40 else value[:37] + "..."
+            raise InvalidInput(field, f"must be a whole number of {unit}, not {shown!r}")
         number = int(text)
     elif isinstance(value, int):
         number = value

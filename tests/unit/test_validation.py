@@ -75,3 +75,21 @@ def test_bad_numbers_are_refused_naming_the_field(field: str, bad: object) -> No
 )
 def test_numbers_as_strings_are_accepted(field: str, value: object, expected: int) -> None:
     assert validation.integer(field, value) == expected
+
+
+@pytest.mark.parametrize("text", ["1" * 19, "1" * 5000, "١٠٢٤", "1_024"])
+def test_integer_refuses_huge_or_non_ascii_digit_strings(text: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        validation.integer("ram", text)
+    assert caught.value.field == "ram" and len(str(caught.value)) < 200
+
+
+def test_public_keys() -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1 me@host"
+    assert validation.public_keys([f"  {key}\n"]) == [key]
+    for bad in (["not a key"], [""], ["ssh-ed25519"], [f"{key}\n{key}"]):
+        with pytest.raises(InvalidInput) as caught:
+            validation.public_keys(bad)
+        assert caught.value.field == "ssh-key" and "not an OpenSSH public key" in str(caught.value)
+    with pytest.raises(InvalidInput, match="no public key"):
+        validation.public_keys([])

@@ -1,0 +1,652 @@
+"""The HTTP API keeps its contract: property-based (Schemathesis) over every operation of the
+served OpenAPI document, plus the prototype's examples and the edge cases one by one.
+
+The app is the real one (`vmctl.api.create_app`) over a real `VmService`, a real `Store` on a
+fresh PostgreSQL schema of the lab's database (as in test_store.py), a `NullCache` and an
+inventory written here. Only the nodes are fakes: `connect` hands out a `FakeHypervisor` that
+records what it is asked and touches nothing (this file checks the HTTP contract; the e2e tests
+boot real guests).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import hypothesis.strategies as st
+import psycopg
+import pytest
+import schemathesis
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from starlette.testclient import TestClient
+
+import vmctl.api
+from vmctl import db, tokens
+from vmctl.addressing import Observation
+from vmctl.api import create_app
+from vmctl.cache import NullCache
+from vmctl.errors import StoreUnavailable
+from vmctl.inventory import Node, load_inventory
+from vmctl.service import VmService
+from vmctl.store import Store
+
+pytestmark = pytest.mark.integration
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1lMgjO1GQ0e7oE5hSVbQK4R3V0iZyv9u3Ds1m8dXj test"
+PROJECT = "demo"
+SEED = 20210629  # Schemathesis/Hypothesis seed: the same cases on every run
+MAX_EXAMPLES = 40  # per operation, fuzzing phase (the examples and coverage phases add theirs)
+CREATED_AT = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"  # 2021-06-29T19:33:30.839Z
+VM_KEYS = {"Name", "RAM", "CPU", "Disk", "IP", "CreatedAt"}
+# The bearer token of project demo, registered in each test's schema. It is made at import
+# because the Schemathesis configuration (read when the module is collected) sends it.
+TOKEN = tokens.new_secret(tokens.TOKEN_PREFIX)[0]
+
+INVENTORY = """\
+defaults: {image: debian-12, ram_mb: 512, cpu: 1, disk_gb: 2, root_gb: 4}
+images:
+  debian-12:
+    path: /var/lib/libvirt/images/base/debian-12-genericcloud-amd64.qcow2
+    default_user: debian
+nodes:
+  - name: kvm1
+    ssh: {host: 127.0.0.1, port: 1, user: nobody}
+    capacity: {cpu: 16, ram_mb: 16384, disk_gb: 500}
+    overcommit: {cpu: 4.0}
+    storage: {type: dir, path: /var/lib/libvirt/images/vmctl}
+    network:
+      name: vmnet
+      subnet: 10.9.1.0/24
+      gateway: 10.9.1.1
+      managed: true
+      addresses: {first: 10.9.1.10, last: 10.9.1.200}
+  - name: kvm2
+    ssh: {host: 127.0.0.1, port: 1, user: nobody}
+    capacity: {cpu: 16, ram_mb: 16384, disk_gb: 500}
+    overcommit: {cpu: 4.0}
+    storage: {type: dir, path: /var/lib/libvirt/images/vmctl}
+    network:
+      name: vmnet
+      subnet: 10.9.2.0/24
+      gateway: 10.9.2.1
+      managed: true
+      addresses: {first: 10.9.2.10, last: 10.9.2.200}
+"""
+
+# "No server errors" (507 is the documented capacity refusal: no node has room, no address is
+# left), the response's status code and content type documented, its body valid by the schema.
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+NOT_SERVER_ERRORS = ["2xx", "3xx", "4xx", "507"]
+
+
+# -- fakes for the nodes --------------------------------------------------------------------------
+
+
+class FakeRunner:
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class FakeHypervisor:
+    """Stands in for vmctl.hypervisor.Hypervisor: records calls, boots nothing."""
+
+    def __init__(self, node: str) -> None:
+        self.runner = FakeRunner(node)
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+
+    def create(
+        self,
+        spec: Any,
+        disks: Any,
+        files: dict[str, str],
+        start: bool = True,
+        reservation: Any = None,
+    ) -> None:
+        assert set(files) >= {"meta-data", "user-data", "network-config"}
+        self.created.append(spec.name)
+
+    def delete(
+        self, name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+    ) -> None:
+        self.deleted.append(name)
+
+    def observe(self, network: str, timeout: float = 15.0) -> Observation:
+        return Observation()
+
+    def agent_addresses(self, name: str, timeout_s: int = 5) -> list[tuple[str, str]]:
+        return []
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+def _in_schema(url: str, schema: str) -> str:
+    return make_conninfo(url, options=f"-csearch_path={schema}")
+
+
+@contextmanager
+def _fresh_schema(base: str) -> Iterator[str]:
+    """A fresh schema of the lab's database, dropped afterwards (as in test_store.py)."""
+    schema = f"vmctl_test_{secrets.token_hex(6)}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield _in_schema(base, schema)
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@dataclass
+class Api:
+    app: Any
+    url: str  # PostgreSQL conninfo of the test's schema
+    store: Store  # the test's own connection to the same schema
+    token: str  # a bearer token of project "demo"
+    hypervisors: dict[str, FakeHypervisor]
+    services: list[VmService] = field(default_factory=list)
+
+    def new_token(self, project: str) -> str:
+        token, digest = tokens.new_secret(tokens.TOKEN_PREFIX)
+        self.store.create_token(project, digest, "test")
+        return token
+
+
+@contextmanager
+def _serve(pg_url: str, directory: Path) -> Iterator[Api]:
+    """The real app over the schema at ``pg_url`` (upgraded here) and fake nodes."""
+    db.upgrade(pg_url)
+    path = directory / "inventory.yaml"
+    path.write_text(INVENTORY)
+    inventory = load_inventory(path)
+    lock = threading.Lock()
+    hypervisors: dict[str, FakeHypervisor] = {}
+    services: list[VmService] = []
+
+    def connect(node: Node) -> Any:
+        with lock:
+            return hypervisors.setdefault(node.name, FakeHypervisor(node.name))
+
+    def make_service() -> VmService:
+        svc = VmService(
+            inventory=inventory,
+            store=Store(pg_url, actor="api-test@test"),
+            cache=NullCache(),
+            connect=connect,
+            actor="api-test@test",
+            default_keys=[KEY],
+        )
+        with lock:
+            services.append(svc)
+        return svc
+
+    app = create_app(make_service, logging.getLogger("test"))
+    with Store(pg_url, actor="api-test@test") as store:
+        store.create_token(PROJECT, tokens.digest(TOKEN), "api test")
+        try:
+            yield Api(app, pg_url, store, TOKEN, hypervisors, services)
+        finally:
+            for svc in services:  # one per worker thread, each with its own connection
+                svc.store.close()
+
+
+@pytest.fixture
+def api(lab: dict, tmp_path: Path) -> Iterator[Api]:  # type: ignore[type-arg]
+    """The app on a schema of its own, for one test."""
+    with _fresh_schema(lab["postgres"]["url"]) as pg_url, _serve(pg_url, tmp_path) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def shared_api(lab: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:  # type: ignore[type-arg]
+    """The app the Schemathesis tests share (one per operation; Hypothesis wants no
+    function-scoped fixture): what one operation's cases made, the next ones find."""
+    with (
+        _fresh_schema(lab["postgres"]["url"]) as pg_url,
+        _serve(pg_url, tmp_path_factory.mktemp("api")) as served,
+    ):
+        yield served
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def client(api: Api) -> Iterator[TestClient]:
+    """A client of project demo; server errors come back as 500 responses, not exceptions."""
+    with TestClient(api.app, raise_server_exceptions=False, headers=bearer(api.token)) as c:
+        yield c
+
+
+# -- Schemathesis over every operation ------------------------------------------------------------
+
+
+def _config(max_examples: int = MAX_EXAMPLES) -> schemathesis.Config:
+    return schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            # The header parameter FastAPI documents is overridden, else nearly every case would
+            # stop at 401 (test_no_token_or_a_wrong_one_is_401 covers that).
+            "headers": {"Authorization": f"Bearer {TOKEN}"},
+            "generation": {
+                "mode": "all",  # valid and invalid data
+                "max-examples": max_examples,
+                "deterministic": True,
+                "database": "none",
+            },
+            "phases": {"stateful": {"enabled": False}},
+            "checks": {
+                "enabled": False,
+                "not_a_server_error": {"enabled": True, "expected-statuses": NOT_SERVER_ERRORS},
+                "status_code_conformance": {"enabled": True},
+                "content_type_conformance": {"enabled": True},
+                "response_schema_conformance": {"enabled": True},
+            },
+            "suppress-health-check": ["too_slow", "filter_too_much"],
+        }
+    )
+
+
+def _unused_service() -> VmService:
+    raise AssertionError("the app that serves the OpenAPI document at collection gets no calls")
+
+
+# Loaded at collection (Schemathesis makes one test per operation from it; its lazy loader,
+# `schemathesis.pytest.from_fixture`, fails on pytest 9: `Function` has no `_nodeid` any more).
+# The document does not depend on the service; every case is sent to the fixture's app.
+DOCUMENT_APP = create_app(_unused_service, logging.getLogger("test"))
+schema = schemathesis.openapi.from_asgi("/openapi.json", DOCUMENT_APP, config=_config())
+
+
+def _call_and_check(case: schemathesis.Case, app: Any) -> schemathesis.Response:
+    """Send ``case`` to ``app`` and run CHECKS on the answer. An exception
+    the app does not handle comes out of here as it is (after its 500 response)."""
+    response = case.call(app=app)
+    case.validate_response(response, checks=CHECKS)
+    return response
+
+
+@schema.parametrize()
+def test_every_operation_keeps_its_contract(case: schemathesis.Case, shared_api: Api) -> None:
+    _call_and_check(case, shared_api.app)
+
+
+def test_the_document_is_the_one_served(shared_api: Api) -> None:
+    with TestClient(shared_api.app) as client:
+        assert client.get("/openapi.json").json() == schema.raw_schema
+
+
+def test_the_schema_covers_every_route() -> None:
+    operations = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
+    assert operations == {
+        ("POST", "/api/v1/vm"),
+        ("GET", "/api/v1/vm"),
+        ("GET", "/api/v1/vm/{name}"),
+        ("DELETE", "/api/v1/vm/{name}"),
+        ("POST", "/api/v1/ip/"),
+        ("POST", "/api/v1/phone-home/{name}"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+    }
+
+
+def _fuzz(api: Api, method: str, path: str, examples: int = 10) -> None:
+    """What test_every_operation_keeps_its_contract does, on one operation of ``api``'s app."""
+
+    @hypothesis.given(case=schema[path][method].as_strategy())
+    @hypothesis.settings(max_examples=examples, derandomize=True, database=None, deadline=None)
+    def run(case: schemathesis.Case) -> None:
+        _call_and_check(case, api.app)
+
+    run()
+
+
+def test_the_contract_test_can_fail(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks above do fail on a 5xx, an unhandled exception and a body that breaks the
+    response schema (else test_every_operation_keeps_its_contract could pass checking nothing)."""
+    _fuzz(api, "GET", "/readyz")
+
+    def down(_store: Store) -> None:
+        raise StoreUnavailable("PostgreSQL at nowhere is unreachable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "ping", down)  # a 503, answered in the contract's shape
+        with pytest.raises(BaseException, match="Server error") as caught:
+            _fuzz(api, "GET", "/readyz")
+        assert "503" in str(caught.value)
+
+    def boom(_store: Store) -> None:
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "ping", boom)  # a 500 from an exception the app does not handle
+        with pytest.raises(RuntimeError, match="boom"):
+            _fuzz(api, "GET", "/readyz")
+
+    with TestClient(api.app, headers=bearer(api.token)) as client:
+        _create(client, "shape-1")
+    _fuzz(api, "GET", "/api/v1/vm")
+    with monkeypatch.context() as patch:
+        patch.setattr(vmctl.api, "vm_out", lambda vm: {"Name": vm.name, "RAM": vm.ram_mb})
+        with pytest.raises(BaseException, match="Response violates schema"):
+            _fuzz(api, "GET", "/api/v1/vm")
+
+
+NAMES = st.from_regex(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True)
+AMOUNTS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.integers(min_value=-10, max_value=300_000),
+    st.from_regex(r"\s{0,2}[+-]?[0-9]{1,7}\s{0,2}", fullmatch=True),
+    st.text(max_size=8),
+    st.none(),
+)
+
+
+def test_creates_with_valid_names_keep_the_contract(api: Api, client: TestClient) -> None:
+    """Generated bodies get little past the name check (the document has no pattern for Name):
+    here every name is valid and the amounts are near and beyond the limits. Each answer keeps
+    the contract, a created VM reads back as sent and is deleted again."""
+    operation = schema["/api/v1/vm"]["POST"]
+    other_project = bearer(api.new_token("other"))
+
+    @hypothesis.given(
+        name=NAMES,
+        amounts=st.fixed_dictionaries({}, optional=dict.fromkeys(("RAM", "CPU", "Disk"), AMOUNTS)),
+        image=st.sampled_from([None, "debian-12", "nope"]),
+        lowercase=st.booleans(),
+    )
+    @hypothesis.settings(max_examples=100, derandomize=True, database=None, deadline=None)
+    def run(name: str, amounts: dict[str, Any], image: str | None, lowercase: bool) -> None:
+        body = (
+            {"Name": name, **amounts}
+            if image is None
+            else {"Name": name, **amounts, "Image": image}
+        )
+        if lowercase:
+            body = {key.lower(): value for key, value in body.items()}
+        case = operation.Case(body=body, headers=bearer(api.token))
+        response = _call_and_check(case, api.app)
+        assert response.status_code in (201, 400, 409, 422, 507), response.content
+        if response.status_code != 201:
+            assert response.json()["error"]
+            return
+        made = response.json()
+        got = client.get(f"/api/v1/vm/{name}")
+        assert got.status_code == 200, got.text
+        assert got.json() == made
+        for key in ("RAM", "CPU", "Disk"):
+            sent = body.get(key, body.get(key.lower()))
+            if sent is not None:
+                assert made[key] == str(int(str(sent).strip())), (key, sent, made)
+        assert client.get(f"/api/v1/vm/{name}", headers=other_project).status_code == 404
+        assert client.delete(f"/api/v1/vm/{name}").status_code == 204
+        assert client.get(f"/api/v1/vm/{name}").status_code == 404
+
+    run()
+    assert api.store.list() == []
+
+
+# -- the prototype's contract, case by case -------------------------------------------------------
+
+
+def _create(client: TestClient, name: str, **extra: Any) -> dict[str, Any]:
+    response = client.post("/api/v1/vm", json={"Name": name, "RAM": "512", **extra})
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_the_sample_request_verbatim(client: TestClient, api: Api) -> None:
+    response = client.post(
+        "/api/v1/vm", json={"Name": "test-1", "RAM": "1024", "CPU": "2", "Disk": "10"}
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert {k: body[k] for k in ("Name", "RAM", "CPU", "Disk", "IP")} == {
+        "Name": "test-1",
+        "RAM": "1024",
+        "CPU": "2",
+        "Disk": "10",
+        "IP": "unassigned",
+    }
+    assert pytest.approx(time.time(), abs=60) == _epoch(body["CreatedAt"])
+    assert body["Node"] in ("kvm1", "kvm2")
+    assert body["IPState"] == "expected"
+    assert api.hypervisors[body["Node"]].created == ["test-1"]
+    vm = api.store.get("test-1")
+    assert (vm.project, vm.ram_mb, vm.cpu, vm.disk_gb, vm.state) == (
+        PROJECT,
+        1024,
+        2,
+        10,
+        "running",
+    )
+
+
+def _epoch(created_at: str) -> float:
+    assert re.fullmatch(CREATED_AT, created_at), created_at
+    return datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
+
+
+def test_lowercase_keys_and_the_list(client: TestClient) -> None:
+    response = client.post("/api/v1/vm", json={"name": "low-1", "ram": "768", "cpu": 1, "disk": 3})
+    assert response.status_code == 201, response.text
+    _create(client, "low-2")
+
+    response = client.get("/api/v1/vm")
+    assert response.status_code == 200, response.text
+    vms = response.json()
+    assert [vm["Name"] for vm in vms] == ["low-1", "low-2"]
+    for vm in vms:
+        assert set(vm) == VM_KEYS
+        assert all(isinstance(value, str) for value in vm.values()), vm
+        _epoch(vm["CreatedAt"])
+    assert {k: vms[0][k] for k in ("RAM", "CPU", "Disk", "IP")} == {
+        "RAM": "768",
+        "CPU": "1",
+        "Disk": "3",
+        "IP": "unassigned",
+    }
+
+
+def test_a_name_taken_is_409(client: TestClient) -> None:
+    _create(client, "dup-1")
+    response = client.post("/api/v1/vm", json={"Name": "dup-1", "RAM": "512"})
+    assert response.status_code == 409, response.text
+    assert "dup-1" in response.json()["error"]
+
+
+def test_ram_not_a_number_is_400_naming_ram(client: TestClient, api: Api) -> None:
+    response = client.post("/api/v1/vm", json={"Name": "bad-1", "RAM": "abc"})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["field"] == "ram"
+    assert "abc" in body["error"]
+    assert api.store.list() == []
+
+
+def test_a_missing_name_is_422_naming_it(client: TestClient) -> None:
+    response = client.post("/api/v1/vm", json={"RAM": "1024"})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["field"] == "Name"
+    assert "Name" in body["error"]
+
+
+def test_no_token_or_a_wrong_one_is_401(api: Api) -> None:
+    with TestClient(api.app, raise_server_exceptions=False) as anonymous:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic x"}):
+            for method, path in (("GET", "/api/v1/vm"), ("GET", "/api/v1/vm/a")):
+                response = anonymous.request(method, path, headers=headers)
+                assert response.status_code == 401, (headers, response.text)
+                assert response.headers["www-authenticate"] == "Bearer"
+                assert response.json()["error"]
+            response = anonymous.post("/api/v1/vm", json={"Name": "x-1"}, headers=headers)
+            assert response.status_code == 401, response.text
+    assert api.store.list() == []
+
+
+def test_another_project_sees_nothing_of_demo(client: TestClient, api: Api) -> None:
+    _create(client, "mine-1")
+    other = bearer(api.new_token("other"))
+    assert client.get("/api/v1/vm/mine-1", headers=other).status_code == 404
+    assert client.get("/api/v1/vm", headers=other).json() == []
+    assert client.delete("/api/v1/vm/mine-1", headers=other).status_code == 404
+    assert client.post("/api/v1/ip/", json={"name": "mine-1"}, headers=other).status_code == 404
+    assert client.get("/api/v1/vm/mine-1").status_code == 200
+
+
+def test_ram_more_than_any_node_has_is_507(client: TestClient, api: Api) -> None:
+    response = client.post("/api/v1/vm", json={"Name": "huge-1", "RAM": str(1024 * 1024)})
+    assert response.status_code == 507, response.text
+    assert response.json()["error"]
+    assert api.store.list() == []
+
+
+def test_delete_then_it_is_gone(client: TestClient, api: Api) -> None:
+    node = _create(client, "gone-1")["Node"]
+    response = client.delete("/api/v1/vm/gone-1")
+    assert response.status_code == 204, response.text
+    assert response.content == b""
+    assert api.hypervisors[node].deleted == ["gone-1"]
+    response = client.get("/api/v1/vm/gone-1")
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]
+    assert client.delete("/api/v1/vm/gone-1").status_code == 404
+
+
+def test_look_for_the_address_now(client: TestClient) -> None:
+    _create(client, "look-1")
+    response = client.post("/api/v1/ip/", json={"name": "look-1"})
+    assert response.status_code == 200, response.text
+    assert response.json()["IP"] == "unassigned"
+    assert client.post("/api/v1/ip/", json={"name": "nope-1"}).status_code == 404
+
+
+def test_health_and_readiness(api: Api) -> None:
+    with TestClient(api.app, raise_server_exceptions=False) as anonymous:
+        assert anonymous.get("/healthz").status_code == 200
+        assert anonymous.get("/readyz").status_code == 200
+        assert anonymous.get("/readyz").json() == {"status": "ready"}
+
+
+# -- phone-home -----------------------------------------------------------------------------------
+
+
+def _with_secret(api: Api, name: str) -> str:
+    secret, digest = tokens.new_secret()
+    with psycopg.connect(api.url, autocommit=True) as conn:
+        conn.execute("UPDATE vms SET phone_home_hash = %s WHERE name = %s", (digest, name))
+    return secret
+
+
+def _from(api: Api, address: str) -> Callable[..., Any]:
+    """A POST from ``address`` (the request's source, as a real server would see it)."""
+
+    def post(path: str) -> Any:
+        with TestClient(api.app, raise_server_exceptions=False, client=(address, 1234)) as c:
+            return c.post(path)
+
+    return post
+
+
+def test_phone_home(client: TestClient, api: Api) -> None:
+    node = _create(client, "home-1")["Node"]
+    inside = "10.9.1.50" if node == "kvm1" else "10.9.2.50"
+    outside = "10.9.2.50" if node == "kvm1" else "10.9.1.50"
+    secret = _with_secret(api, "home-1")
+
+    assert _from(api, inside)("/api/v1/phone-home/home-1?secret=wrong").status_code == 403
+    assert _from(api, inside)(f"/api/v1/phone-home/nope-1?secret={secret}").status_code == 404
+    assert _from(api, outside)(f"/api/v1/phone-home/home-1?secret={secret}").status_code == 403
+    # TestClient's own source is "testclient", not an address: refused, not a 500.
+    response = client.post(f"/api/v1/phone-home/home-1?secret={secret}")
+    assert response.status_code == 403, response.text
+    assert client.get("/api/v1/vm/home-1").json()["IP"] == "unassigned"
+
+    response = _from(api, inside)(f"/api/v1/phone-home/home-1?secret={secret}")
+    assert response.status_code == 204, response.text
+    vm = client.get("/api/v1/vm/home-1").json()
+    assert (vm["IP"], vm["IPState"]) == (inside, "confirmed")
+    assert [vm["IP"] for vm in client.get("/api/v1/vm").json()] == [inside]
+
+    response = _from(api, inside)(f"/api/v1/phone-home/home-1?secret={secret}")
+    assert response.status_code == 403, response.text  # the secret works once
+    events = [e for e in api.store.events("home-1") if e["action"] == "ip"]
+    assert [e["detail"]["source"] for e in events] == ["phone-home"]
+
+
+# -- bugs found by the tests above, fixed: they stay fixed -----------------------------------
+
+
+def test_a_body_that_is_not_json_text_is_an_error_in_the_contract_shape(client: TestClient) -> None:
+    for path in ("/api/v1/vm", "/api/v1/ip/"):
+        for body in (b"\xff", b'{"Name": "x-1", "RAM": ' + b"1" * 5000 + b"}"):
+            response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code in (400, 422), (path, body[:20], response.text)
+            assert set(response.json()) <= {"error", "field"}, (path, body[:20], response.text)
+            assert response.json()["error"]
+
+
+def test_unknown_paths_and_methods_answer_in_the_error_shape(client: TestClient) -> None:
+    for response in (client.get("/api/v1/nope"), client.put("/api/v1/vm"), client.post("/healthz")):
+        assert response.status_code in (404, 405), response.text
+        assert set(response.json()) <= {"error", "field"}, response.text
+
+
+def test_a_huge_digit_string_is_400_not_500(client: TestClient, api: Api) -> None:
+    response = client.post("/api/v1/vm", json={"Name": "big-1", "RAM": "1" * 5000})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "ram"
+    assert api.store.list() == []
+
+
+def test_a_boolean_amount_is_refused(client: TestClient, api: Api) -> None:
+    response = client.post("/api/v1/vm", json={"Name": "bool-1", "CPU": True})
+    assert response.status_code in (400, 422), response.text
+    assert api.store.list() == []
+
+
+def test_a_json_syntax_error_names_no_field(client: TestClient) -> None:
+    response = client.post("/api/v1/vm", content=b"{", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json().get("field") is None, response.text
+
+
+def test_ssh_keys_must_be_openssh_public_keys(client: TestClient, api: Api) -> None:
+    for keys in (["not a key"], [""], []):
+        response = client.post("/api/v1/vm", json={"Name": "keys-1", "SSHKeys": keys})
+        if keys == []:  # an empty list means the server's default keys
+            assert response.status_code == 201, response.text
+            client.delete("/api/v1/vm/keys-1")
+            continue
+        assert response.status_code == 400 and response.json()["field"] == "ssh-key", response.text
+    assert api.store.list() == []
