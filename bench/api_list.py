@@ -29,10 +29,10 @@ def fill(url: str, count: int) -> None:
         conn.execute(
             """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image, mac,
                                 ip, ip_state, project)
-               SELECT 'bench-list-' || i, 'node' || (1 + i % 2), 'running', 1024, 2, 10, 4,
+               SELECT 'bench-list-' || i, 'node' || (1 + mod(i, 2)), 'running', 1024, 2, 10, 4,
                       'debian-12', '52:54:00:' || lpad(to_hex(i / 65536), 2, '0') || ':'
-                        || lpad(to_hex(i / 256 % 256), 2, '0') || ':'
-                        || lpad(to_hex(i % 256), 2, '0'),
+                        || lpad(to_hex(mod(i / 256, 256)), 2, '0') || ':'
+                        || lpad(to_hex(mod(i, 256)), 2, '0'),
                       ('10.99.0.0'::inet + i), 'confirmed', 'demo'
                FROM generate_series(1, %s) AS i""",
             (count,),

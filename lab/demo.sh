@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo (`make demo`): two VMs, one per lab node (anti-affinity group), wait until each has an
-# IP and answers SSH, log into each with the injected key, list, delete, list again.
+# The demo (`make demo`): two VMs, one per lab node (anti-affinity group), wait until each is ready
+# (address, SSH, cloud-init), log into each with the injected key, list (CLI and HTTP API), delete,
+# list again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(lab/lab env)"
@@ -10,11 +11,15 @@ step() { printf '\n%s$ %s%s\n' "$bold" "$*" "$plain" >&2; "$@"; }
 
 trap 'vmctl delete --yes demo-1 demo-2 >/dev/null 2>&1 || true' EXIT
 step vmctl nodes
-step vmctl create demo --count 2 --group demo --ram 512 --cpu 1 --disk 2 --wait --timeout 300
+step vmctl create demo --count 2 --group demo --project demo --ram 512 --cpu 1 --disk 2 --wait --timeout 300
 for vm in demo-1 demo-2; do
   step vmctl ssh "$vm" -- 'echo "$(hostname): $(nproc) vCPU, $(df -h --output=size /dataxfs | tail -1) data disk"'
 done
 step vmctl list
+# The same VMs through the HTTP API (HAProxy, TLS), as programs see them: the prototype's contract.
+step curl -sS --fail --cacert "$VMCTL_API_CA" -H "Authorization: Bearer $VMCTL_API_TOKEN" \
+  "$VMCTL_API_URL/api/v1/vm"
+echo >&2
 step vmctl delete --yes demo-1 demo-2
 step vmctl list
 trap - EXIT

@@ -264,8 +264,11 @@ def create_app(make_service: Callable[[], VmService], log: logging.Logger) -> Fa
         node: Annotated[str | None, Query(description="only VMs on this node")] = None,
         state: Annotated[str | None, Query(description="only VMs in this state")] = None,
     ) -> Response:
-        vms = service().list_vms(node=node, state=state, project=project)
-        return JSONResponse([vm_out(vm) for vm in vms])
+        svc = service()
+        if node is not None:
+            svc.inventory.node(node)  # 404 for a node that does not exist
+        body = svc.store.list_contract_json(project, node=node, state=state)
+        return Response(content=body, media_type="application/json")
 
     @app.get("/api/v1/vm/{name}", response_model=VmDetail, responses=ERRORS)
     def get_vm(name: str, project: Project) -> dict[str, Any]:

@@ -292,6 +292,33 @@ class Store:
         )
         return [_record(row) for row in rows]
 
+    def list_contract_json(
+        self, project: str | None, node: str | None = None, state: str | None = None
+    ) -> str:
+        """``list`` in the HTTP API's contract shape ([{Name, RAM, CPU, Disk, IP, CreatedAt}],
+        what ``vmctl.api.vm_out`` makes of a record), as JSON text built by PostgreSQL: with
+        10,000 VMs this is several times faster than building records in Python."""
+        if state is not None and state not in STATES:
+            raise InvalidInput("state", f"must be one of {', '.join(STATES)}, not {state!r}")
+        row = self._run(
+            lambda c: c.execute(
+                """SELECT coalesce(json_agg(json_build_object(
+                       'Name', name, 'RAM', ram_mb::text, 'CPU', cpu::text, 'Disk', disk_gb::text,
+                       'IP', CASE WHEN ip IS NOT NULL AND ip_state = 'confirmed'
+                                  THEN host(ip) ELSE 'unassigned' END,
+                       'CreatedAt', to_char(created_at AT TIME ZONE 'UTC',
+                                            'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+                   ) ORDER BY name), '[]')::text AS body
+                   FROM vms
+                   WHERE (%(node)s::text IS NULL OR node = %(node)s)
+                     AND (%(state)s::text IS NULL OR state = %(state)s)
+                     AND project IS NOT DISTINCT FROM %(project)s""",
+                {"node": node, "state": state, "project": project},
+            ).fetchone()
+        )
+        assert row is not None
+        return str(row["body"])
+
     def set_state(self, name: str, state: str) -> VmRecord:
         if state not in STATES:
             raise ValueError(f"unknown VM state {state!r}")

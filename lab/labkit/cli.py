@@ -250,5 +250,11 @@ def _print_status(info: dict[str, object]) -> None:
     for svc in ("postgres", "redis"):
         s = info[svc]
         print(f"{svc:8} 127.0.0.1:{s['port']:<6} {'up' if s['up'] else 'DOWN'}")  # type: ignore[index]
+    a = info["api"]
+    replicas = " ".join(
+        f"{r['url']}({'up' if r['up'] else 'DOWN'})"
+        for r in a["replicas"]  # type: ignore[index]
+    )
+    print(f"api      {a['external']} (external), {a['internal']} (internal); {replicas}")  # type: ignore[index]
     w = info["watcher"]
     print(f"watch-ip pid {w['pid'] or '-':<15} {'up' if w['up'] else 'DOWN'}  log {w['log']}")  # type: ignore[index]

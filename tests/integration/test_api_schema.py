@@ -10,6 +10,7 @@ boot real guests).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -38,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
 from starlette.testclient import TestClient
 
 import vmctl.api
+import vmctl.store
 from vmctl import db, tokens
 from vmctl.addressing import Observation
 from vmctl.api import create_app
@@ -355,7 +357,11 @@ def test_the_contract_test_can_fail(api: Api, monkeypatch: pytest.MonkeyPatch) -
         _create(client, "shape-1")
     _fuzz(api, "GET", "/api/v1/vm")
     with monkeypatch.context() as patch:
-        patch.setattr(vmctl.api, "vm_out", lambda vm: {"Name": vm.name, "RAM": vm.ram_mb})
+        patch.setattr(
+            vmctl.store.Store,
+            "list_contract_json",
+            lambda *_a, **_k: '[{"Name": "shape-1", "RAM": 512}]',
+        )
         with pytest.raises(BaseException, match="Response violates schema"):
             _fuzz(api, "GET", "/api/v1/vm")
 
@@ -650,3 +656,21 @@ def test_ssh_keys_must_be_openssh_public_keys(client: TestClient, api: Api) -> N
             continue
         assert response.status_code == 400 and response.json()["field"] == "ssh-key", response.text
     assert api.store.list() == []
+
+
+def test_the_list_built_by_postgresql_is_what_vm_out_makes(client: TestClient, api: Api) -> None:
+    """GET /api/v1/vm's body comes from SQL (fast), single VMs from vm_out (Python): the same."""
+    for name in ("same-2", "same-1", "same-3"):
+        assert client.post("/api/v1/vm", json={"Name": name}).status_code == 201
+    vm = api.store.get("same-2")
+    api.store.record_ip("same-2", vm.mac, "10.9.1.77", "lease")  # one with an address
+    api.store.set_ip("same-3", "10.9.1.78", "expected")  # one only expected: "unassigned"
+    try:
+        from_sql = json.loads(api.store.list_contract_json("demo"))
+        from_python = [vmctl.api.vm_out(vm) for vm in api.store.list(project="demo")]
+        assert from_sql == from_python
+        assert [v["IP"] for v in from_sql] == ["unassigned", "10.9.1.77", "unassigned"]
+        assert api.store.list_contract_json("nobody") == "[]"
+    finally:
+        for name in ("same-1", "same-2", "same-3"):
+            client.delete(f"/api/v1/vm/{name}")
