@@ -39,63 +39,9 @@ fi
 vmdir=$storage/$name
 virsh() { command virsh -q -c qemu:///system "$@"; }
 
-# dhcp_hosts SCOPE: the <host> entries under <dhcp> of network $net, from its running state
-# (SCOPE live) or its persistent definition (SCOPE config), into the arrays H_MAC (lower case),
-# H_IP and H_NAME ('' where an attribute is absent). Attribute order and quote style do not matter.
-dhcp_hosts() {
-  local xml line in_dhcp=0 a
-  local -a opt=()
-  [[ $1 == config ]] && opt=(--inactive)
-  xml=$(virsh net-dumpxml --network "$net" "${opt[@]}")
-  H_MAC=() H_IP=() H_NAME=()
-  while IFS= read -r line; do
-    case $line in
-      *'<dhcp>'* | *'<dhcp '*) in_dhcp=1 ;;
-      *'</dhcp>'*) in_dhcp=0 ;;
-    esac
-    if ((in_dhcp)) && [[ $line =~ \<host[[:space:]] ]]; then
-      for a in mac ip name; do
-        if [[ $line =~ [[:space:]]$a=(\"([^\"]*)\"|\'([^\']*)\') ]]; then
-          REPLY=${BASH_REMATCH[2]}${BASH_REMATCH[3]}
-        else
-          REPLY=''
-        fi
-        case $a in
-          mac) H_MAC+=("${REPLY,,}") ;;
-          ip) H_IP+=("$REPLY") ;;
-          name) H_NAME+=("$REPLY") ;;
-        esac
-      done
-    fi
-  done <<<"$xml"
-}
-
-# host_xml I: entry I of dhcp_hosts as an XML <host> with the attributes it has, which is what
-# `virsh net-update ... delete ip-dhcp-host` matches (all given attributes must match).
-host_xml() {
-  local attrs=''
-  [[ -z ${H_MAC[$1]} ]] || attrs+=" mac='${H_MAC[$1]}'"
-  [[ -z ${H_NAME[$1]} ]] || attrs+=" name='${H_NAME[$1]}'"
-  [[ -z ${H_IP[$1]} ]] || attrs+=" ip='${H_IP[$1]}'"
-  REPLY="<host$attrs/>"
-}
-
-# dhcp_leases: current IPv4 leases of network $net into the arrays L_MAC (lower case) and L_IP.
-# `virsh net-dhcp-leases` rows: expiry date, expiry time, MAC, protocol, IP/prefix, hostname, id.
-dhcp_leases() {
-  local out k
-  local -a f
-  out=$(virsh net-dhcp-leases --network "$net")
-  L_MAC=() L_IP=()
-  while read -r -a f; do
-    for ((k = 0; k + 2 < ${#f[@]}; k++)); do
-      if [[ ${f[k]} =~ ^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$ && ${f[k + 1]} == ipv4 ]]; then
-        L_MAC+=("${f[k],,}") L_IP+=("${f[k + 2]%/*}")
-        break
-      fi
-    done
-  done <<<"$out"
-}
+# dhcp_hosts, host_xml, dhcp_leases: scripts/lib/dhcp.sh (vmctl sends it ahead of this script).
+# shellcheck source=lib/dhcp.sh
+[[ $(type -t dhcp_hosts) == function ]] || source "$(dirname "${BASH_SOURCE[0]}")/lib/dhcp.sh"
 
 # unreserve: delete every DHCP reservation of $mac in $net and release its leases.
 unreserve() {

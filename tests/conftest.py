@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,22 @@ def leftovers(lab: dict, env: dict[str, str], names: list[str]) -> dict[str, lis
         k.decode() for k in client.keys("vmctl:*") if any(f":{n}:" in k.decode() for n in names)
     ]
     return {k: v for k, v in found.items() if v}
+
+
+@contextmanager
+def fresh_schema(base_url: str) -> Iterator[str]:
+    """A new, empty schema of the lab's database, as a conninfo whose search_path makes it the only
+    one its connections see; dropped (CASCADE) on leaving. The lab's `vmctl` role may not CREATE
+    DATABASE but owns database `vmctl`, so this is how tests get a database of their own."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    schema = f"vmctl_test_{secrets.token_hex(6)}"
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield make_conninfo(base_url, options=f"-csearch_path={schema}")
+    finally:
+        with psycopg.connect(base_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

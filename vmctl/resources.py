@@ -13,5 +13,8 @@ def templates_dir() -> Path:
 
 
 def node_script(name: str) -> str:
-    """The text of a script from scripts/ (sent to nodes over SSH on stdin)."""
-    return (_ROOT / "scripts" / name).read_text()
+    """The text of a script from scripts/, ready for `bash -c`: the helpers of scripts/lib/ go
+    ahead of it (function definitions only), since nothing of vmctl is installed on nodes."""
+    scripts = _ROOT / "scripts"
+    helpers = "".join(path.read_text() + "\n" for path in sorted((scripts / "lib").glob("*.sh")))
+    return helpers + (scripts / name).read_text()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +27,6 @@ import hypothesis.strategies as st
 import psycopg
 import pytest
 import schemathesis
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -40,6 +37,7 @@ from starlette.testclient import TestClient
 
 import vmctl.api
 import vmctl.store
+from tests.conftest import fresh_schema
 from vmctl import db, tokens
 from vmctl.addressing import Observation
 from vmctl.api import create_app
@@ -149,23 +147,6 @@ class FakeHypervisor:
 # -- the app --------------------------------------------------------------------------------------
 
 
-def _in_schema(url: str, schema: str) -> str:
-    return make_conninfo(url, options=f"-csearch_path={schema}")
-
-
-@contextmanager
-def _fresh_schema(base: str) -> Iterator[str]:
-    """A fresh schema of the lab's database, dropped afterwards (as in test_store.py)."""
-    schema = f"vmctl_test_{secrets.token_hex(6)}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield _in_schema(base, schema)
-    finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-
 @dataclass
 class Api:
     app: Any
@@ -222,7 +203,7 @@ def _serve(pg_url: str, directory: Path) -> Iterator[Api]:
 @pytest.fixture
 def api(lab: dict, tmp_path: Path) -> Iterator[Api]:  # type: ignore[type-arg]
     """The app on a schema of its own, for one test."""
-    with _fresh_schema(lab["postgres"]["url"]) as pg_url, _serve(pg_url, tmp_path) as served:
+    with fresh_schema(lab["postgres"]["url"]) as pg_url, _serve(pg_url, tmp_path) as served:
         yield served
 
 
@@ -231,7 +212,7 @@ def shared_api(lab: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """The app the Schemathesis tests share (one per operation; Hypothesis wants no
     function-scoped fixture): what one operation's cases made, the next ones find."""
     with (
-        _fresh_schema(lab["postgres"]["url"]) as pg_url,
+        fresh_schema(lab["postgres"]["url"]) as pg_url,
         _serve(pg_url, tmp_path_factory.mktemp("api")) as served,
     ):
         yield served

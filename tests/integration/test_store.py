@@ -25,9 +25,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from tests.conftest import fresh_schema
 from vmctl import db
 from vmctl.errors import CapacityError, Conflict, InvalidInput, NotFound, StoreUnavailable
 from vmctl.inventory import AddressPool
@@ -36,21 +36,10 @@ from vmctl.store import NewVm, NodeUsage, Store
 pytestmark = pytest.mark.integration
 
 
-def _in_schema(url: str, schema: str) -> str:
-    return make_conninfo(url, options=f"-csearch_path={schema}")
-
-
 @pytest.fixture
 def pg_url(lab: dict) -> Iterator[str]:  # type: ignore[type-arg]
-    base = lab["postgres"]["url"]
-    schema = f"vmctl_test_{secrets.token_hex(6)}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield _in_schema(base, schema)
-    finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    with fresh_schema(lab["postgres"]["url"]) as url:
+        yield url
 
 
 @pytest.fixture
