@@ -52,26 +52,29 @@ class Daemon:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         offset = len(self.log_text())
-        with open(self.log_file, "ab") as logfile:
-            proc = subprocess.Popen(
-                argv,
-                env={**os.environ, **env},
-                stdin=subprocess.DEVNULL,
-                stdout=logfile,
-                stderr=logfile,
-                start_new_session=True,
-                cwd="/",
-            )
-        self.pid_file.write_text(f"{proc.pid}\n")
+        # Detached: the daemon's parent is a shell that exits at once, so the daemon is nobody's
+        # child here (PID 1 reaps it) and any process can stop it and see it gone.
+        detach = 'exec "$@" </dev/null >>"$VMCTL_LAB_LOG" 2>&1 & echo $!'
+        launched = subprocess.run(
+            ["setsid", "sh", "-c", detach, "sh", *argv],
+            env={**os.environ, **env, "VMCTL_LAB_LOG": str(self.log_file)},
+            capture_output=True,
+            text=True,
+            cwd="/",
+        )
+        if launched.returncode != 0 or not launched.stdout.strip().isdigit():
+            raise LabError(f"{self.name} did not start: {launched.stderr.strip()}")
+        pid = int(launched.stdout.strip())
+        self.pid_file.write_text(f"{pid}\n")
 
         def up() -> bool:
-            if proc.poll() is not None:
-                tail = self.log_text()[-2000:]
-                raise LabError(f"{self.name} exited {proc.returncode}: {tail}")
+            if not alive(pid):
+                tail = self.log_text()[offset:][-2000:]
+                raise LabError(f"{self.name} exited: {tail}")
             return ready(self.log_text()[offset:])
 
         wait_for(self.name, up, timeout=timeout)
-        log(f"{self.name}: running (pid {proc.pid}, log {self.log_file})")
+        log(f"{self.name}: running (pid {pid}, log {self.log_file})")
 
     def stop(self) -> None:
         value = self.pid()
