@@ -217,3 +217,38 @@ def test_a_killed_replica_fails_no_request_once_haproxy_marks_it_down(
     assert failed_after == [], f"{len(failed_after)} of {len(after)} failed after mark-down"
     failed_before = sum(s != 200 for s in before)
     print(f"\nbetween kill and mark-down: {len(before)} requests, {failed_before} failed")
+
+
+def test_a_create_whose_client_goes_away_still_completes(
+    lab: dict,
+    vmctl_env: dict[str, str],
+    api: httpx.Client,  # type: ignore[type-arg]
+) -> None:
+    body = {"Name": "api-gone-1", "RAM": "256", "CPU": "1", "Disk": "1"}
+    with pytest.raises(httpx.TimeoutException):
+        api.post("/api/v1/vm", json=body, timeout=0.3)  # a create takes seconds: gone before
+    deadline = time.monotonic() + 120
+    shown = api.get("/api/v1/vm/api-gone-1")
+    while (shown.status_code != 200 or shown.json()["State"] != "running") and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
+        shown = api.get("/api/v1/vm/api-gone-1")
+    try:
+        assert shown.status_code == 200 and shown.json()["State"] == "running", shown.text
+        assert any("api-gone-1" in d for d in _domains(lab)), "no domain on any node"
+    finally:
+        gone = api.delete("/api/v1/vm/api-gone-1")
+    assert gone.status_code == 204, gone.text
+    assert leftovers(lab, vmctl_env, ["api-gone-1"]) == {}
+
+
+def _domains(lab: dict) -> list[str]:  # type: ignore[type-arg]
+    import guests
+
+    found = []
+    for node in lab["nodes"]:
+        hv = guests.hypervisor(node, lab)
+        found += [f"{node['name']}:{d}" for d in hv.domains()]
+        hv.runner.close()
+    return found
