@@ -17,9 +17,10 @@ for vm in demo-1 demo-2; do
 done
 step vmctl list
 # The same VMs through the HTTP API (HAProxy, TLS), as programs see them: the prototype's contract.
-step curl -sS --fail --cacert "$VMCTL_API_CA" -H "Authorization: Bearer $VMCTL_API_TOKEN" \
+printf '\n%s$ curl --cacert "$VMCTL_API_CA" -H "Authorization: Bearer $VMCTL_API_TOKEN" "$VMCTL_API_URL/api/v1/vm"%s\n' "$bold" "$plain" >&2
+curl -sS --fail --cacert "$VMCTL_API_CA" -H "Authorization: Bearer $VMCTL_API_TOKEN" \
   "$VMCTL_API_URL/api/v1/vm"
-echo >&2
+echo
 step vmctl delete --yes demo-1 demo-2
 step vmctl list
 trap - EXIT
