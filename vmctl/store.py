@@ -130,6 +130,18 @@ _USAGE_SQL = """
 """
 
 
+# The filters of Store.list and Store.list_contract_json (each one off when its value is NULL).
+_LIST_FILTER = """(%(node)s::text IS NULL OR node = %(node)s)
+                  AND (%(state)s::text IS NULL OR state = %(state)s)
+                  AND (%(project)s::text IS NULL OR project = %(project)s)"""
+
+
+def _list_params(node: str | None, state: str | None, project: str | None) -> dict[str, Any]:
+    if state is not None and state not in STATES:
+        raise InvalidInput("state", f"must be one of {', '.join(STATES)}, not {state!r}")
+    return {"node": node, "state": state, "project": project}
+
+
 class Store:
     def __init__(self, url: str, actor: str | None = None) -> None:
         self._url = url
@@ -278,44 +290,27 @@ class Store:
         self, node: str | None = None, state: str | None = None, project: str | None = None
     ) -> builtins.list[VmRecord]:
         """VMs ordered by name, optionally only those on ``node``, in ``state``, of ``project``."""
-        if state is not None and state not in STATES:
-            raise InvalidInput("state", f"must be one of {', '.join(STATES)}, not {state!r}")
-        rows = self._run(
-            lambda c: c.execute(
-                """SELECT * FROM vms
-                   WHERE (%(node)s::text IS NULL OR node = %(node)s)
-                     AND (%(state)s::text IS NULL OR state = %(state)s)
-                     AND (%(project)s::text IS NULL OR project = %(project)s)
-                   ORDER BY name""",
-                {"node": node, "state": state, "project": project},
-            ).fetchall()
-        )
+        sql = f"SELECT * FROM vms WHERE {_LIST_FILTER} ORDER BY name"
+        params = _list_params(node, state, project)
+        rows = self._run(lambda c: c.execute(sql, params).fetchall())
         return [_record(row) for row in rows]
 
     def list_contract_json(
-        self, project: str | None, node: str | None = None, state: str | None = None
+        self, project: str, node: str | None = None, state: str | None = None
     ) -> str:
         """``list`` in the HTTP API's contract shape ([{Name, RAM, CPU, Disk, IP, CreatedAt}],
         what ``vmctl.api.vm_out`` makes of a record), as JSON text built by PostgreSQL: with
         10,000 VMs this is several times faster than building records in Python."""
-        if state is not None and state not in STATES:
-            raise InvalidInput("state", f"must be one of {', '.join(STATES)}, not {state!r}")
-        row = self._run(
-            lambda c: c.execute(
-                """SELECT coalesce(json_agg(json_build_object(
-                       'Name', name, 'RAM', ram_mb::text, 'CPU', cpu::text, 'Disk', disk_gb::text,
-                       'IP', CASE WHEN ip IS NOT NULL AND ip_state = 'confirmed'
-                                  THEN host(ip) ELSE 'unassigned' END,
-                       'CreatedAt', to_char(created_at AT TIME ZONE 'UTC',
-                                            'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-                   ) ORDER BY name), '[]')::text AS body
-                   FROM vms
-                   WHERE (%(node)s::text IS NULL OR node = %(node)s)
-                     AND (%(state)s::text IS NULL OR state = %(state)s)
-                     AND project IS NOT DISTINCT FROM %(project)s""",
-                {"node": node, "state": state, "project": project},
-            ).fetchone()
-        )
+        sql = f"""SELECT coalesce(json_agg(json_build_object(
+                      'Name', name, 'RAM', ram_mb::text, 'CPU', cpu::text, 'Disk', disk_gb::text,
+                      'IP', CASE WHEN ip IS NOT NULL AND ip_state = 'confirmed'
+                                 THEN host(ip) ELSE 'unassigned' END,
+                      'CreatedAt', to_char(created_at AT TIME ZONE 'UTC',
+                                           'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+                  ) ORDER BY name), '[]')::text AS body
+                  FROM vms WHERE {_LIST_FILTER}"""
+        params = _list_params(node, state, project)
+        row = self._run(lambda c: c.execute(sql, params).fetchone())
         assert row is not None
         return str(row["body"])
 
