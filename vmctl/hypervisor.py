@@ -177,16 +177,14 @@ class Hypervisor:
         out = self.runner.run([*VIRSH, "list", "--all", "--name"]).stdout
         return [line.strip() for line in out.splitlines() if line.strip()]
 
-    def addresses(self, name: str, source: str = "lease") -> list[tuple[str, str]]:
-        try:
-            out = self.runner.run(domifaddr_command(name, source)).stdout
-        except RemoteCommandFailed:
-            return []  # no agent, domain not running yet, ...
-        return parse_domifaddr(out)
-
-    def agent_addresses(self, name: str, timeout_s: int = 5) -> list[tuple[str, str]]:
-        """(mac, ipv4) pairs the guest agent reports; none if it does not answer in time."""
-        command = ["timeout", str(timeout_s), *domifaddr_command(name, "agent")]
+    def addresses(
+        self, name: str, source: str = "lease", timeout_s: int | None = None
+    ) -> list[tuple[str, str]]:
+        """(mac, ipv4) pairs from `virsh domifaddr --source SOURCE`; none if there are none
+        or the command fails (no agent, domain not running yet, no answer in ``timeout_s``)."""
+        command = domifaddr_command(name, source)
+        if timeout_s is not None:  # a guest agent that is not up yet makes virsh wait
+            command = ["timeout", str(timeout_s), *command]
         try:
             out = self.runner.run(command).stdout
         except RemoteCommandFailed:

@@ -339,9 +339,7 @@ class VmService:
                     hv, node.network.name, [vm], self.sources, lambda _vm: age > 30
                 )
                 for f in found:
-                    change = self.store.record_ip(f.name, f.mac, f.ip, f.source)
-                    if change is not None:
-                        self.cache.publish_ip(watcher.change_message(change))
+                    watcher.record(self.store, self.cache, f)
             except VmctlError as exc:
                 self.progress(f"{vm.name}: {exc}")
 

@@ -35,6 +35,7 @@ from vmctl.store import IpChange, Store, VmRecord
 KIND = "watch-ip"  # the heartbeat kind
 WATCHED_STATES = ("creating", "running")
 BACKOFF_S = (1, 2, 4, 8, 16, 30)
+AGENT_TIMEOUT_S = 5  # how long one question to a guest agent may take
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Timing:
 
 def agent_address(hv: Hypervisor, vm: VmRecord) -> str | None:
     """The VM's IPv4 address on its vmctl interface as its guest agent reports it."""
-    for mac, ip in hv.agent_addresses(vm.name):
+    for mac, ip in hv.addresses(vm.name, "agent", timeout_s=AGENT_TIMEOUT_S):
         if mac.lower() == vm.mac.lower():
             address = ipaddress.ip_address(ip)
             if not (address.is_loopback or address.is_link_local):
@@ -88,6 +89,14 @@ def discover(
                 found.append(Found(vm.name, vm.node, vm.mac, ip, source))
                 break
     return found
+
+
+def record(store: Store, cache: Cache, found: Found) -> IpChange | None:
+    """Write what a look found to PostgreSQL and, when it changed something, announce it."""
+    change = store.record_ip(found.name, found.mac, found.ip, found.source)
+    if change is not None:
+        cache.publish_ip(change_message(change))
+    return change
 
 
 def change_message(change: IpChange) -> dict[str, Any]:
@@ -270,7 +279,7 @@ class Watcher:
             del self._unsaved[name]
 
     def _record(self, found: Found) -> IpChange | None:
-        change = self.store.record_ip(found.name, found.mac, found.ip, found.source)
+        change = record(self.store, self.cache, found)
         if change is None:
             return None
         with self._lock:
@@ -294,7 +303,6 @@ class Watcher:
                 source=change.source,
             ),
         )
-        self.cache.publish_ip(change_message(change))
         return change
 
     def _heartbeat(self) -> None:

@@ -140,7 +140,9 @@ class FakeHypervisor:
     def observe(self, network: str, timeout: float = 15.0) -> Observation:
         return Observation()
 
-    def agent_addresses(self, name: str, timeout_s: int = 5) -> list[tuple[str, str]]:
+    def addresses(
+        self, name: str, source: str = "lease", timeout_s: int | None = None
+    ) -> list[tuple[str, str]]:
         return []
 
 

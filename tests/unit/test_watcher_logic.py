@@ -82,7 +82,10 @@ class FakeHypervisor:
             raise self.fail
         return self.seen
 
-    def agent_addresses(self, name: str, timeout_s: int = 5) -> list[tuple[str, str]]:
+    def addresses(
+        self, name: str, source: str = "lease", timeout_s: int | None = None
+    ) -> list[tuple[str, str]]:
+        assert (source, timeout_s) == ("agent", 5)  # only the agent is asked per VM, bounded
         self.asked.append(name)
         return self.agent.get(name, [])
 
