@@ -205,6 +205,9 @@ class _RedisSubscription:
             self._pubsub.close()
 
 
-def open_cache(url: str | None, warn: Callable[[str], None]) -> Cache:
-    """A RedisCache for ``url``, or a NullCache when no URL is configured."""
-    return RedisCache(url, warn) if url else NullCache()
+def open_cache(
+    url: str | None, warn: Callable[[str], None], notice: Callable[[str], None] | None = None
+) -> Cache:
+    """A RedisCache for ``url``, or a NullCache when no URL is configured. ``notice`` (for
+    long-running processes) is told when Redis is back after an outage."""
+    return RedisCache(url, warn, notice=notice) if url else NullCache()

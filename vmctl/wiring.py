@@ -13,7 +13,7 @@ from typing import Any
 
 from vmctl import hostkeys
 from vmctl import inventory as inventory_mod
-from vmctl.cache import Cache, NullCache, RedisCache
+from vmctl.cache import open_cache
 from vmctl.errors import ConfigError, Unavailable
 from vmctl.hypervisor import Hypervisor
 from vmctl.inventory import Node
@@ -47,19 +47,24 @@ def authorized_keys(settings: Settings, extra_files: list[str] | None = None) ->
     return keys
 
 
-def make_cache(settings: Settings) -> Cache:
-    return RedisCache(settings.redis_url, warn=warn) if settings.redis_url else NullCache()
-
-
-def service(settings: Settings, quiet: bool = False) -> VmService:
+def service(
+    settings: Settings,
+    quiet: bool = False,
+    inventory: inventory_mod.Inventory | None = None,
+    tell: Callable[[str], None] | None = None,
+    default_keys: Sequence[str] = (),
+) -> VmService:
+    """The VmService of one command (or of one API worker thread: ``inventory`` loaded once,
+    progress to the log)."""
     return VmService(
-        inventory=inventory_mod.load_inventory(settings.inventory),
+        inventory=inventory or inventory_mod.load_inventory(settings.inventory),
         store=Store(settings.require_database()),
-        cache=make_cache(settings),
+        cache=open_cache(settings.redis_url, warn),
         connect=connector(settings),
-        progress=(lambda _m: None) if quiet else progress,
+        progress=tell or ((lambda _m: None) if quiet else progress),
         guest_key=settings.ssh_key,
         phone_home_base=settings.api_internal_url,
+        default_keys=default_keys,
     )
 
 
@@ -68,40 +73,21 @@ def api_app(settings: Settings, log: logging.Logger) -> Any:
     from vmctl.api import create_app  # FastAPI is only imported by `serve`
 
     inventory = inventory_mod.load_inventory(settings.inventory)
-    database_url = settings.require_database()
+    settings.require_database()
     try:
         keys = authorized_keys(settings)
     except ConfigError:
         keys = []  # API callers then have to send SSHKeys
-
-    def make_service() -> VmService:
-        return VmService(
-            inventory=inventory,
-            store=Store(database_url),
-            cache=make_cache(settings),
-            connect=connector(settings),
-            progress=lambda message: log.info(message),
-            guest_key=settings.ssh_key,
-            phone_home_base=settings.api_internal_url,
-            default_keys=keys,
-        )
-
-    return create_app(make_service, log)
+    return create_app(
+        lambda: service(settings, inventory=inventory, tell=log.info, default_keys=keys), log
+    )
 
 
 def watcher(settings: Settings, log: logging.Logger, sources: Sequence[str]) -> Watcher:
-    def to_log(level: int) -> Callable[[str], None]:
-        return lambda message: log.log(level, message)
-
-    cache: Cache = NullCache()
-    if settings.redis_url:
-        cache = RedisCache(
-            settings.redis_url, warn=to_log(logging.WARNING), notice=to_log(logging.INFO)
-        )
     return Watcher(
         inventory=inventory_mod.load_inventory(settings.inventory),
         store=Store(settings.require_database()),
-        cache=cache,
+        cache=open_cache(settings.redis_url, log.warning, notice=log.info),
         connect=connector(settings),
         log=log,
         sources=sources,
