@@ -9,6 +9,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from vmctl.errors import InvalidInput
+
 FIELDS = "fields"  # logger.info("...", extra={"fields": {...}})
 
 
@@ -41,8 +43,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_parts(record, self), default=str)
 
 
+FORMATS = ("logfmt", "json")
+
+
 def setup(name: str, fmt: str = "logfmt", level: int = logging.INFO) -> logging.Logger:
-    """The logger of a long-running command, writing to stderr in ``fmt`` (logfmt or json)."""
+    """The logger of a long-running command, writing to stderr in ``fmt`` (logfmt or json);
+    InvalidInput (--log-format) for another format."""
+    if fmt not in FORMATS:
+        raise InvalidInput("log-format", f"must be logfmt or json, not {fmt!r}")
     logger = logging.getLogger(name)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())

@@ -160,3 +160,11 @@ def test_setup_writes_one_line_per_event_to_stderr(
     assert log.propagate is False and len(log.handlers) == 1
     logs.setup(f"test-logs-setup-{fmt}", fmt)  # again: still one handler
     assert len(log.handlers) == 1
+
+
+def test_setup_refuses_an_unknown_format() -> None:
+    from vmctl.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as caught:
+        logs.setup("vmctl.test-bad-format", "xml")
+    assert caught.value.field == "log-format" and "not 'xml'" in str(caught.value)
