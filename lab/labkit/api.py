@@ -12,7 +12,7 @@ import subprocess
 import urllib.request
 
 from . import config
-from .procs import Daemon
+from .procs import Daemon, require_vmctl, run_vmctl
 from .sh import LabError, run
 
 API_DIR = config.LAB_DIR / "api"
@@ -20,7 +20,6 @@ CA_PEM = API_DIR / "ca.pem"  # the certificate clients trust (self-signed)
 TLS_PEM = API_DIR / "tls.pem"  # certificate + key, for HAProxy
 TOKEN_FILE = API_DIR / "token"
 HAPROXY_CFG = config.REPO / "deploy" / "haproxy" / "haproxy.cfg"
-VMCTL = config.REPO / ".venv" / "bin" / "vmctl"
 REPLICAS = [Daemon(f"api-{i}", API_DIR) for i in (1, 2)]
 HAPROXY = Daemon("haproxy", API_DIR)
 PROJECT = "demo"
@@ -85,15 +84,14 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 def start(env: dict[str, str]) -> None:
     """Replicas, certificate, HAProxy and the demo token (each only if missing)."""
-    if not VMCTL.exists():
-        raise LabError(f"{VMCTL} is missing: run lab/setup-host.sh first")
+    vmctl = require_vmctl()
     _make_certificate()
     for i, replica in enumerate(REPLICAS):
         port = config.API_REPLICA_PORTS[i]
         if replica.pid() is None and not _port_free(port):
             raise LabError(f"port {port} is taken by another program; set VMCTL_LAB_API_PORT_BASE")
         replica.start(
-            [str(VMCTL), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [vmctl, "serve", "--host", "127.0.0.1", "--port", str(port)],
             env,
             lambda _logged, p=port: _answers(f"http://127.0.0.1:{p}/readyz"),  # type: ignore[misc]
         )
@@ -112,18 +110,10 @@ def start(env: dict[str, str]) -> None:
         lambda _logged: _answers(f"{external_url()}/healthz", context),
     )
     if not TOKEN_FILE.exists():
-        token = run_vmctl(env, "token", "create", "--project", PROJECT, "--name", "lab").strip()
+        made = run_vmctl(env, "token", "create", "--project", PROJECT, "--name", "lab")
+        token = made.stdout.strip()
         TOKEN_FILE.write_text(token + "\n")
         TOKEN_FILE.chmod(0o600)
-
-
-def run_vmctl(env: dict[str, str], *args: str) -> str:
-    proc = subprocess.run(
-        [str(VMCTL), *args], env={**os.environ, **env}, capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        raise LabError(f"vmctl {' '.join(args)}: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 def token() -> str:

@@ -7,12 +7,11 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import api, config, inventory, net, nodes, services, snapshot, watcher
+from . import api, config, inventory, net, nodes, procs, services, snapshot, watcher
 from .sh import LabError, log, run
 
 
@@ -83,8 +82,7 @@ def up(count: int) -> None:
     services.ensure_redis()
     config.INVENTORY.write_text(inventory.render(lab_nodes))
     _migrate()
-    watcher.start(vmctl_settings())
-    api.start(vmctl_settings())
+    _start_vmctl()
     new_state = {"node_count": count, "prefix": config.PREFIX, "image_dir": str(image_dir)}
     if new_state != state:
         config.STATE_FILE.write_text(json.dumps(new_state, indent=2) + "\n")
@@ -93,20 +91,24 @@ def up(count: int) -> None:
 
 def _migrate() -> None:
     """Bring the vmctl schema up to date, when vmctl is installed (`make` installs it first)."""
-    vmctl = config.REPO / ".venv" / "bin" / "vmctl"
-    if vmctl.exists():
-        env = {**os.environ, "VMCTL_DATABASE_URL": services.postgres_url()}
-        proc = subprocess.run(
-            [str(vmctl), "db", "upgrade"], env=env, capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            raise LabError(f"vmctl db upgrade failed: {proc.stderr.strip()}")
-        log(proc.stderr.strip().removeprefix("vmctl: "))
+    if procs.VMCTL.exists():
+        env = {"VMCTL_DATABASE_URL": services.postgres_url()}
+        log(procs.run_vmctl(env, "db", "upgrade").stderr.strip().removeprefix("vmctl: "))
+
+
+def _start_vmctl() -> None:
+    """The lab's own vmctl processes: the watcher, the API replicas and HAProxy."""
+    watcher.start(vmctl_settings())
+    api.start(vmctl_settings())
+
+
+def _stop_vmctl() -> None:
+    api.stop()
+    watcher.stop()
 
 
 def down() -> None:
-    api.stop()
-    watcher.stop()
+    _stop_vmctl()
     state = _load_state() or {}
     count = int(state.get("node_count", 0))  # type: ignore[call-overload]
     known = {n.netns: n for n in config.nodes(count)}
@@ -227,10 +229,8 @@ def main(argv: list[str]) -> int:
         elif args.command == "restart-vmctl":
             if _load_state() is None:
                 raise LabError("the lab is not up: run `lab/lab up`")
-            api.stop()
-            watcher.stop()
-            watcher.start(vmctl_settings())
-            api.start(vmctl_settings())
+            _stop_vmctl()
+            _start_vmctl()
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 1

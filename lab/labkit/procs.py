@@ -11,7 +11,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import config
 from .sh import LabError, alive, log, wait_for, wait_gone
+
+VMCTL = config.REPO / ".venv" / "bin" / "vmctl"  # lab/setup-host.sh installs it
+
+
+def require_vmctl() -> str:
+    if not VMCTL.exists():
+        raise LabError(f"{VMCTL} is missing: run lab/setup-host.sh first")
+    return str(VMCTL)
+
+
+def run_vmctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`vmctl ARGS` with the lab's settings ``env``; LabError with its stderr if it fails."""
+    proc = subprocess.run(
+        [require_vmctl(), *args], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise LabError(f"vmctl {' '.join(args)}: {proc.stderr.strip()}")
+    return proc
 
 
 @dataclass(frozen=True)

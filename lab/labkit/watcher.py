@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from . import config
-from .procs import Daemon
-from .sh import LabError
+from .procs import Daemon, require_vmctl
 
 DAEMON = Daemon("watch-ip", config.WATCHER_DIR)
 LOG_FILE = DAEMON.log_file
-VMCTL = config.REPO / ".venv" / "bin" / "vmctl"
 
 
 def pid() -> int | None:
@@ -17,9 +15,7 @@ def pid() -> int | None:
 
 def start(env: dict[str, str]) -> None:
     """Start the watcher unless it runs already (needs vmctl installed in .venv)."""
-    if not VMCTL.exists():
-        raise LabError(f"{VMCTL} is missing: run lab/setup-host.sh first")
-    DAEMON.start([str(VMCTL), "watch-ip"], env, lambda logged: "msg=watching" in logged)
+    DAEMON.start([require_vmctl(), "watch-ip"], env, lambda logged: "msg=watching" in logged)
 
 
 def stop() -> None:
