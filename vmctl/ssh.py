@@ -7,6 +7,7 @@ shell string. Transport problems become NodeUnreachable, non-zero exits RemoteCo
 from __future__ import annotations
 
 import shlex
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,26 @@ class SshTarget:
     connect_timeout: float = 10.0
 
 
+KEEPALIVE_S = 5  # an SSH keepalive this often keeps bytes in flight on a quiet connection...
+DEAD_AFTER_S = 10  # ...and TCP gives the connection up when they go unanswered this long
+
+
+def _notice_dead_links(conn: fabric.Connection) -> None:
+    """Make a dead link (cable cut, node gone) end the connection within ~15 s.
+
+    Without this, a command on a link that dies hangs until the link comes back: invoke's
+    timeout closes the channel but then waits for an exit status that never comes. With keepalives
+    and TCP_USER_TIMEOUT the kernel fails the socket, paramiko closes every channel and the
+    command returns (the runner then reports NodeUnreachable)."""
+    transport = conn.client.get_transport()
+    if transport is None:
+        return
+    transport.set_keepalive(KEEPALIVE_S)
+    sock = transport.sock
+    if hasattr(socket, "TCP_USER_TIMEOUT") and isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_AFTER_S * 1000)
+
+
 class FabricRunner:
     """A Runner over one Fabric connection, opened on first use."""
 
@@ -93,6 +114,7 @@ class FabricRunner:
             raise NodeUnreachable(f"node {t.node} ({t.host}:{t.port}): {exc}") from exc
         except (TimeoutError, OSError) as exc:
             raise NodeUnreachable(f"node {t.node} ({t.host}:{t.port}): {exc}") from exc
+        _notice_dead_links(conn)
         self._conn = conn
         return conn
 
@@ -118,9 +140,14 @@ class FabricRunner:
             raise RemoteCommandFailed(
                 self.node, command, -1, f"timed out after {timeout} s"
             ) from exc
-        except (paramiko.SSHException, OSError, invoke.exceptions.ThreadException) as exc:
+        except (paramiko.SSHException, OSError, EOFError, invoke.exceptions.ThreadException) as exc:
             self.close()
-            raise NodeUnreachable(f"node {self.node}: connection lost: {exc}") from exc
+            detail = str(exc).strip() or type(exc).__name__
+            raise NodeUnreachable(f"node {self.node}: connection lost: {detail}") from exc
+        transport = conn.client.get_transport()
+        if transport is None or not transport.is_active():  # the link died under the command
+            self.close()
+            raise NodeUnreachable(f"node {self.node}: connection lost while running `{command}`")
         result = Result(stdout=res.stdout, stderr=res.stderr, exit_status=res.exited)
         if check and result.exit_status != 0:
             raise RemoteCommandFailed(self.node, command, result.exit_status, result.stderr)
