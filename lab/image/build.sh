@@ -231,6 +231,7 @@ mv -T "$tmp" "$out"
 log "done in ${build_seconds}s: $out ($(du -sh "$out" | cut -f1))"
 # Images of older recipes (~0.5 GB each): keep the newest two others, remove the rest. Nodes that
 # still boot from one hold hard links, so removing the cache entry never breaks a running lab.
-ls -1dt "$cache_root"/[0-9a-f]*/ 2>/dev/null | grep -v "/$key/\$" | tail -n +3 |
+# (grep finds nothing on a first build: that is no failure under pipefail)
+ls -1dt "$cache_root"/[0-9a-f]*/ 2>/dev/null | { grep -v "/$key/\$" || true; } | tail -n +3 |
   while read -r stale; do log "pruning old image ${stale%/}"; rm -rf -- "${stale%/}"; done
 echo "$out"
