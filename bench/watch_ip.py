@@ -12,6 +12,8 @@ window. Removes the rows afterwards.
 Run with the lab up:
 
     eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py latency --vms 10 --rounds 2
+    eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py latency --vms 10 --rounds 4 \
+        --watchers follow,poll   # the lease follower against looks alone, alternating
     eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py idle --vms 100 --seconds 120
 """
 
@@ -32,7 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "lab"))
 
+from labkit import cli as lab_cli  # noqa: E402
 from labkit import config  # noqa: E402
+from labkit import watcher as lab_watcher  # noqa: E402
 
 from vmctl import hostkeys  # noqa: E402
 from vmctl.store import NewVm, Store  # noqa: E402
@@ -86,15 +90,43 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[k]
 
 
-def latency(vms: int, rounds: int, ram_mb: int, stagger_s: float) -> dict[str, object]:
+class OwnWatcher:
+    """In place of the lab's watcher for one round: `vmctl watch-ip ARGS` (None: the lab's)."""
+
+    def __init__(self, args: list[str] | None, env: dict[str, str]) -> None:
+        self.args, self.env = args, env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> OwnWatcher:
+        if self.args is not None:
+            lab_watcher.stop()
+            with open(Path(config.LAB_DIR) / "bench-watch-ip.log", "ab") as log:
+                self.proc = subprocess.Popen(
+                    [VMCTL, "watch-ip", *self.args], env=self.env, stdout=log, stderr=log
+                )
+            time.sleep(3)  # connected to every node
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            lab_watcher.start(lab_cli.vmctl_settings())
+
+
+def latency(
+    vms: int, rounds: int, ram_mb: int, stagger_s: float, watchers: list[str]
+) -> dict[str, object]:
     env = dict(os.environ)
     store = Store(env["VMCTL_DATABASE_URL"])
-    delays: list[float] = []
+    delays: dict[str, list[float]] = {}
     boot_s: list[float] = []
     run_id = secrets.token_hex(2)  # names never seen before: the event log keeps old runs
     for round_no in range(1, rounds + 1):
         names = [f"bench-ip-{run_id}-{round_no}-{i}" for i in range(1, vms + 1)]
-        with LeaseClock() as clock:
+        kind = watchers[(round_no - 1) % len(watchers)]  # alternating, in one window
+        own = None if kind == "lab" else ([] if kind == "follow" else ["--no-follow"])
+        with OwnWatcher(own, env), LeaseClock() as clock:
             made = {}
             try:
                 for i, name in enumerate(names):
@@ -119,11 +151,12 @@ def latency(vms: int, rounds: int, ram_mb: int, stagger_s: float) -> dict[str, o
                 for name, (vm, created) in made.items():
                     event = next(e for e in store.events(name) if e["action"] == "ip")
                     seen = clock.first_seen[vm["mac"].lower()]
-                    delays.append(event["at"].timestamp() - seen)
+                    delay = event["at"].timestamp() - seen
+                    delays.setdefault(kind, []).append(delay)
                     boot_s.append(seen - created)
                     print(
-                        f"{name}: lease {seen - created:5.1f} s after create, "
-                        f"in PostgreSQL {delays[-1]:.3f} s later ({event['detail']['source']})",
+                        f"{name} [{kind}]: lease {seen - created:5.1f} s after create, "
+                        f"in PostgreSQL {delay:.3f} s later ({event['detail']['source']})",
                         file=sys.stderr,
                     )
             finally:
@@ -133,14 +166,17 @@ def latency(vms: int, rounds: int, ram_mb: int, stagger_s: float) -> dict[str, o
                     )
     store.close()
     return {
-        "vms": len(delays),
         "rounds": rounds,
         "stagger_s": stagger_s,
         "lease_to_postgres_s": {
-            "p50": round(statistics.median(delays), 3),
-            "p95": round(percentile(delays, 95), 3),
-            "max": round(max(delays), 3),
-            "min": round(min(delays), 3),
+            kind: {
+                "vms": len(values),
+                "p50": round(statistics.median(values), 3),
+                "p95": round(percentile(values, 95), 3),
+                "max": round(max(values), 3),
+                "min": round(min(values), 3),
+            }
+            for kind, values in delays.items()
         },
         "create_to_lease_s_median": round(statistics.median(boot_s), 1),
     }
@@ -210,6 +246,12 @@ def main() -> None:
     p_lat.add_argument(
         "--stagger", type=float, default=0, help="seconds between creates (0: all at once)"
     )
+    p_lat.add_argument(
+        "--watchers",
+        default="lab",
+        help="which watcher records, round by round in turn: lab (the lab's own), follow "
+        "(vmctl watch-ip), poll (vmctl watch-ip --no-follow); e.g. follow,poll",
+    )
     p_idle = sub.add_parser("idle")
     p_idle.add_argument("--vms", type=int, default=100)
     p_idle.add_argument("--seconds", type=float, default=120)
@@ -217,7 +259,10 @@ def main() -> None:
     args = parser.parse_args()
     started = datetime.now().isoformat(timespec="seconds")
     if args.what == "latency":
-        result = latency(args.vms, args.rounds, args.ram, args.stagger)
+        kinds = args.watchers.split(",")
+        if not set(kinds) <= {"lab", "follow", "poll"}:
+            parser.error(f"--watchers: not lab, follow or poll: {args.watchers}")
+        result = latency(args.vms, args.rounds, args.ram, args.stagger, kinds)
     else:
         result = idle(args.vms, args.seconds, args.settle)
     print(json.dumps({"bench": args.what, "started": started, **result}, indent=2))

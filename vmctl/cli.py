@@ -260,6 +260,13 @@ def watch_ip(
     sources: Annotated[
         str, typer.Option(help="Where to look, in order: lease, arp, agent.")
     ] = ",".join(SOURCES),
+    follow: Annotated[
+        bool,
+        typer.Option(
+            help="Follow each node's DHCP lease file (leases the moment they are written); "
+            "--no-follow only looks at the nodes, every 0.5 s while a VM waits."
+        ),
+    ] = True,
     log_format: Annotated[
         str, typer.Option(help="Log lines on stderr: logfmt or json.")
     ] = "logfmt",
@@ -276,7 +283,7 @@ def watch_ip(
     if names and not once:
         raise InvalidInput("names", "VM names are only taken with --once")
     log = logs.setup("vmctl.watch-ip", log_format)
-    ip_watcher = wiring.watcher(_settings(), log, order)
+    ip_watcher = wiring.watcher(_settings(), log, order, follow=follow)
     if once:
         rows, problems = ip_watcher.once(names or [])
         emit(rows, WATCH_COLUMNS, _fmt(output, json_flag))

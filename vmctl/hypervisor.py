@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from vmctl.addressing import Lease, Neighbor, Observation
 from vmctl.domainxml import GuestSpec
@@ -118,6 +122,28 @@ def parse_observation(output: str) -> Observation:
     return Observation(tuple(leases), tuple(neighbors))
 
 
+def parse_lease_status(text: str) -> list[Lease]:
+    """IPv4 leases from libvirt's lease status file (JSON: a list of objects with "mac-address",
+    "ip-address" and "expiry-time" in seconds since the epoch); entries that do not parse are
+    skipped, and text that is not such a list holds none."""
+    try:
+        entries = json.loads(text) if text.strip() else []
+    except ValueError:
+        return []
+    leases = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        mac, ip = entry.get("mac-address"), entry.get("ip-address")
+        expiry = entry.get("expiry-time")
+        if isinstance(mac, str) and isinstance(ip, str) and _is_ipv4(ip):
+            when = ""
+            if isinstance(expiry, int) and 0 <= expiry < 2**37:
+                when = datetime.fromtimestamp(expiry, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            leases.append(Lease(mac, ip, when))
+    return leases
+
+
 def domifaddr_command(name: str, source: str = "lease") -> list[str]:
     return [*VIRSH, "domifaddr", name, "--source", source]
 
@@ -172,6 +198,22 @@ class Hypervisor:
     def observe(self, network: str, timeout: float = 15.0) -> Observation:
         """The node's DHCP leases in ``network`` and its ARP table, in one command."""
         return parse_observation(self.runner.run(observe_command(network), timeout=timeout).stdout)
+
+    def follow_leases(
+        self,
+        network: str,
+        on_leases: Callable[[list[Lease]], None],
+        stop: threading.Event,
+    ) -> None:
+        """Hand ``network``'s DHCP leases to ``on_leases`` at once and every time the node's DHCP
+        server changes them, until ``stop`` (scripts/watch-leases.sh follows libvirt's lease
+        file). RemoteCommandFailed with exit status 3: there is no such libvirt network."""
+
+        def on_line(line: str) -> None:
+            if line.startswith("leases "):
+                on_leases(parse_lease_status(line.removeprefix("leases ")))
+
+        self.runner.stream(script_command("watch-leases.sh", [network]), on_line, stop)
 
     def domains(self) -> list[str]:
         out = self.runner.run([*VIRSH, "list", "--all", "--name"]).stdout

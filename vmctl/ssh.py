@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import shlex
 import socket
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,7 +43,19 @@ class Runner(Protocol):
 
     def put(self, data: bytes, remote_path: str, mode: int = 0o600) -> None: ...
 
+    def stream(
+        self, argv: Sequence[str], on_line: Callable[[str], None], stop: threading.Event
+    ) -> None: ...
+
     def close(self) -> None: ...
+
+
+def describe(argv: Sequence[str]) -> str:
+    """A command as messages name it: a script sent as `bash -c TEXT NAME ARGS...` by its name
+    and arguments, not by its whole text."""
+    if len(argv) >= 4 and argv[0] == "bash" and argv[1] == "-c" and "\n" in argv[2]:
+        return shlex.join(argv[3:])
+    return shlex.join(argv)
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,7 @@ class FabricRunner:
         timeout: float | None = None,
     ) -> Result:
         command = shlex.join(argv)
+        what = describe(argv)
         conn = self._connection()
         try:
             res = conn.run(
@@ -137,9 +151,7 @@ class FabricRunner:
             )
         except invoke.exceptions.CommandTimedOut as exc:
             self.close()  # the link may be dead: the next command opens a new connection
-            raise RemoteCommandFailed(
-                self.node, command, -1, f"timed out after {timeout} s"
-            ) from exc
+            raise RemoteCommandFailed(self.node, what, -1, f"timed out after {timeout} s") from exc
         except (paramiko.SSHException, OSError, EOFError, invoke.exceptions.ThreadException) as exc:
             self.close()
             detail = str(exc).strip() or type(exc).__name__
@@ -147,10 +159,10 @@ class FabricRunner:
         transport = conn.client.get_transport()
         if transport is None or not transport.is_active():  # the link died under the command
             self.close()
-            raise NodeUnreachable(f"node {self.node}: connection lost while running `{command}`")
+            raise NodeUnreachable(f"node {self.node}: connection lost while running `{what}`")
         result = Result(stdout=res.stdout, stderr=res.stderr, exit_status=res.exited)
         if check and result.exit_status != 0:
-            raise RemoteCommandFailed(self.node, command, result.exit_status, result.stderr)
+            raise RemoteCommandFailed(self.node, what, result.exit_status, result.stderr)
         return result
 
     def put(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
@@ -162,6 +174,51 @@ class FabricRunner:
                 f.write(data)
         except (paramiko.SSHException, OSError) as exc:
             raise RemoteCommandFailed(self.node, f"sftp put {remote_path}", -1, str(exc)) from exc
+
+    def stream(
+        self, argv: Sequence[str], on_line: Callable[[str], None], stop: threading.Event
+    ) -> None:
+        """Run a long command, handing each line of its output to ``on_line`` as it comes, until
+        it ends (RemoteCommandFailed if it failed) or ``stop`` is set (the command's standard
+        input is then closed: a command that ends on EOF leaves nothing behind on the node)."""
+        command, what = shlex.join(argv), describe(argv)
+        transport = self._connection().client.get_transport()
+        try:
+            if transport is None:
+                raise paramiko.SSHException("no transport")
+            channel = transport.open_session()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise NodeUnreachable(f"node {self.node}: connection lost: {exc}") from exc
+        pending = b""
+        try:
+            channel.exec_command(command)
+            channel.settimeout(0.5)
+            while not stop.is_set():
+                try:
+                    data = channel.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                *lines, pending = (pending + data).split(b"\n")
+                for line in lines:
+                    on_line(line.decode(errors="replace"))
+            if stop.is_set():
+                return
+            if not transport.is_active():
+                raise NodeUnreachable(f"node {self.node}: connection lost while running `{what}`")
+            status = channel.recv_exit_status()
+            if status != 0:
+                stderr = b""
+                while channel.recv_stderr_ready():
+                    stderr += channel.recv_stderr(65536)
+                raise RemoteCommandFailed(self.node, what, status, stderr.decode(errors="replace"))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise NodeUnreachable(f"node {self.node}: connection lost: {exc}") from exc
+        finally:
+            channel.close()
 
     def close(self) -> None:
         if self._conn is not None:

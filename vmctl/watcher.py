@@ -1,8 +1,11 @@
 """vmctl watch-ip: learn each VM's address as soon as its node knows it.
 
-One thread per node keeps that node's SSH connection and looks at it (DHCP leases and the ARP table
-in one command, the guest agent per VM as a late fallback): every ``fast_s`` while one of its VMs
-has no confirmed address, every ``idle_s`` otherwise (to catch changed addresses). The main thread
+Per node: a follower streams the DHCP leases the moment the node's DHCP server writes them
+(scripts/watch-leases.sh on libvirt's lease file, one long-lived command); a looker runs one
+command for the DHCP leases and the ARP table, every ``fast_s`` while one of the node's VMs has no
+confirmed address (``following_s`` while the follower is up), every ``idle_s`` otherwise (to catch
+changed addresses); the guest agent is asked per VM as a late fallback. Each has its own SSH
+connection, so a slow one holds up nothing else. The main thread
 reads the VM list from PostgreSQL, writes what the nodes report (``Store.record_ip``: the address,
 ``ip_state`` confirmed, an ``ip`` event) and announces it on the Redis channel ``vmctl:ip``.
 
@@ -24,9 +27,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from vmctl.addressing import SOURCES, Observation, address_from
+from vmctl.addressing import SOURCES, Lease, Observation, address_from
 from vmctl.cache import Cache
-from vmctl.errors import StoreUnavailable, VmctlError
+from vmctl.errors import RemoteCommandFailed, StoreUnavailable, VmctlError
 from vmctl.hypervisor import Hypervisor
 from vmctl.inventory import Inventory, Node
 from vmctl.logs import fields
@@ -50,6 +53,7 @@ class Found:
 @dataclass(frozen=True)
 class Timing:
     fast_s: float = 0.5  # a node with VMs waiting for an address is looked at this often
+    following_s: float = 2.0  # ... while its lease file is followed (ARP is all a look adds)
     idle_s: float = 5.0  # ... and with none
     refresh_s: float = 1.0  # the VM list is read from PostgreSQL this often
     agent_after_s: float = 30.0  # ask the guest agent once a VM waited this long for DHCP/ARP
@@ -78,13 +82,24 @@ def discover(
     leases and the ARP table of all of them; the agent is asked per VM, when ``use_agent``)."""
     batch = any(source in ("lease", "arp") for source in sources)
     seen = hv.observe(network) if batch and vms else Observation()
+
+    def agent(vm: VmRecord) -> str | None:
+        return agent_address(hv, vm) if use_agent(vm) else None
+
+    return match(seen, vms, sources, agent)
+
+
+def match(
+    seen: Observation,
+    vms: Sequence[VmRecord],
+    sources: Sequence[str],
+    agent: Callable[[VmRecord], str | None] = lambda _vm: None,
+) -> list[Found]:
+    """Each VM's address in what a node showed, by the first of ``sources`` that knows it."""
     found = []
     for vm in vms:
         for source in sources:
-            if source == "agent":
-                ip = agent_address(hv, vm) if use_agent(vm) else None
-            else:
-                ip = address_from(seen, vm.mac, source)
+            ip = agent(vm) if source == "agent" else address_from(seen, vm.mac, source)
             if ip is not None:
                 found.append(Found(vm.name, vm.node, vm.mac, ip, source))
                 break
@@ -123,6 +138,8 @@ class Watcher:
         timing: Timing = Timing(),
         process: str = KIND,
         connect_agent: Callable[[Node], Hypervisor] | None = None,
+        connect_follow: Callable[[Node], Hypervisor] | None = None,
+        follow: bool = True,
     ) -> None:
         self.inventory = inventory
         self.store = store
@@ -130,14 +147,20 @@ class Watcher:
         self.connect = connect
         # The agent thread's own connections (an agent that hangs must not hold up the others).
         self.connect_agent = connect_agent or connect
+        # ... and the lease follower's (a stream that never ends while the node is up).
+        self.connect_follow = connect_follow or connect
         self.log = log
         self.sources = tuple(sources)
+        # Leases as the DHCP server writes them: only where a lease is what wins first anyway.
+        self.follow = follow and self.sources[:1] == ("lease",)
         self.timing = timing
         self.process = process
         self._lock = threading.Lock()
         self._targets: dict[str, dict[str, VmRecord]] = {n.name: {} for n in inventory.nodes}
         self._wake = {n.name: threading.Event() for n in inventory.nodes}
         self._node_state = {n.name: "starting" for n in inventory.nodes}
+        # Nodes whose lease file is being followed now, and the leases it last showed.
+        self._following: dict[str, tuple[Lease, ...]] = {}
         self._results: queue.Queue[Found] = queue.Queue()
         self._unsaved: dict[str, Found] = {}
         self._store_down = False
@@ -201,12 +224,17 @@ class Watcher:
         self.log.info(
             "watching",
             extra=fields(
-                nodes=",".join(self._targets), sources=",".join(self.sources), process=self.process
+                nodes=",".join(self._targets),
+                sources=",".join(self.sources),
+                follow=self.follow,
+                process=self.process,
             ),
         )
         loops = [self._node_loop]
         if "agent" in self.sources:
             loops.append(self._agent_loop)
+        if self.follow:
+            loops.append(self._follow_loop)
         workers = [
             threading.Thread(target=loop, args=(node, stop), name=f"watch-{node.name}", daemon=True)
             for node in self.inventory.nodes
@@ -260,6 +288,7 @@ class Watcher:
         for vm in vms:
             if vm.state in WATCHED_STATES and vm.node in targets:
                 targets[vm.node][vm.name] = vm
+        leased: list[tuple[list[VmRecord], list[Found]]] = []
         with self._lock:
             for node, now in targets.items():
                 before = self._targets[node]
@@ -267,6 +296,11 @@ class Watcher:
                 if any(vm.ip_state != "confirmed" for vm in new):
                     self._wake[node].set()  # a new VM to find: look now, not at the idle pace
                 self._targets[node] = now
+                # leased before this watcher knew the VM: the follower showed it already
+                seen = Observation(leases=self._following.get(node, ()))
+                leased.append((new, match(seen, new, ("lease",))))
+        for vms, found in leased:
+            self._report(vms, found)
 
     def _flush(self) -> None:
         for name, found in list(self._unsaved.items()):
@@ -342,8 +376,10 @@ class Watcher:
 
         def look(hv: Hypervisor, vms: list[VmRecord]) -> tuple[list[Found], float]:
             found = discover(hv, node.network.name, vms, batch) if batch else []
-            pending = any(vm.ip_state != "confirmed" for vm in vms)
-            return found, self.timing.fast_s if pending else self.timing.idle_s
+            if not any(vm.ip_state != "confirmed" for vm in vms):
+                return found, self.timing.idle_s
+            following = node.name in self._following
+            return found, self.timing.following_s if following else self.timing.fast_s
 
         self._loop(node, stop, "look", self.connect, look, self._wake[node.name])
 
@@ -411,10 +447,60 @@ class Watcher:
                     failures = 0
                 if kind == "look":
                     self._node_state[node.name] = "connected"
-                known = {vm.name: vm for vm in vms}
-                for f in found:
-                    vm = known[f.name]
-                    if f.ip != vm.ip or vm.ip_state != "confirmed":
-                        self._results.put(f)
+                self._report(vms, found)
             wake.wait(pause)
             wake.clear()
+
+    def _report(self, vms: Sequence[VmRecord], found: Sequence[Found]) -> None:
+        """Hand the main thread what is new: an address not yet confirmed, or another one."""
+        known = {vm.name: vm for vm in vms}
+        for f in found:
+            vm = known[f.name]
+            if f.ip != vm.ip or vm.ip_state != "confirmed":
+                self._results.put(f)
+
+    def _follow_loop(self, node: Node, stop: threading.Event) -> None:
+        """Leases the moment the node's DHCP server writes them (scripts/watch-leases.sh follows
+        libvirt's lease file): no waiting for the next look. While the follower is down (or the
+        node's network has no lease file) the looks go on at the fast pace."""
+        failures = 0
+
+        def on_leases(leases: list[Lease]) -> None:
+            nonlocal failures
+            if failures:
+                self.log.info("following leases again", extra=fields(node=node.name))
+                failures = 0
+            with self._lock:
+                self._following[node.name] = tuple(leases)
+                vms = list(self._targets[node.name].values())
+            self._report(vms, match(Observation(leases=tuple(leases)), vms, ("lease",)))
+
+        while not stop.is_set():
+            hv = self.connect_follow(node)
+            error = "the follower ended"
+            try:
+                hv.follow_leases(node.network.name, on_leases, stop)
+            except RemoteCommandFailed as exc:
+                if exc.remote_exit_status == 3:  # no libvirt network: nothing to follow
+                    self.log.info(
+                        "no lease file to follow; looking at the node instead",
+                        extra=fields(node=node.name, error=exc.stderr.strip()),
+                    )
+                    return
+                error = exc.stderr.strip() or str(exc)
+            except Exception as exc:  # a watching thread must never die
+                error = str(exc)
+            finally:
+                with self._lock:
+                    self._following.pop(node.name, None)
+            if stop.is_set():
+                return
+            failures += 1
+            if failures == 1:
+                self.log.warning(
+                    f"not following leases; looking at the node every {self.timing.fast_s} s"
+                    " meanwhile",
+                    extra=fields(node=node.name, error=error),
+                )
+            hv.runner.close()
+            stop.wait(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])

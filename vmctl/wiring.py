@@ -83,7 +83,9 @@ def api_app(settings: Settings, log: logging.Logger) -> Any:
     )
 
 
-def watcher(settings: Settings, log: logging.Logger, sources: Sequence[str]) -> Watcher:
+def watcher(
+    settings: Settings, log: logging.Logger, sources: Sequence[str], follow: bool = True
+) -> Watcher:
     return Watcher(
         inventory=inventory_mod.load_inventory(settings.inventory),
         store=Store(settings.require_database()),
@@ -93,6 +95,8 @@ def watcher(settings: Settings, log: logging.Logger, sources: Sequence[str]) -> 
         sources=sources,
         process=f"{KIND}@{socket.gethostname()}:{os.getpid()}",
         connect_agent=connector(settings),
+        connect_follow=connector(settings),
+        follow=follow,
     )
 
 

@@ -141,6 +141,9 @@ def test_a_missing_base_image_on_the_node_leaves_nothing(
     proc = run_vmctl({**vmctl_env, "VMCTL_INVENTORY": str(broken)}, "create", "e2e-nobase")
     assert proc.returncode == 1
     assert "exited 3" in proc.stderr and "missing.qcow2 does not exist" in proc.stderr
+    # the script is named by its name and arguments, not by its whole text
+    assert "`create-vm.sh --name e2e-nobase " in proc.stderr
+    assert "set -Eeuo pipefail" not in proc.stderr
     assert leftovers(lab, vmctl_env, ["e2e-nobase"]) == {}
 
 

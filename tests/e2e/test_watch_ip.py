@@ -159,6 +159,12 @@ def test_addresses_are_recorded_with_nobody_waiting_through_a_cut_node_and_a_pos
         assert "node unreachable" in log and "node=node1" in log, log
         assert "node reachable again" in log, log
         assert "PostgreSQL unavailable" in log and "PostgreSQL reachable again" in log, log
+        # node1's lease follower lost its link too, and follows again once it is back
+        assert 'msg="not following leases' in log and "node=node1" in log, log
+        deadline = time.monotonic() + 60  # its reconnect waits out a backoff of up to 30 s
+        while 'msg="following leases again" node=node1' not in _watcher_log(lab)[log_start:]:
+            assert time.monotonic() < deadline, _watcher_log(lab)[log_start:]
+            time.sleep(1)
         assert _watcher_pid() == pid, "the watcher did not survive"
         announced = {m["name"]: m["ip"] for m in ip_messages}
         assert announced == {vm["name"]: vm["ip"] for vm in made}

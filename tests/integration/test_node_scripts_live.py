@@ -382,3 +382,94 @@ def test_a_stale_lease_of_the_address_is_released(lab: dict) -> None:  # type: i
         _delete(hv, "resv-l2", ["--network", "vmnet", "--mac", new_mac])
     hosts = _hosts(hv)
     assert not [h for h in hosts["live"] + hosts["config"] if ip in h]
+
+
+# --- the lease follower (watch-leases.sh) ----------------------------------------------------
+
+
+def _followers(hv) -> int:  # type: ignore[no-untyped-def]
+    """watch-leases.sh processes on the machine (the lab's nodes share its process table)."""
+    out = hv.runner.run(["pgrep", "-c", "-f", "[w]atch-leases.sh"], check=False).stdout
+    return int(out.strip() or 0)
+
+
+def _rewrite(path, text: str) -> None:  # type: ignore[no-untyped-def]
+    """Replace a lease status file the way libvirt's leaseshelper does (a new file renamed in)."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text)
+    tmp.rename(path)
+
+
+def test_the_lease_follower_shows_each_change_and_leaves_nothing_behind(lab: dict) -> None:  # type: ignore[type-arg]
+    import json
+    import threading
+    import time
+
+    import guests
+    from labkit import config
+
+    node = lab["nodes"][0]
+    hv = guests.hypervisor(node, lab)
+    status = config.nodes(len(lab["nodes"]))[0].dir / "lib" / "dnsmasq" / "vmbr0.status"
+    existed = status.exists()  # libvirt writes it at the first lease
+    original = status.read_text() if existed else "[]"
+    fake = {"ip-address": "10.213.11.250", "mac-address": "52:54:00:fe:fe:fe", "expiry-time": 1}
+    seen: list[list] = []  # type: ignore[type-arg]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            hv.follow_leases(node["guest_network"], seen.append, stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def until(what, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while not what():
+            assert not errors, errors
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
+
+    before = _followers(hv)
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        until(lambda: len(seen) == 1)  # what the file holds at start
+        assert {lease.mac for lease in seen[0]} == {
+            e["mac-address"] for e in json.loads(original or "[]")
+        }
+        assert _followers(hv) == before + 1
+        _rewrite(status, json.dumps([*json.loads(original or "[]"), fake], indent=2))
+        until(lambda: any(lease.mac == fake["mac-address"] for lease in seen[-1]))
+        assert [lease.ip for lease in seen[-1] if lease.mac == fake["mac-address"]] == [
+            "10.213.11.250"
+        ]
+        _rewrite(status, original)  # (or "[]" where there was no file)
+        until(lambda: all(lease.mac != fake["mac-address"] for lease in seen[-1]))
+    finally:
+        if not existed:
+            status.unlink(missing_ok=True)
+        elif status.read_text() != original:
+            _rewrite(status, original)
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive() and not errors
+    until(lambda: _followers(hv) == before, timeout=10)  # its input closed: it ended
+    hv.runner.close()
+
+
+def test_no_network_to_follow_is_exit_3(lab: dict) -> None:  # type: ignore[type-arg]
+    import threading
+
+    import guests
+
+    from vmctl.errors import RemoteCommandFailed
+
+    hv = guests.hypervisor(lab["nodes"][0], lab)
+    with pytest.raises(RemoteCommandFailed) as err:
+        hv.follow_leases("no-such-net", lambda leases: None, threading.Event())
+    assert err.value.remote_exit_status == 3
+    assert "libvirt network no-such-net not found" in err.value.stderr
+    assert str(err.value).startswith("on node node1: `watch-leases.sh no-such-net` exited 3")
+    hv.runner.close()

@@ -9,9 +9,11 @@ from vmctl.hypervisor import (
     delete_args,
     observe_command,
     parse_domifaddr,
+    parse_lease_status,
     parse_observation,
     script_command,
 )
+from vmctl.ssh import describe
 
 pytestmark = pytest.mark.unit
 
@@ -239,3 +241,42 @@ def test_lines_whose_address_does_not_parse_are_skipped() -> None:
     seen = parse_observation(output)
     assert seen == Observation()
     assert address_from(seen, "52:54:00:00:00:05", "arp") is None
+
+
+# libvirt's lease status file, as scripts/watch-leases.sh hands it over (one line)
+
+STATUS = (
+    '[ { "ip-address": "10.213.11.13", "mac-address": "52:54:00:44:a0:78", "hostname": "web-1",'
+    ' "client-id": "ff:32", "expiry-time": 1796158835 },'
+    ' { "ip-address": "fd00::5", "mac-address": "52:54:00:44:a0:79", "expiry-time": 1796158835 },'
+    ' { "ip-address": "10.213.11.14", "mac-address": "52:54:00:44:a0:7a" } ]'
+)
+
+
+def test_lease_status_gives_ipv4_leases_with_their_expiry_as_virsh_prints_it() -> None:
+    assert parse_lease_status(STATUS) == [
+        Lease("52:54:00:44:a0:78", "10.213.11.13", "2026-12-01 21:00:35"),
+        Lease("52:54:00:44:a0:7a", "10.213.11.14", ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "  ", "[]", "not json", '{"ip-address": "10.0.0.1"}', "[1, null, []]",
+     '[{"ip-address": "10.0.0.300", "mac-address": "52:54:00:00:00:01"}]',
+     '[{"ip-address": 5, "mac-address": "52:54:00:00:00:01"}]'],
+)  # fmt: skip
+def test_lease_status_that_holds_no_lease(text: str) -> None:
+    assert parse_lease_status(text) == []
+
+
+def test_a_lease_with_an_absurd_expiry_keeps_its_address() -> None:
+    text = '[{"ip-address": "10.0.0.5", "mac-address": "52:54:00:00:00:01", "expiry-time": -1}]'
+    assert parse_lease_status(text) == [Lease("52:54:00:00:00:01", "10.0.0.5", "")]
+
+
+def test_a_script_is_named_in_messages_by_its_name_and_arguments_not_its_text() -> None:
+    argv = script_command("delete-vm.sh", delete_args("web-1", "/srv/vms"))
+    assert describe(argv) == "delete-vm.sh --name web-1 --storage /srv/vms"
+    assert describe(["virsh", "-q", "list", "--name"]) == "virsh -q list --name"
+    assert describe(["bash", "-c", "echo hi", "x"]) == "bash -c 'echo hi' x"  # one line: as is

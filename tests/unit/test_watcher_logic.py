@@ -2,6 +2,8 @@
 pass over every node (``Watcher.once``) with nodes, PostgreSQL and Redis faked."""
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -9,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from vmctl.addressing import Lease, Neighbor, Observation
-from vmctl.errors import NodeUnreachable, NotFound
+from vmctl.addressing import SOURCES, Lease, Neighbor, Observation
+from vmctl.errors import NodeUnreachable, NotFound, RemoteCommandFailed
 from vmctl.inventory import Inventory, Node
 from vmctl.store import IpChange, VmRecord
-from vmctl.watcher import Found, Watcher, agent_address, change_message, discover
+from vmctl.watcher import Found, Timing, Watcher, agent_address, change_message, discover
 
 pytestmark = pytest.mark.unit
 
@@ -509,3 +511,146 @@ def test_a_confirmed_reserved_address_is_logged_as_info(caplog: pytest.LogCaptur
         w.once()
     levels = {r.fields["vm"]: r.levelno for r in caplog.records if r.getMessage() == "ip recorded"}  # type: ignore[attr-defined]
     assert levels == {"a": logging.INFO, "c": logging.INFO}
+
+
+# The service loop with a lease follower (Watcher.run), nodes and PostgreSQL faked
+
+
+class FollowingHypervisor(FakeHypervisor):
+    """A node whose lease follower hands over ``streams`` one after the other: each a list of
+    lease lists (what the file held each time it changed) or an exception the stream ends with."""
+
+    def __init__(self, streams: list[list[list[Lease]] | Exception], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.streams = streams
+        self.followed: list[str] = []
+        self.runner = self  # the watcher closes a failed follower's connection
+
+    def close(self) -> None:
+        pass
+
+    def follow_leases(self, network: str, on_leases: Any, stop: threading.Event) -> None:
+        self.followed.append(network)
+        stream = self.streams.pop(0) if self.streams else []
+        if isinstance(stream, Exception):
+            raise stream
+        for leases in stream:
+            on_leases(leases)
+        stop.wait()
+
+
+class ServiceStore(FakeStore):
+    def heartbeat(self, process: str, kind: str, detail: dict[str, Any]) -> None:
+        pass
+
+    def forget_heartbeat(self, process: str) -> None:
+        pass
+
+
+FAST = Timing(fast_s=0.02, following_s=0.02, idle_s=0.02, refresh_s=0.02, heartbeat_s=60)
+
+
+def run_until(w: Watcher, done: Any, seconds: float = 10) -> None:
+    """Run the watcher until ``done()`` holds (a failure if it does not within ``seconds``)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + seconds
+    try:
+        while not done():
+            assert time.monotonic() < deadline, "the watcher did not get there"
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def service_watcher(
+    store: FakeStore, nodes: dict[str, FakeHypervisor], sources: Sequence[str] = ("lease", "arp")
+) -> Watcher:
+    return Watcher(
+        INVENTORY,
+        store,  # type: ignore[arg-type]
+        FakeCache(),  # type: ignore[arg-type]
+        lambda node: nodes[node.name],  # type: ignore[arg-type, return-value]
+        logging.getLogger("test-watch-ip"),
+        sources=sources,
+        timing=FAST,
+    )
+
+
+def test_a_followed_lease_is_recorded_without_any_look_finding_it() -> None:
+    store = ServiceStore([vm("a", MAC_A, state="creating")])
+    nodes: dict[str, FakeHypervisor] = {
+        "kvm1": FollowingHypervisor([[[], [lease(MAC_A, "10.20.1.10")]]]),  # looks see nothing
+        "kvm2": FollowingHypervisor([]),
+    }
+    w = service_watcher(store, nodes)
+    run_until(w, lambda: store.vms["a"].ip_state == "confirmed")
+    assert store.recorded == [("a", MAC_A, "10.20.1.10", "lease")]
+    assert nodes["kvm1"].followed == ["vmnet1"]  # type: ignore[attr-defined]
+
+
+def test_no_libvirt_network_to_follow_leaves_the_looks_to_find_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = ServiceStore([vm("a", MAC_A, state="creating")])
+    missing = RemoteCommandFailed("kvm1", "watch-leases.sh vmnet", 3, "watch-leases: not found\n")
+    nodes: dict[str, FakeHypervisor] = {
+        "kvm1": FollowingHypervisor(
+            [missing], seen=Observation(neighbors=(arp(MAC_A, "10.0.0.7"),))
+        ),
+        "kvm2": FollowingHypervisor([]),
+    }
+    w = service_watcher(store, nodes)
+    with caplog.at_level(logging.INFO, logger="test-watch-ip"):
+        run_until(w, lambda: store.vms["a"].ip_state == "confirmed")
+    assert store.recorded == [("a", MAC_A, "10.0.0.7", "arp")]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "no lease file to follow; looking at the node instead" in messages
+    assert nodes["kvm1"].followed == ["vmnet1"]  # type: ignore[attr-defined]  # not tried again
+
+
+def test_a_follower_that_fails_is_started_again_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = ServiceStore([vm("a", MAC_A, state="creating")])
+    nodes: dict[str, FakeHypervisor] = {
+        "kvm1": FollowingHypervisor(
+            [NodeUnreachable("node kvm1: connection lost"), [[lease(MAC_A, "10.20.1.10")]]]
+        ),
+        "kvm2": FollowingHypervisor([]),
+    }
+    w = service_watcher(store, nodes)
+    with caplog.at_level(logging.INFO, logger="test-watch-ip"):
+        run_until(w, lambda: store.vms["a"].ip_state == "confirmed")  # after 1 s of backoff
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("not following leases") for m in messages), messages
+    assert "following leases again" in messages
+    assert store.recorded == [("a", MAC_A, "10.20.1.10", "lease")]
+
+
+@pytest.mark.parametrize(
+    ("sources", "follow"), [(("arp", "lease"), True), (("agent",), True), (SOURCES, False)]
+)
+def test_no_follower_unless_a_lease_is_what_wins_first(
+    sources: Sequence[str], follow: bool
+) -> None:
+    w = Watcher(
+        INVENTORY,
+        ServiceStore([]),  # type: ignore[arg-type]
+        FakeCache(),  # type: ignore[arg-type]
+        lambda node: FakeHypervisor(),  # type: ignore[arg-type, return-value]
+        logging.getLogger("test-watch-ip"),
+        sources=sources,
+        follow=follow,
+    )
+    assert w.follow is False
+    assert Watcher(
+        INVENTORY,
+        ServiceStore([]),  # type: ignore[arg-type]
+        FakeCache(),  # type: ignore[arg-type]
+        lambda node: FakeHypervisor(),  # type: ignore[arg-type, return-value]
+        logging.getLogger("test-watch-ip"),
+    ).follow
