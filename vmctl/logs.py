@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,7 +58,20 @@ def setup(name: str, fmt: str = "logfmt", level: int = logging.INFO) -> logging.
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+    threading.excepthook = lambda args: _thread_died(logger, args)
     return logger
+
+
+def _thread_died(logger: logging.Logger, args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a thread vmctl did not start itself (e.g. a library's timer),
+    as one log line instead of a bare traceback on stderr."""
+    if args.exc_type is SystemExit:
+        return
+    logger.error(
+        "a background thread ended with an error",
+        extra=fields(thread=args.thread.name if args.thread else None),
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+    )
 
 
 def fields(**values: object) -> dict[str, dict[str, object]]:

@@ -168,3 +168,17 @@ def test_setup_refuses_an_unknown_format() -> None:
     with pytest.raises(InvalidInput) as caught:
         logs.setup("vmctl.test-bad-format", "xml")
     assert caught.value.field == "log-format" and "not 'xml'" in str(caught.value)
+
+
+def test_a_thread_that_dies_is_one_log_line_not_a_traceback() -> None:
+    import subprocess
+
+    code = (
+        "import threading; from vmctl import logs; logs.setup('vmctl.test');"
+        "t = threading.Thread(target=lambda: 1 / 0, name='timer-1'); t.start(); t.join()"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0
+    [line] = proc.stderr.splitlines()
+    assert 'level=error msg="a background thread ended with an error" thread=timer-1' in line
+    assert line.endswith('error="ZeroDivisionError: division by zero"')
