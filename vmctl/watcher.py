@@ -5,9 +5,9 @@ Per node: a follower streams the DHCP leases the moment the node's DHCP server w
 command for the DHCP leases and the ARP table, every ``fast_s`` while one of the node's VMs has no
 confirmed address (``following_s`` while the follower is up), every ``idle_s`` otherwise (to catch
 changed addresses); the guest agent is asked per VM as a late fallback. Each has its own SSH
-connection, so a slow one holds up nothing else. The main thread
-reads the VM list from PostgreSQL, writes what the nodes report (``Store.record_ip``: the address,
-``ip_state`` confirmed, an ``ip`` event) and announces it on the Redis channel ``vmctl:ip``.
+connection, so a slow one holds up nothing else. The main thread reads the VM list from
+PostgreSQL, writes what the nodes report (``Store.record_ip``: the address, ``ip_state``
+confirmed, an ``ip`` event) and announces it on the Redis channel ``vmctl:ip``.
 
 Nothing is lost when something is away: a node that does not answer is retried with backoff; an
 address learned while PostgreSQL is down is kept and written when it is back; Redis is optional.
