@@ -12,7 +12,7 @@ window. Removes the rows afterwards.
 Run with the lab up:
 
     eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py latency --vms 10 --rounds 2
-    eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py latency --vms 10 --rounds 4 \
+    eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py latency --vms 10 --rounds 2 \
         --watchers follow,poll   # the lease follower against looks alone, alternating
     eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py idle --vms 100 --seconds 120
 """

@@ -183,15 +183,12 @@ class FabricRunner:
         input is then closed: a command that ends on EOF leaves nothing behind on the node)."""
         command, what = shlex.join(argv), describe(argv)
         transport = self._connection().client.get_transport()
+        channel = None
+        pending = b""
         try:
             if transport is None:
                 raise paramiko.SSHException("no transport")
             channel = transport.open_session()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            self.close()
-            raise NodeUnreachable(f"node {self.node}: connection lost: {exc}") from exc
-        pending = b""
-        try:
             channel.exec_command(command)
             channel.settimeout(0.5)
             while not stop.is_set():
@@ -218,7 +215,8 @@ class FabricRunner:
             self.close()
             raise NodeUnreachable(f"node {self.node}: connection lost: {exc}") from exc
         finally:
-            channel.close()
+            if channel is not None:
+                channel.close()
 
     def close(self) -> None:
         if self._conn is not None:

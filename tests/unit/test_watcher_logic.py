@@ -631,26 +631,25 @@ def test_a_follower_that_fails_is_started_again_and_says_so(
     assert store.recorded == [("a", MAC_A, "10.20.1.10", "lease")]
 
 
+def plain_watcher(**kwargs: Any) -> Watcher:
+    return Watcher(
+        INVENTORY,
+        ServiceStore([]),  # type: ignore[arg-type]
+        FakeCache(),  # type: ignore[arg-type]
+        lambda node: FakeHypervisor(),  # type: ignore[arg-type, return-value]
+        logging.getLogger("test-watch-ip"),
+        **kwargs,
+    )
+
+
+def test_the_lease_file_is_followed_by_default() -> None:
+    assert plain_watcher().follow is True
+
+
 @pytest.mark.parametrize(
     ("sources", "follow"), [(("arp", "lease"), True), (("agent",), True), (SOURCES, False)]
 )
 def test_no_follower_unless_a_lease_is_what_wins_first(
     sources: Sequence[str], follow: bool
 ) -> None:
-    w = Watcher(
-        INVENTORY,
-        ServiceStore([]),  # type: ignore[arg-type]
-        FakeCache(),  # type: ignore[arg-type]
-        lambda node: FakeHypervisor(),  # type: ignore[arg-type, return-value]
-        logging.getLogger("test-watch-ip"),
-        sources=sources,
-        follow=follow,
-    )
-    assert w.follow is False
-    assert Watcher(
-        INVENTORY,
-        ServiceStore([]),  # type: ignore[arg-type]
-        FakeCache(),  # type: ignore[arg-type]
-        lambda node: FakeHypervisor(),  # type: ignore[arg-type, return-value]
-        logging.getLogger("test-watch-ip"),
-    ).follow
+    assert plain_watcher(sources=sources, follow=follow).follow is False
