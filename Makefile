@@ -14,6 +14,7 @@ lint:
 	.venv/bin/ruff check vmctl lab tests bench
 	.venv/bin/ruff format --check vmctl lab tests bench
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 
 lab-down:
 	lab/lab down

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "lab"))
 
 import guests  # noqa: E402
 
-from vmctl import cloudinit, domainxml, hostkeys  # noqa: E402
+from vmctl.core import cloudinit, domainxml, hostkeys  # noqa: E402
 
 STORAGE = "/var/lib/libvirt/images/vmctl"
 BASE = "/var/lib/libvirt/images/base/debian-12.qcow2"

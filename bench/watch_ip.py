@@ -38,8 +38,9 @@ from labkit import cli as lab_cli  # noqa: E402
 from labkit import config  # noqa: E402
 from labkit import watcher as lab_watcher  # noqa: E402
 
-from vmctl import hostkeys  # noqa: E402
-from vmctl.store import NewVm, Store  # noqa: E402
+from vmctl.adapters.store import PgStore  # noqa: E402
+from vmctl.core.records import NewVm  # noqa: E402
+from vmctl.core import hostkeys  # noqa: E402
 
 VMCTL = str(REPO / ".venv" / "bin" / "vmctl")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -118,7 +119,7 @@ def latency(
     vms: int, rounds: int, ram_mb: int, stagger_s: float, watchers: list[str]
 ) -> dict[str, object]:
     env = dict(os.environ)
-    store = Store(env["VMCTL_DATABASE_URL"])
+    store = PgStore(env["VMCTL_DATABASE_URL"])
     delays: dict[str, list[float]] = {}
     boot_s: list[float] = []
     no_lease: list[str] = []  # their console logs say why (see docs/benchmarks.md)
@@ -204,7 +205,7 @@ def idle(vms: int, seconds: float, settle: float) -> dict[str, object]:
     env = dict(os.environ)
     names = [f"bench-idle-{i:03d}" for i in range(vms)]
     lab_nodes = nodes()
-    with Store(env["VMCTL_DATABASE_URL"]) as store:
+    with PgStore(env["VMCTL_DATABASE_URL"]) as store:
         for i, name in enumerate(names):
             node = lab_nodes[i % len(lab_nodes)]
             vm = NewVm(name, 256, 1, 1, 4, config.IMAGE_NAME, hostkeys.new_mac())
@@ -227,7 +228,7 @@ def idle(vms: int, seconds: float, settle: float) -> dict[str, object]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        with Store(env["VMCTL_DATABASE_URL"]) as store:
+        with PgStore(env["VMCTL_DATABASE_URL"]) as store:
             for name in names:
                 store.delete(name)
     return {

@@ -10,10 +10,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmctl import cloudinit, hostkeys
-from vmctl.domainxml import GuestSpec
-from vmctl.hypervisor import Disks, Hypervisor
-from vmctl.ssh import FabricRunner, SshTarget
+from vmctl.adapters.hypervisor import LibvirtOverSsh
+from vmctl.adapters.ssh import FabricRunner, SshTarget
+from vmctl.core import cloudinit, hostkeys
+from vmctl.core.domainxml import GuestSpec
+from vmctl.core.nodecmd import Disks
 
 LAB = Path(__file__).resolve().parent / "lab"
 STORAGE = "/var/lib/libvirt/images/vmctl"
@@ -26,7 +27,7 @@ def status() -> dict:  # type: ignore[type-arg]
     )
 
 
-def hypervisor(node: dict, lab: dict) -> Hypervisor:  # type: ignore[type-arg]
+def hypervisor(node: dict, lab: dict) -> LibvirtOverSsh:  # type: ignore[type-arg]
     target = SshTarget(
         node=node["name"],
         host=node["address"],
@@ -35,7 +36,7 @@ def hypervisor(node: dict, lab: dict) -> Hypervisor:  # type: ignore[type-arg]
         key_file=Path(lab["ssh"]["key"]),
         known_hosts=Path(lab["ssh"]["known_hosts"]),
     )
-    return Hypervisor(FabricRunner(target))
+    return LibvirtOverSsh(FabricRunner(target))
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Guest:
     node: dict  # type: ignore[type-arg]
     mac: str
     known_hosts_line: str
-    hv: Hypervisor
+    hv: LibvirtOverSsh
     ram_mb: int
     cpu: int
     data_gb: int

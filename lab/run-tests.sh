@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check vmctl lab tests bench
 .venv/bin/ruff format --check vmctl lab tests bench
 .venv/bin/mypy
+.venv/bin/lint-imports
 trap 'lab/lab down || true' EXIT
 lab/lab up
 .venv/bin/pytest "$@"

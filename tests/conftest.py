@@ -99,7 +99,7 @@ def leftovers(lab: dict, env: dict[str, str], names: list[str]) -> dict[str, lis
     import guests
     import redis
 
-    from vmctl.store import Store
+    from vmctl.adapters.store import PgStore
 
     found: dict[str, list[str]] = {
         "domains": [],
@@ -122,7 +122,7 @@ def leftovers(lab: dict, env: dict[str, str], names: list[str]) -> dict[str, lis
         found["staging"] += [f"{node['name']}:{s}" for s in staging.split()]
         network = runner.run(["virsh", "-q", "net-dumpxml", node["guest_network"]]).stdout
         found["reservations"] += [f"{node['name']}:{n}" for n in names if f"name='{n}'" in network]
-    with Store(env["VMCTL_DATABASE_URL"]) as store:
+    with PgStore(env["VMCTL_DATABASE_URL"]) as store:
         found["rows"] = [vm.name for vm in store.list() if vm.name in names]
     client = redis.Redis.from_url(env["VMCTL_REDIS_URL"])
     found["cache"] = [

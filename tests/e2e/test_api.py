@@ -34,9 +34,9 @@ def api(vmctl_env: dict[str, str]) -> Iterator[httpx.Client]:
 
 
 def _ip_events(env: dict[str, str], name: str) -> list[dict]:  # type: ignore[type-arg]
-    from vmctl.store import Store
+    from vmctl.adapters.store import PgStore
 
-    with Store(env["VMCTL_DATABASE_URL"]) as store:
+    with PgStore(env["VMCTL_DATABASE_URL"]) as store:
         return [e for e in store.events(name) if e["action"] == "ip"]
 
 

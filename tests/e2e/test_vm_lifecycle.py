@@ -20,9 +20,9 @@ def test_create_wait_login_list_delete(
     vmctl_env: dict[str, str],
     tmp_path: Path,  # type: ignore[type-arg]
 ) -> None:
-    from vmctl.store import Store
+    from vmctl.adapters.store import PgStore
 
-    with Store(vmctl_env["VMCTL_DATABASE_URL"]) as store:
+    with PgStore(vmctl_env["VMCTL_DATABASE_URL"]) as store:
         earlier = len(store.events("e2e-web-1"))  # the log keeps earlier runs' events
     extra = tmp_path / "user-data"
     extra.write_text(
@@ -80,7 +80,7 @@ def test_create_wait_login_list_delete(
         gone = run_vmctl(vmctl_env, "delete", "e2e-web-1", "--yes")
     assert gone.returncode == 0, gone.stderr
     assert leftovers(lab, vmctl_env, ["e2e-web-1"]) == {}
-    with Store(vmctl_env["VMCTL_DATABASE_URL"]) as store:
+    with PgStore(vmctl_env["VMCTL_DATABASE_URL"]) as store:
         steps = [(e["action"], e["result"]) for e in store.events("e2e-web-1")[earlier:]]
     # The address was recorded once, by the watcher, between create and delete.
     assert steps == [("create", "started"), ("create", "ok"), ("ip", "ok"), ("delete", "ok")]
@@ -121,9 +121,9 @@ def test_a_failing_node_script_leaves_nothing(
     assert proc.returncode == 1
     assert "on node node1" in proc.stderr and "no-such-net" in proc.stderr
     assert leftovers(lab, vmctl_env, ["e2e-broken"]) == {}
-    from vmctl.store import Store
+    from vmctl.adapters.store import PgStore
 
-    with Store(vmctl_env["VMCTL_DATABASE_URL"]) as store:
+    with PgStore(vmctl_env["VMCTL_DATABASE_URL"]) as store:
         events = store.events("e2e-broken")
     assert [(e["action"], e["result"]) for e in events][-1] == ("create", "failed")
     assert "no-such-net" in events[-1]["detail"]["cause"]

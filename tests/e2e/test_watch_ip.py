@@ -22,9 +22,9 @@ SOURCES_SEEN = ("lease", "agent", "phone-home")
 
 
 def _record(env: dict[str, str], name: str):  # type: ignore[no-untyped-def]
-    from vmctl.store import Store
+    from vmctl.adapters.store import PgStore
 
-    with Store(env["VMCTL_DATABASE_URL"]) as store:
+    with PgStore(env["VMCTL_DATABASE_URL"]) as store:
         return store.get(name)
 
 
@@ -39,9 +39,9 @@ def _wait_confirmed(env: dict[str, str], name: str, timeout: float):  # type: ig
 
 
 def _ip_events(env: dict[str, str], name: str) -> list[dict]:  # type: ignore[type-arg]
-    from vmctl.store import Store
+    from vmctl.adapters.store import PgStore
 
-    with Store(env["VMCTL_DATABASE_URL"]) as store:
+    with PgStore(env["VMCTL_DATABASE_URL"]) as store:
         return [e for e in store.events(name) if e["action"] == "ip"]
 
 

@@ -1,7 +1,7 @@
 """The HTTP API keeps its contract: property-based (Schemathesis) over every operation of the
 served OpenAPI document, plus the prototype's examples and the edge cases one by one.
 
-The app is the real one (`vmctl.api.create_app`) over a real `VmService`, a real `Store` on a
+The app is the real one (`vmctl.api.create_app`) over a real `VmService`, a real `PgStore` on a
 fresh PostgreSQL schema of the lab's database (as in test_store.py), a `NullCache` and an
 inventory written here. Only the nodes are fakes: `connect` hands out a `FakeHypervisor` that
 records what it is asked and touches nothing (this file checks the HTTP contract; the e2e tests
@@ -35,17 +35,18 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
+import vmctl.adapters.store
 import vmctl.api
-import vmctl.store
 from tests.conftest import fresh_schema
-from vmctl import db, tokens
-from vmctl.addressing import Observation
+from vmctl.adapters import db
+from vmctl.adapters.cache import NullCache
+from vmctl.adapters.store import PgStore
 from vmctl.api import create_app
-from vmctl.cache import NullCache
-from vmctl.errors import StoreUnavailable
-from vmctl.inventory import Node, load_inventory
-from vmctl.service import VmService
-from vmctl.store import Store
+from vmctl.core import tokens
+from vmctl.core.addressing import Observation
+from vmctl.core.errors import StoreUnavailable
+from vmctl.core.inventory import Node, load_inventory
+from vmctl.services.vms import VmService
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +115,7 @@ class FakeRunner:
 
 
 class FakeHypervisor:
-    """Stands in for vmctl.hypervisor.Hypervisor: records calls, boots nothing."""
+    """Stands in for vmctl.adapters.hypervisor.Hypervisor: records calls, boots nothing."""
 
     def __init__(self, node: str) -> None:
         self.runner = FakeRunner(node)
@@ -153,7 +154,7 @@ class FakeHypervisor:
 class Api:
     app: Any
     url: str  # PostgreSQL conninfo of the test's schema
-    store: Store  # the test's own connection to the same schema
+    store: PgStore  # the test's own connection to the same schema
     token: str  # a bearer token of project "demo"
     hypervisors: dict[str, FakeHypervisor]
     services: list[VmService] = field(default_factory=list)
@@ -182,7 +183,7 @@ def _serve(pg_url: str, directory: Path) -> Iterator[Api]:
     def make_service() -> VmService:
         svc = VmService(
             inventory=inventory,
-            store=Store(pg_url, actor="api-test@test"),
+            store=PgStore(pg_url, actor="api-test@test"),
             cache=NullCache(),
             connect=connect,
             actor="api-test@test",
@@ -193,7 +194,7 @@ def _serve(pg_url: str, directory: Path) -> Iterator[Api]:
         return svc
 
     app = create_app(make_service, logging.getLogger("test"))
-    with Store(pg_url, actor="api-test@test") as store:
+    with PgStore(pg_url, actor="api-test@test") as store:
         store.create_token(PROJECT, tokens.digest(TOKEN), "api test")
         try:
             yield Api(app, pg_url, store, TOKEN, hypervisors, services)
@@ -319,20 +320,20 @@ def test_the_contract_test_can_fail(api: Api, monkeypatch: pytest.MonkeyPatch) -
     response schema (else test_every_operation_keeps_its_contract could pass checking nothing)."""
     _fuzz(api, "GET", "/readyz")
 
-    def down(_store: Store) -> None:
+    def down(_store: PgStore) -> None:
         raise StoreUnavailable("PostgreSQL at nowhere is unreachable")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Store, "ping", down)  # a 503, answered in the contract's shape
+        patch.setattr(PgStore, "ping", down)  # a 503, answered in the contract's shape
         with pytest.raises(BaseException, match="Server error") as caught:
             _fuzz(api, "GET", "/readyz")
         assert "503" in str(caught.value)
 
-    def boom(_store: Store) -> None:
+    def boom(_store: PgStore) -> None:
         raise RuntimeError("boom")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Store, "ping", boom)  # a 500 from an exception the app does not handle
+        patch.setattr(PgStore, "ping", boom)  # a 500 from an exception the app does not handle
         with pytest.raises(RuntimeError, match="boom"):
             _fuzz(api, "GET", "/readyz")
 
@@ -341,7 +342,7 @@ def test_the_contract_test_can_fail(api: Api, monkeypatch: pytest.MonkeyPatch) -
     _fuzz(api, "GET", "/api/v1/vm")
     with monkeypatch.context() as patch:
         patch.setattr(
-            vmctl.store.Store,
+            vmctl.adapters.store.PgStore,
             "list_contract_json",
             lambda *_a, **_k: '[{"Name": "shape-1", "RAM": 512}]',
         )

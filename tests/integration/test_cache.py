@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from vmctl.cache import NullCache, RedisCache, node_key, open_cache
+from vmctl.adapters.cache import NullCache, RedisCache, node_key, open_cache
 
 pytestmark = pytest.mark.integration
 

@@ -52,9 +52,10 @@ def test_bad_input_is_refused_and_leaves_nothing(
 
 
 def test_a_name_that_exists_is_refused(lab: dict, vmctl_env: dict[str, str]) -> None:  # type: ignore[type-arg]
-    from vmctl.store import NewVm, Store
+    from vmctl.adapters.store import PgStore
+    from vmctl.core.records import NewVm
 
-    with Store(vmctl_env["VMCTL_DATABASE_URL"]) as store:
+    with PgStore(vmctl_env["VMCTL_DATABASE_URL"]) as store:
         store.claim(
             NewVm(
                 name="taken-1",

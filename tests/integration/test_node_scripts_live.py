@@ -10,9 +10,9 @@ pytestmark = pytest.mark.integration
 def test_create_and_delete_are_idempotent(lab: dict) -> None:  # type: ignore[type-arg]
     import guests
 
-    from vmctl import cloudinit, hostkeys
-    from vmctl.domainxml import GuestSpec
-    from vmctl.hypervisor import Disks
+    from vmctl.core import cloudinit, hostkeys
+    from vmctl.core.domainxml import GuestSpec
+    from vmctl.core.nodecmd import Disks
 
     node = lab["nodes"][0]
     hv = guests.hypervisor(node, lab)
@@ -56,7 +56,7 @@ def test_create_and_delete_are_idempotent(lab: dict) -> None:  # type: ignore[ty
 def test_a_domain_not_made_by_vmctl_is_left_alone(lab: dict) -> None:  # type: ignore[type-arg]
     import guests
 
-    from vmctl.errors import RemoteCommandFailed
+    from vmctl.core.errors import RemoteCommandFailed
 
     node = lab["nodes"][1]
     hv = guests.hypervisor(node, lab)
@@ -86,8 +86,8 @@ def test_a_domain_not_made_by_vmctl_is_left_alone(lab: dict) -> None:  # type: i
 def _spec_and_seed(name: str, mac: str, network: str) -> tuple[object, dict[str, str]]:
     import guests
 
-    from vmctl import cloudinit
-    from vmctl.domainxml import GuestSpec
+    from vmctl.core import cloudinit
+    from vmctl.core.domainxml import GuestSpec
 
     spec = GuestSpec(
         name=name,
@@ -124,8 +124,8 @@ def _create(
 
     import guests
 
-    from vmctl.domainxml import render
-    from vmctl.hypervisor import Disks, create_args, script_command
+    from vmctl.core.domainxml import render
+    from vmctl.core.nodecmd import Disks, create_args, script_command
 
     staging = f"{spec.storage_dir}/.staging/{spec.name}.{secrets.token_hex(4)}"
     hv.runner.run(["mkdir", "-p", "-m", "0700", staging])
@@ -142,7 +142,7 @@ def _create(
 def _delete(hv, name: str, extra: list[str]):  # type: ignore[no-untyped-def]
     import guests
 
-    from vmctl.hypervisor import delete_args, script_command
+    from vmctl.core.nodecmd import delete_args, script_command
 
     return hv.runner.run(
         script_command("delete-vm.sh", [*delete_args(name, guests.STORAGE), *extra])
@@ -197,7 +197,7 @@ def _leftovers(hv, name: str) -> list[str]:  # type: ignore[no-untyped-def]
 def test_reservation_is_made_once_replaces_stale_ones_and_goes_with_the_vm(lab: dict) -> None:  # type: ignore[type-arg]
     import guests
 
-    from vmctl import hostkeys
+    from vmctl.core import hostkeys
 
     hv = guests.hypervisor(lab["nodes"][0], lab)
     name, ip, mac = "resv-1", "10.213.11.77", hostkeys.new_mac()
@@ -263,8 +263,8 @@ def test_reservation_is_made_once_replaces_stale_ones_and_goes_with_the_vm(lab: 
 def test_a_failed_create_leaves_no_reservation_it_made(lab: dict) -> None:  # type: ignore[type-arg]
     import guests
 
-    from vmctl import hostkeys
-    from vmctl.errors import RemoteCommandFailed
+    from vmctl.core import hostkeys
+    from vmctl.core.errors import RemoteCommandFailed
 
     hv = guests.hypervisor(lab["nodes"][0], lab)
     name, ip, mac = "resv-2", "10.213.11.78", hostkeys.new_mac()
@@ -339,7 +339,7 @@ def test_a_stale_lease_of_the_address_is_released(lab: dict) -> None:  # type: i
 
     import guests
 
-    from vmctl import hostkeys
+    from vmctl.core import hostkeys
 
     hv = guests.hypervisor(lab["nodes"][0], lab)
     ip = "10.213.11.79"
@@ -464,7 +464,7 @@ def test_no_network_to_follow_is_exit_3(lab: dict) -> None:  # type: ignore[type
 
     import guests
 
-    from vmctl.errors import RemoteCommandFailed
+    from vmctl.core.errors import RemoteCommandFailed
 
     hv = guests.hypervisor(lab["nodes"][0], lab)
     with pytest.raises(RemoteCommandFailed) as err:

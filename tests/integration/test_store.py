@@ -28,10 +28,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import fresh_schema
-from vmctl import db
-from vmctl.errors import CapacityError, Conflict, InvalidInput, NotFound, StoreUnavailable
-from vmctl.inventory import AddressPool
-from vmctl.store import NewVm, NodeUsage, Store
+from vmctl.adapters import db
+from vmctl.adapters.store import NewVm, NodeUsage, Store
+from vmctl.core.errors import CapacityError, Conflict, InvalidInput, NotFound, StoreUnavailable
+from vmctl.core.inventory import AddressPool
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_upgrade_applies_every_migration_once(pg_url: str) -> None:
 
 
 def test_two_processes_upgrading_at_once_apply_each_migration_once(pg_url: str) -> None:
-    code = "import sys; from vmctl import db; print(','.join(db.upgrade(sys.argv[1])))"
+    code = "import sys; from vmctl.adapters import db; print(','.join(db.upgrade(sys.argv[1])))"
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmctl.addressing import (
+from vmctl.core.addressing import (
     SOURCES,
     Lease,
     Neighbor,
@@ -16,7 +16,7 @@ from vmctl.addressing import (
     parse_sources,
     pick_address,
 )
-from vmctl.inventory import AddressPool
+from vmctl.core.inventory import AddressPool
 
 pytestmark = pytest.mark.unit
 

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from vmctl import cloudinit, hostkeys
+from vmctl.core import cloudinit, hostkeys
 
 pytestmark = pytest.mark.unit
 
@@ -77,7 +77,7 @@ def test_macs_are_random_and_local() -> None:
 def test_every_template_value_is_json_quoted() -> None:
     import re
 
-    from vmctl.resources import templates_dir
+    from vmctl.core.resources import templates_dir
 
     for template in templates_dir().glob("*.j2"):
         for expr in re.findall(r"{{(.*?)}}", template.read_text()):
@@ -98,7 +98,7 @@ def test_extra_user_data_becomes_a_second_mime_part() -> None:
 def test_extra_user_data_script_and_garbage() -> None:
     import email
 
-    from vmctl.errors import InvalidInput
+    from vmctl.core.errors import InvalidInput
 
     text = cloudinit.render(seed(), extra_user_data="#!/bin/sh\necho hi\n")["user-data"]
     types = [p.get_content_type() for p in email.message_from_string(text).walk()]

@@ -2,7 +2,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from vmctl.domainxml import GuestSpec, render
+from vmctl.core.domainxml import GuestSpec, render
 
 pytestmark = pytest.mark.unit
 

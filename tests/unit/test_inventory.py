@@ -9,8 +9,8 @@ import pytest
 import yaml
 from labkit import config, inventory
 
-from vmctl.errors import ConfigError, NotFound
-from vmctl.inventory import AddressPool, Inventory, Network, load_inventory
+from vmctl.core.errors import ConfigError, NotFound
+from vmctl.core.inventory import AddressPool, Inventory, Network, load_inventory
 
 pytestmark = pytest.mark.unit
 

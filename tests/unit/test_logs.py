@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from vmctl import logs
+from vmctl.wiring import logs
 
 pytestmark = pytest.mark.unit
 
@@ -163,7 +163,7 @@ def test_setup_writes_one_line_per_event_to_stderr(
 
 
 def test_setup_refuses_an_unknown_format() -> None:
-    from vmctl.errors import InvalidInput
+    from vmctl.core.errors import InvalidInput
 
     with pytest.raises(InvalidInput) as caught:
         logs.setup("vmctl.test-bad-format", "xml")
@@ -174,7 +174,7 @@ def test_a_thread_that_dies_is_one_log_line_not_a_traceback() -> None:
     import subprocess
 
     code = (
-        "import threading; from vmctl import logs; logs.setup('vmctl.test');"
+        "import threading; from vmctl.wiring import logs; logs.setup('vmctl.test');"
         "t = threading.Thread(target=lambda: 1 / 0, name='timer-1'); t.start(); t.join()"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmctl.errors import CapacityError, InvalidInput, NotFound
-from vmctl.placement import NodeLoad, Request, Resources, free, place, room_after, total
+from vmctl.core.errors import CapacityError, InvalidInput, NotFound
+from vmctl.core.placement import NodeLoad, Request, Resources, free, place, room_after, total
 
 pytestmark = pytest.mark.unit
 

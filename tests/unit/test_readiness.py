@@ -5,14 +5,18 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from vmctl import readiness
-from vmctl.cache import NullCache, SubscriptionLost
-from vmctl.errors import InvalidInput, NotFound, StoreUnavailable
-from vmctl.store import VmRecord
+from vmctl.adapters.cache import NullCache, SubscriptionLost
+from vmctl.adapters.guest import SshGuestProbe, status_of
+from vmctl.core.records import VmRecord
+from vmctl.core import readiness as steps
+from vmctl.core.errors import InvalidInput, NotFound, StoreUnavailable
+from vmctl.services import readiness
+from vmctl.services.ports import CloudInit
 
 pytestmark = pytest.mark.unit
 
@@ -91,7 +95,7 @@ def wait(
     **kwargs: Any,
 ) -> VmRecord | None:
     return readiness.wait_for_address(
-        store,  # type: ignore[arg-type]
+        store,
         cache or NullCache(),
         "web-1",
         time.monotonic() + within,
@@ -103,21 +107,21 @@ def wait(
 # --wait-for and the message of a Timeout
 
 
-@pytest.mark.parametrize("step", readiness.STEPS)
+@pytest.mark.parametrize("step", steps.STEPS)
 def test_every_step_is_accepted(step: str) -> None:
-    assert readiness.check_step(step) == step
+    assert steps.check_step(step) == step
 
 
 @pytest.mark.parametrize("step", ["", "IP", "dhcp", "cloudinit"])
 def test_an_unknown_step_names_wait_for(step: str) -> None:
     with pytest.raises(InvalidInput) as caught:
-        readiness.check_step(step)
+        steps.check_step(step)
     assert caught.value.field == "wait-for"
     assert str(caught.value) == f"wait-for: must be one of ip, ssh, cloud-init, not {step!r}"
 
 
 def test_stuck_names_the_step_the_time_the_node_and_the_console_log() -> None:
-    message = readiness.stuck(
+    message = steps.stuck(
         "web-1", "ip", 120.4, "node7", "/srv/vms/web-1/console.log", "no DHCP lease"
     )
     assert message == (
@@ -127,7 +131,75 @@ def test_stuck_names_the_step_the_time_the_node_and_the_console_log() -> None:
 
 
 def test_ssh_host_key_of_a_closed_port_is_none() -> None:
-    assert readiness.ssh_host_key("127.0.0.1", port=1, timeout=0.5) is None
+    assert SshGuestProbe().host_key("127.0.0.1", port=1, timeout=0.5) is None
+
+
+@pytest.mark.parametrize(
+    ("code", "out", "status"),
+    [
+        (0, "status: done", "done"),
+        (2, "status: done\nrecoverable", "degraded"),
+        (1, "status: error\nboom", "error"),
+        (1, "killed", None),
+        (255, "", None),
+    ],
+)
+def test_cloud_init_status_by_exit_code(code: int, out: str, status: str | None) -> None:
+    result = status_of(code, out)
+    assert (result.status if result else None) == status
+
+
+class FakeProbe:
+    """Answers host_key and cloud_init from scripts (the last answer repeats)."""
+
+    def __init__(
+        self, keys: list[str | None] | None = None, inits: list[CloudInit | None] | None = None
+    ) -> None:
+        self.keys = keys or [None]
+        self.inits = inits or [None]
+        self.key_calls = 0
+        self.init_calls = 0
+
+    def host_key(self, ip: str, port: int = 22, timeout: float = 5.0) -> str | None:
+        self.key_calls += 1
+        return self.keys[min(self.key_calls, len(self.keys)) - 1]
+
+    def cloud_init(
+        self, ip: str, user: str, key_file: Any, host_key: str, timeout: float
+    ) -> CloudInit | None:
+        assert timeout > 0
+        self.init_calls += 1
+        return self.inits[min(self.init_calls, len(self.inits)) - 1]
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1 web-1"
+
+
+def test_ssh_waits_for_exactly_the_vms_host_key() -> None:
+    probe = FakeProbe(keys=[None, "ssh-ed25519 OTHER", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1"])
+    deadline = time.monotonic() + 5
+    assert readiness.wait_for_ssh(probe, "10.0.0.5", KEY, deadline, pause_s=0.01)
+    assert probe.key_calls == 3
+
+
+def test_ssh_with_a_wrong_key_until_the_deadline_is_false() -> None:
+    probe = FakeProbe(keys=["ssh-ed25519 OTHER"])
+    deadline = time.monotonic() + 0.1
+    assert not readiness.wait_for_ssh(probe, "10.0.0.5", KEY, deadline, pause_s=0.01)
+
+
+def test_cloud_init_is_asked_again_until_it_says() -> None:
+    done = CloudInit("done", "status: done")
+    probe = FakeProbe(inits=[None, None, done])
+    deadline = time.monotonic() + 5
+    got = readiness.wait_for_cloud_init(probe, "ip", "u", Path("/k"), KEY, deadline, pause_s=0.01)
+    assert got == done and probe.init_calls == 3
+
+
+def test_cloud_init_silent_until_the_deadline_is_none() -> None:
+    probe = FakeProbe()
+    deadline = time.monotonic() + 0.1
+    assert readiness.wait_for_cloud_init(probe, "ip", "u", Path("/k"), KEY, deadline, 0.01) is None
 
 
 # wait_for_address

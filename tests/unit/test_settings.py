@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from vmctl import settings
-from vmctl.errors import ConfigError
+from vmctl.core.errors import ConfigError
+from vmctl.wiring import settings
 
 pytestmark = pytest.mark.unit
 

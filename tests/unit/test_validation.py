@@ -1,7 +1,7 @@
 import pytest
 
-from vmctl import validation
-from vmctl.errors import ExitStatus, InvalidInput
+from vmctl.core import validation
+from vmctl.core.errors import ExitStatus, InvalidInput
 
 pytestmark = pytest.mark.unit
 

@@ -4,18 +4,21 @@ pass over every node (``Watcher.once``) with nodes, PostgreSQL and Redis faked."
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from vmctl.addressing import SOURCES, Lease, Neighbor, Observation
-from vmctl.errors import NodeUnreachable, NotFound, RemoteCommandFailed
-from vmctl.inventory import Inventory, Node
-from vmctl.store import IpChange, VmRecord
-from vmctl.watcher import Found, Timing, Watcher, agent_address, change_message, discover
+from vmctl.core.addressing import SOURCES, Lease, Neighbor, Observation
+from vmctl.core.domainxml import GuestSpec
+from vmctl.core.errors import NodeUnreachable, NotFound, RemoteCommandFailed
+from vmctl.core.inventory import AddressPool, Inventory, Node
+from vmctl.core.nodecmd import Disks, Reservation
+from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
+from vmctl.services.ports import Subscription
+from vmctl.services.watcher import Found, Timing, Watcher, agent_address, change_message, discover
 
 pytestmark = pytest.mark.unit
 
@@ -91,11 +94,42 @@ class FakeHypervisor:
         self.asked.append(name)
         return self.agent.get(name, [])
 
+    def follow_leases(
+        self, network: str, on_leases: Callable[[list[Lease]], None], stop: threading.Event
+    ) -> None:
+        stop.wait()  # a lease file that never changes
+
+    def close(self) -> None:
+        pass
+
+    # the rest of the Hypervisor port: not used by the watcher
+
+    def create(
+        self,
+        spec: GuestSpec,
+        disks: Disks,
+        seed_files: dict[str, str],
+        start: bool = True,
+        reservation: Reservation | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+    def delete(
+        self, name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+    ) -> None:
+        raise NotImplementedError
+
+    def domains(self) -> list[str]:
+        raise NotImplementedError
+
+    def console_log(self, name: str, storage_dir: str) -> str:
+        raise NotImplementedError
+
 
 def found(
     hv: FakeHypervisor, vms: Sequence[VmRecord], sources: Sequence[str], **kwargs: Any
 ) -> list[Found]:
-    return discover(hv, "vmnet", vms, sources, **kwargs)  # type: ignore[arg-type]
+    return discover(hv, "vmnet", vms, sources, **kwargs)
 
 
 # agent_address
@@ -105,25 +139,25 @@ def test_agent_address_is_the_one_of_the_vms_mac() -> None:
     hv = FakeHypervisor(
         agent={"a": [(MAC_B, "10.20.1.9"), ("00:00:00:00:00:00", "127.0.0.1"), (MAC_A, "10.0.0.5")]}
     )
-    assert agent_address(hv, vm("a", MAC_A)) == "10.0.0.5"  # type: ignore[arg-type]
+    assert agent_address(hv, vm("a", MAC_A)) == "10.0.0.5"
     assert hv.asked == ["a"]
 
 
 def test_agent_address_macs_are_compared_without_case() -> None:
     hv = FakeHypervisor(agent={"a": [(MAC_A.upper(), "10.0.0.5")]})
-    assert agent_address(hv, vm("a", MAC_A)) == "10.0.0.5"  # type: ignore[arg-type]
+    assert agent_address(hv, vm("a", MAC_A)) == "10.0.0.5"
 
 
 @pytest.mark.parametrize("ip", ["169.254.10.20", "127.0.0.1", "127.1.2.3"])
 def test_agent_link_local_and_loopback_addresses_are_ignored(ip: str) -> None:
     hv = FakeHypervisor(agent={"a": [(MAC_A, ip)]})
-    assert agent_address(hv, vm("a", MAC_A)) is None  # type: ignore[arg-type]
+    assert agent_address(hv, vm("a", MAC_A)) is None
     hv = FakeHypervisor(agent={"a": [(MAC_A, ip), (MAC_A, "10.0.0.5")]})
-    assert agent_address(hv, vm("a", MAC_A)) == "10.0.0.5"  # type: ignore[arg-type]
+    assert agent_address(hv, vm("a", MAC_A)) == "10.0.0.5"
 
 
 def test_no_agent_answer_gives_none() -> None:
-    assert agent_address(FakeHypervisor(), vm("a", MAC_A)) is None  # type: ignore[arg-type]
+    assert agent_address(FakeHypervisor(), vm("a", MAC_A)) is None
 
 
 # discover
@@ -283,9 +317,6 @@ class FakeStore:
             raise NotFound(f"no VM named {name}")
         return self.vms[name]
 
-    def list(self) -> list[VmRecord]:
-        return sorted(self.vms.values(), key=lambda v: v.name)
-
     def record_ip(self, name: str, mac: str, ip: str, source: str) -> IpChange | None:
         self.recorded.append((name, mac, ip, source))
         row = self.vms.get(name)
@@ -294,6 +325,72 @@ class FakeStore:
         self.vms[name] = replace(row, ip=ip, ip_state="confirmed")
         return IpChange(name, row.node, ip, row.ip, row.ip_state, source, datetime.now(UTC))
 
+    def heartbeat(self, process: str, kind: str, detail: dict[str, Any]) -> None:
+        pass
+
+    def forget_heartbeat(self, process: str) -> None:
+        pass
+
+    # the rest of the Store port: not used by the watcher
+
+    def claim(
+        self,
+        vm: NewVm,
+        choose: Callable[[list[NodeUsage]], str],
+        host_key: str | None = None,
+        pool_of: Callable[[str], AddressPool | None] = lambda _pool: None,
+    ) -> VmRecord:
+        raise NotImplementedError
+
+    def list_contract_json(
+        self, project: str, node: str | None = None, state: str | None = None
+    ) -> str:
+        raise NotImplementedError
+
+    def set_state(self, name: str, state: str) -> VmRecord:
+        raise NotImplementedError
+
+    def delete(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def usage(self) -> list[NodeUsage]:
+        raise NotImplementedError
+
+    def record_phone_home(self, name: str, secret_hash: str, ip: str) -> IpChange | None:
+        raise NotImplementedError
+
+    def add_event(
+        self, vm: str | None, node: str | None, action: str, result: str, detail: dict[str, Any]
+    ) -> int:
+        raise NotImplementedError
+
+    def events(self, vm: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def create_token(self, project: str, token_hash: str, name: str = "") -> int:
+        raise NotImplementedError
+
+    def token_project(self, token_hash: str) -> str | None:
+        raise NotImplementedError
+
+    def tokens(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def revoke_token(self, token_id: int) -> None:
+        raise NotImplementedError
+
+    def alive(self, kind: str, within_s: float) -> list[str]:
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        pass
+
+    # last: in the class body, ``list`` is this method from here on
+    def list(
+        self, node: str | None = None, state: str | None = None, project: str | None = None
+    ) -> list[VmRecord]:
+        return sorted(self.vms.values(), key=lambda v: v.name)
+
 
 class FakeCache:
     def __init__(self) -> None:
@@ -301,6 +398,23 @@ class FakeCache:
 
     def publish_ip(self, message: dict[str, Any]) -> None:
         self.published.append(message)
+
+    # the rest of the Cache port: not used by the watcher
+
+    def get_node(self, name: str) -> str | None:
+        return None
+
+    def set_node(self, name: str, node: str) -> None:
+        pass
+
+    def forget(self, name: str) -> None:
+        pass
+
+    def keys(self) -> list[str]:
+        return []
+
+    def subscribe_ip(self) -> Subscription | None:
+        return None
 
 
 def watcher(
@@ -313,9 +427,9 @@ def watcher(
 
     w = Watcher(
         INVENTORY,
-        store,  # type: ignore[arg-type]
-        cache,  # type: ignore[arg-type]
-        connect,  # type: ignore[arg-type]
+        store,
+        cache,
+        connect,
         logging.getLogger("test-watch-ip"),
         sources=sources,
     )
@@ -447,7 +561,7 @@ def test_a_node_that_cannot_be_connected_is_a_problem() -> None:
             raise NodeUnreachable("node kvm2: host key does not match")
         return nodes[node.name]
 
-    w.connect = connect  # type: ignore[assignment]
+    w.connect = connect
     rows, problems = w.once()
     assert problems == ["node kvm2: node kvm2: host key does not match"]
     assert [r["name"] for r in rows] == ["a"]
@@ -524,12 +638,10 @@ class FollowingHypervisor(FakeHypervisor):
         super().__init__(**kwargs)
         self.streams = streams
         self.followed: list[str] = []
-        self.runner = self  # the watcher closes a failed follower's connection
 
-    def close(self) -> None:
-        pass
-
-    def follow_leases(self, network: str, on_leases: Any, stop: threading.Event) -> None:
+    def follow_leases(
+        self, network: str, on_leases: Callable[[list[Lease]], None], stop: threading.Event
+    ) -> None:
         self.followed.append(network)
         stream = self.streams.pop(0) if self.streams else []
         if isinstance(stream, Exception):
@@ -537,14 +649,6 @@ class FollowingHypervisor(FakeHypervisor):
         for leases in stream:
             on_leases(leases)
         stop.wait()
-
-
-class ServiceStore(FakeStore):
-    def heartbeat(self, process: str, kind: str, detail: dict[str, Any]) -> None:
-        pass
-
-    def forget_heartbeat(self, process: str) -> None:
-        pass
 
 
 FAST = Timing(fast_s=0.02, following_s=0.02, idle_s=0.02, refresh_s=0.02, heartbeat_s=60)
@@ -571,9 +675,9 @@ def service_watcher(
 ) -> Watcher:
     return Watcher(
         INVENTORY,
-        store,  # type: ignore[arg-type]
-        FakeCache(),  # type: ignore[arg-type]
-        lambda node: nodes[node.name],  # type: ignore[arg-type, return-value]
+        store,
+        FakeCache(),
+        lambda node: nodes[node.name],
         logging.getLogger("test-watch-ip"),
         sources=sources,
         timing=FAST,
@@ -581,7 +685,7 @@ def service_watcher(
 
 
 def test_a_followed_lease_is_recorded_without_any_look_finding_it() -> None:
-    store = ServiceStore([vm("a", MAC_A, state="creating")])
+    store = FakeStore([vm("a", MAC_A, state="creating")])
     nodes: dict[str, FakeHypervisor] = {
         "kvm1": FollowingHypervisor([[[], [lease(MAC_A, "10.20.1.10")]]]),  # looks see nothing
         "kvm2": FollowingHypervisor([]),
@@ -595,7 +699,7 @@ def test_a_followed_lease_is_recorded_without_any_look_finding_it() -> None:
 def test_no_libvirt_network_to_follow_leaves_the_looks_to_find_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store = ServiceStore([vm("a", MAC_A, state="creating")])
+    store = FakeStore([vm("a", MAC_A, state="creating")])
     missing = RemoteCommandFailed("kvm1", "watch-leases.sh vmnet", 3, "watch-leases: not found\n")
     nodes: dict[str, FakeHypervisor] = {
         "kvm1": FollowingHypervisor(
@@ -615,7 +719,7 @@ def test_no_libvirt_network_to_follow_leaves_the_looks_to_find_it(
 def test_a_follower_that_fails_is_started_again_and_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store = ServiceStore([vm("a", MAC_A, state="creating")])
+    store = FakeStore([vm("a", MAC_A, state="creating")])
     nodes: dict[str, FakeHypervisor] = {
         "kvm1": FollowingHypervisor(
             [NodeUnreachable("node kvm1: connection lost"), [[lease(MAC_A, "10.20.1.10")]]]
@@ -634,9 +738,9 @@ def test_a_follower_that_fails_is_started_again_and_says_so(
 def plain_watcher(**kwargs: Any) -> Watcher:
     return Watcher(
         INVENTORY,
-        ServiceStore([]),  # type: ignore[arg-type]
-        FakeCache(),  # type: ignore[arg-type]
-        lambda node: FakeHypervisor(),  # type: ignore[arg-type, return-value]
+        FakeStore([]),
+        FakeCache(),
+        lambda node: FakeHypervisor(),
         logging.getLogger("test-watch-ip"),
         **kwargs,
     )

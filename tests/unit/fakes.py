@@ -1,0 +1,330 @@
+"""In-memory fakes of the ports (vmctl.services.ports) for unit tests of the services: each one
+records what it is asked and can be told to fail at a given call."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vmctl.core.addressing import Lease, Observation
+from vmctl.core.domainxml import GuestSpec
+from vmctl.core.errors import Conflict, NotFound, StoreUnavailable
+from vmctl.core.inventory import AddressPool, Inventory
+from vmctl.core.nodecmd import Disks, Reservation
+from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
+from vmctl.services.ports import CloudInit, Subscription
+from vmctl.services.vms import VmService
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1lMgjO1GQ0e7oE5hSVbQK4R3V0iZyv9u3Ds1m8dXj test"
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+INVENTORY = {
+    "defaults": {"image": "debian-12", "ram_mb": 512, "cpu": 1, "disk_gb": 2, "root_gb": 4},
+    "images": {"debian-12": {"path": "/srv/base/debian-12.qcow2", "default_user": "debian"}},
+    "nodes": [
+        {
+            "name": name,
+            "ssh": {"host": "127.0.0.1"},
+            "capacity": {"cpu": 8, "ram_mb": 8192, "disk_gb": 100},
+            "storage": {"type": "dir", "path": "/srv/vms"},
+            "network": {"name": "vmnet", "subnet": subnet, "gateway": gateway},
+        }
+        for name, subnet, gateway in (
+            ("kvm1", "10.9.1.0/24", "10.9.1.1"),
+            ("kvm2", "10.9.2.0/24", "10.9.2.1"),
+        )
+    ],
+}
+
+
+class Failing:
+    """Raise ``error`` at the named calls: ``fail_at["add_event:failed"] = error``."""
+
+    def __init__(self) -> None:
+        self.fail_at: dict[str, BaseException] = {}
+        self.calls: list[str] = []
+
+    def _call(self, what: str) -> None:
+        self.calls.append(what)
+        error = self.fail_at.get(what) or self.fail_at.get(what.split(":")[0])
+        if error is not None:
+            raise error
+
+
+class FakeStore(Failing):
+    """PostgreSQL as a dict. ``down()`` makes every call raise StoreUnavailable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vms: dict[str, VmRecord] = {}
+        self.events: list[tuple[str | None, str | None, str, str, dict[str, Any]]] = []
+        self.tokens_: dict[str, str] = {}
+        self.is_down = False
+        self._lock = threading.Lock()
+
+    def down(self) -> None:
+        self.is_down = True
+
+    def _call(self, what: str) -> None:
+        if self.is_down:
+            raise StoreUnavailable("PostgreSQL at db:5432 is unreachable: Connection refused")
+        super()._call(what)
+
+    def claim(
+        self,
+        vm: NewVm,
+        choose: Callable[[list[NodeUsage]], str],
+        host_key: str | None = None,
+        pool_of: Callable[[str], AddressPool | None] = lambda _n: None,
+    ) -> VmRecord:
+        self._call("claim")
+        with self._lock:
+            if vm.name in self.vms:
+                raise Conflict(f"a VM named {vm.name} exists already")
+            node = choose(self.usage())
+            fields = {k: v for k, v in asdict(vm).items() if k != "phone_home_hash"}
+            record = VmRecord(
+                id=len(self.vms) + 1,
+                node=node,
+                state="creating",
+                host_key=host_key,
+                ip=None,
+                ip_state=None,
+                created_at=NOW,
+                updated_at=NOW,
+                phone_home_hash=vm.phone_home_hash,
+                **fields,
+            )
+            self.vms[vm.name] = record
+            return record
+
+    def get(self, name: str) -> VmRecord:
+        self._call("get")
+        if name not in self.vms:
+            raise NotFound(f"no VM named {name}")
+        return self.vms[name]
+
+    def list(
+        self, node: str | None = None, state: str | None = None, project: str | None = None
+    ) -> list[VmRecord]:
+        self._call("list")
+        return [
+            vm
+            for vm in sorted(self.vms.values(), key=lambda v: v.name)
+            if node in (None, vm.node)
+            and state in (None, vm.state)
+            and project in (None, vm.project)
+        ]
+
+    def list_contract_json(
+        self, project: str, node: str | None = None, state: str | None = None
+    ) -> str:
+        raise NotImplementedError("the HTTP list is tested against PostgreSQL")
+
+    def set_state(self, name: str, state: str) -> VmRecord:
+        self._call(f"set_state:{state}")
+        self.vms[name] = replace(self.get(name), state=state)
+        return self.vms[name]
+
+    def delete(self, name: str) -> bool:
+        self._call("delete")
+        return self.vms.pop(name, None) is not None
+
+    def usage(self) -> list[NodeUsage]:
+        per: dict[str, list[VmRecord]] = {}
+        for vm in self.vms.values():
+            per.setdefault(vm.node, []).append(vm)
+        return [
+            NodeUsage(
+                node,
+                sum(v.cpu for v in vms),
+                sum(v.ram_mb for v in vms),
+                sum(v.disk_gb + v.root_gb for v in vms),
+                frozenset(v.group_name for v in vms if v.group_name),
+                len(vms),
+            )
+            for node, vms in sorted(per.items())
+        ]
+
+    def record_ip(self, name: str, mac: str, ip: str, source: str) -> IpChange | None:
+        self._call("record_ip")
+        vm = self.vms.get(name)
+        if vm is None or vm.mac != mac or (vm.ip == ip and vm.ip_state == "confirmed"):
+            return None
+        self.vms[name] = replace(vm, ip=ip, ip_state="confirmed")
+        return IpChange(name, vm.node, ip, vm.ip, vm.ip_state, source, NOW)
+
+    def record_phone_home(self, name: str, secret_hash: str, ip: str) -> IpChange | None:
+        raise NotImplementedError
+
+    def add_event(
+        self, vm: str | None, node: str | None, action: str, result: str, detail: dict[str, Any]
+    ) -> int:
+        self._call(f"add_event:{result}")
+        self.events.append((vm, node, action, result, detail))
+        return len(self.events)
+
+    def events_of(self, vm: str) -> list[tuple[str, str]]:
+        return [(action, result) for name, _n, action, result, _d in self.events if name == vm]
+
+    def events(self, vm: str) -> list[dict[str, Any]]:  # type: ignore[override]
+        return [{"action": a, "result": r} for a, r in self.events_of(vm)]
+
+    def create_token(self, project: str, token_hash: str, name: str = "") -> int:
+        self.tokens_[token_hash] = project
+        return len(self.tokens_)
+
+    def token_project(self, token_hash: str) -> str | None:
+        return self.tokens_.get(token_hash)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return [{"project": p} for p in self.tokens_.values()]
+
+    def revoke_token(self, token_id: int) -> None:
+        raise NotFound(f"no API token with id {token_id}")
+
+    def heartbeat(self, process: str, kind: str, detail: dict[str, Any]) -> None:
+        pass
+
+    def forget_heartbeat(self, process: str) -> None:
+        pass
+
+    def alive(self, kind: str, within_s: float) -> list[str]:
+        self._call("alive")
+        return []
+
+    def ping(self) -> None:
+        self._call("ping")
+
+
+class FakeCache(Failing):
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes: dict[str, str] = {}
+        self.published: list[dict[str, Any]] = []
+
+    def get_node(self, name: str) -> str | None:
+        return self.nodes.get(name)
+
+    def set_node(self, name: str, node: str) -> None:
+        self._call("set_node")
+        self.nodes[name] = node
+
+    def forget(self, name: str) -> None:
+        self._call("forget")
+        self.nodes.pop(name, None)
+
+    def keys(self) -> list[str]:
+        return [f"vmctl:vm:{name}:node" for name in self.nodes]
+
+    def publish_ip(self, message: dict[str, Any]) -> None:
+        self.published.append(message)
+
+    def subscribe_ip(self) -> Subscription | None:
+        return None
+
+
+class FakeHypervisor(Failing):
+    """A node's libvirt as a set of domain names."""
+
+    def __init__(self, node: str, observation: Observation | None = None) -> None:
+        super().__init__()
+        self.node = node
+        self.defined: set[str] = set()
+        self.observation = observation or Observation()
+        self.closed = 0
+
+    def create(
+        self,
+        spec: GuestSpec,
+        disks: Disks,
+        seed_files: dict[str, str],
+        start: bool = True,
+        reservation: Reservation | None = None,
+    ) -> None:
+        self._call("create")
+        self.defined.add(spec.name)
+
+    def delete(
+        self, name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+    ) -> None:
+        self._call("delete")
+        self.defined.discard(name)  # delete-vm.sh: no such domain is not an error
+
+    def observe(self, network: str, timeout: float = 15.0) -> Observation:
+        self._call("observe")
+        return self.observation
+
+    def follow_leases(
+        self, network: str, on_leases: Callable[[list[Lease]], None], stop: threading.Event
+    ) -> None:
+        raise NotImplementedError
+
+    def domains(self) -> list[str]:
+        return sorted(self.defined)
+
+    def addresses(
+        self, name: str, source: str = "lease", timeout_s: int | None = None
+    ) -> list[tuple[str, str]]:
+        return []
+
+    def console_log(self, name: str, storage_dir: str) -> str:
+        return ""
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@dataclass
+class FakeProbe:
+    keys: dict[str, str] = field(default_factory=dict)  # ip -> "TYPE BASE64"
+    init: CloudInit | None = field(default_factory=lambda: CloudInit("done", "status: done"))
+
+    def host_key(self, ip: str, port: int = 22, timeout: float = 5.0) -> str | None:
+        return self.keys.get(ip)
+
+    def cloud_init(
+        self, ip: str, user: str, key_file: Path, host_key: str, timeout: float
+    ) -> CloudInit | None:
+        return self.init
+
+
+@dataclass
+class World:
+    """A VmService over fakes, and the fakes to look at."""
+
+    svc: VmService
+    store: FakeStore
+    cache: FakeCache
+    nodes: dict[str, FakeHypervisor]
+    probe: FakeProbe
+    told: list[str]
+
+
+def world(unreachable: set[str] | None = None) -> World:
+    from vmctl.core.errors import NodeUnreachable
+
+    store, cache, probe, told = FakeStore(), FakeCache(), FakeProbe(), []
+    nodes = {name: FakeHypervisor(name) for name in ("kvm1", "kvm2")}
+
+    def connect(node: Any) -> FakeHypervisor:
+        if node.name in (unreachable or set()):
+            raise NodeUnreachable(f"node {node.name} (127.0.0.1:22): Connection refused")
+        return nodes[node.name]
+
+    svc = VmService(
+        inventory=Inventory.model_validate(INVENTORY),
+        store=store,
+        cache=cache,
+        connect=connect,
+        probe=probe,
+        progress=told.append,
+        actor="test@test",
+        guest_key=Path("/nonexistent/id_ed25519"),
+        default_keys=[KEY],
+    )
+    return World(svc, store, cache, nodes, probe, told)

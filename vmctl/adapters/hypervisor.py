@@ -1,0 +1,113 @@
+"""What vmctl does to a node's libvirt, through a Runner: create, delete, look up addresses.
+
+The command lines are built by the pure functions of ``vmctl.core.nodecmd``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+from collections.abc import Callable
+
+from vmctl.core.addressing import Lease, Observation
+from vmctl.core.domainxml import GuestSpec
+from vmctl.core.domainxml import render as render_domain
+from vmctl.core.errors import RemoteCommandFailed, VmctlError
+from vmctl.core.nodecmd import (
+    VIRSH,
+    Disks,
+    Reservation,
+    create_args,
+    delete_args,
+    domifaddr_command,
+    observe_command,
+    parse_domifaddr,
+    parse_lease_status,
+    parse_observation,
+    script_command,
+)
+from vmctl.services.ports import Runner
+
+
+class LibvirtOverSsh:
+    """One node's libvirt, reached through a Runner (the Hypervisor port)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def create(
+        self,
+        spec: GuestSpec,
+        disks: Disks,
+        seed_files: dict[str, str],
+        start: bool = True,
+        reservation: Reservation | None = None,
+    ) -> None:
+        """Upload the domain XML and seed, then run create-vm.sh (which cleans up on failure)."""
+        staging = f"{spec.storage_dir}/.staging/{spec.name}.{secrets.token_hex(4)}"
+        self.runner.run(["mkdir", "-p", "-m", "0700", staging])
+        try:
+            self.runner.put(render_domain(spec).encode(), f"{staging}/domain.xml")
+            for name, text in seed_files.items():
+                self.runner.put(text.encode(), f"{staging}/{name}")
+            self.runner.run(
+                script_command(
+                    "create-vm.sh", create_args(spec, disks, staging, start, reservation)
+                )
+            )
+        finally:  # the script removes it too, except when it refuses its arguments
+            with contextlib.suppress(VmctlError):
+                self.runner.run(["rm", "-rf", "--", staging], check=False)
+
+    def delete(
+        self, name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+    ) -> None:
+        """Remove the VM (and its DHCP reservation in ``network``, when given)."""
+        args = delete_args(name, storage_dir, network, mac)
+        self.runner.run(script_command("delete-vm.sh", args))
+
+    def observe(self, network: str, timeout: float = 15.0) -> Observation:
+        """The node's DHCP leases in ``network`` and its ARP table, in one command."""
+        return parse_observation(self.runner.run(observe_command(network), timeout=timeout).stdout)
+
+    def follow_leases(
+        self,
+        network: str,
+        on_leases: Callable[[list[Lease]], None],
+        stop: threading.Event,
+    ) -> None:
+        """Hand ``network``'s DHCP leases to ``on_leases`` at once and every time the node's DHCP
+        server changes them, until ``stop`` (scripts/watch-leases.sh follows libvirt's lease
+        file). RemoteCommandFailed with exit status 3: there is no such libvirt network."""
+
+        def on_line(line: str) -> None:
+            if line.startswith("leases "):
+                on_leases(parse_lease_status(line.removeprefix("leases ")))
+
+        self.runner.stream(script_command("watch-leases.sh", [network]), on_line, stop)
+
+    def domains(self) -> list[str]:
+        out = self.runner.run([*VIRSH, "list", "--all", "--name"]).stdout
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def addresses(
+        self, name: str, source: str = "lease", timeout_s: int | None = None
+    ) -> list[tuple[str, str]]:
+        """(mac, ipv4) pairs from `virsh domifaddr --source SOURCE`; none if there are none
+        or the command fails (no agent, domain not running yet, no answer in ``timeout_s``)."""
+        command = domifaddr_command(name, source)
+        if timeout_s is not None:  # a guest agent that is not up yet makes virsh wait
+            command = ["timeout", str(timeout_s), *command]
+        try:
+            out = self.runner.run(command).stdout
+        except RemoteCommandFailed:
+            return []
+        return parse_domifaddr(out)
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def console_log(self, name: str, storage_dir: str) -> str:
+        path = f"{storage_dir}/{name}/console.log"
+        return self.runner.run(["tail", "-c", "4000", path], check=False).stdout

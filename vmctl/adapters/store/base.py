@@ -1,0 +1,190 @@
+"""The PostgreSQL store's connections: one pool per PgStore, one transaction per method.
+
+The pool is opened on first use (so building a store costs nothing) and keeps one connection
+ready, growing to ``max_size`` while threads share the store. Every connection it hands out was
+checked just before (a connection that died while idle is replaced), is in autocommit mode and
+returns rows as dicts; each method runs in one explicit transaction of its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Self, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from vmctl.adapters import db
+from vmctl.core.records import VmRecord, default_actor
+
+T = TypeVar("T")
+Connection = psycopg.Connection[dict[str, Any]]
+
+MAX_SIZE = 4  # connections per store: the CLI uses one, a threaded server shares the rest
+WAIT_S = 5.0  # how long a call waits for a connection before it is StoreUnavailable
+CONNECT_TIMEOUT_S = 4  # each attempt to connect: below WAIT_S, so a waiting call learns why
+RECONNECT_S = 5.0  # how long the pool retries on its own; then it connects when asked again
+_POLL_S = 0.1  # how often a waiting call looks whether the pool's attempts to connect failed
+
+
+def utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def vm_record(row: dict[str, Any]) -> VmRecord:
+    fields = dict(row)
+    fields["ip"] = None if row["ip"] is None else str(row["ip"])
+    fields["reserved_ip"] = None if row.get("reserved_ip") is None else str(row["reserved_ip"])
+    fields["created_at"] = utc(row["created_at"])
+    fields["updated_at"] = utc(row["updated_at"])
+    return VmRecord(**fields)
+
+
+class _ConnectAttempts:
+    """What the pool's attempts to connect came to: its workers report, waiting calls look."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failures = 0
+        self.error: Exception | None = None  # the last failure's, until an attempt succeeds
+
+    def failed(self, error: Exception) -> None:
+        with self._lock:
+            self.failures += 1
+            self.error = error
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.error = None
+
+    def failure_since(self, failures: int) -> Exception | None:
+        """The error of an attempt that failed after the first ``failures``, unless one
+        succeeded since."""
+        with self._lock:
+            return self.error if self.failures > failures else None
+
+
+def _reporting_to(attempts: _ConnectAttempts) -> type[Connection]:
+    """The class of the pool's connections: their making is reported to ``attempts``."""
+
+    class ReportingConnection(Connection):
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except psycopg.Error as e:
+                attempts.failed(e)
+                raise
+            attempts.succeeded()
+            return conn
+
+    return ReportingConnection
+
+
+class StoreBase:
+    """Connection handling shared by the parts of ``PgStore``; safe to share between threads."""
+
+    def __init__(self, url: str, actor: str | None = None, max_size: int = MAX_SIZE) -> None:
+        self._url = url
+        self.actor = actor or default_actor()
+        self.max_size = max_size
+        self._pool: ConnectionPool[Connection] | None = None
+        self._attempts = _ConnectAttempts()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the pool and its connections; the next call opens a new pool."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> ConnectionPool[Connection]:
+        with self._lock:
+            if self._pool is None:
+                db.check_url(self._url)  # a malformed URL is a ConfigError, not an outage
+                pool = ConnectionPool(
+                    self._url,
+                    connection_class=_reporting_to(self._attempts),
+                    kwargs={**db.connection_kwargs(), "connect_timeout": CONNECT_TIMEOUT_S},
+                    min_size=1,
+                    max_size=self.max_size,
+                    open=False,
+                    check=ConnectionPool.check_connection,
+                    timeout=WAIT_S,
+                    reconnect_timeout=RECONNECT_S,
+                    name=f"vmctl-store {db.describe(self._url)}",
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    def _getconn(self) -> tuple[ConnectionPool[Connection], Connection]:
+        """A connection of the pool, just checked, and its pool.
+
+        StoreUnavailable when none comes within WAIT_S, or as soon as an attempt of the pool to
+        connect fails while this call waits (with libpq's reason: "Connection refused"...).
+        """
+        failures = self._attempts.failures
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            pool = self._pool
+            if pool is None:
+                pool = self._open()
+            wait = min(_POLL_S, deadline - time.monotonic())
+            try:
+                return pool, pool.getconn(timeout=max(wait, 0.001))
+            except PoolClosed:
+                continue  # closed by another thread meanwhile: the next round opens a new pool
+            except PoolTimeout as e:
+                error = self._attempts.failure_since(failures)
+                if error is None and time.monotonic() < deadline:
+                    continue
+                cause = error or self._attempts.error or e
+                raise db.unreachable(self._url, cause) from cause
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        pool, conn = self._getconn()
+        try:
+            yield conn
+        finally:
+            pool.putconn(conn)  # a broken connection is dropped and replaced by the pool
+
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one transaction.
+
+        A connection found dead (PostgreSQL restarted, network gone) is reported as
+        StoreUnavailable; the pool replaces it. If it died before COMMIT was sent, nothing was
+        committed, so the work is run once more on another connection (``work`` must not have
+        effects outside the transaction that matter twice). Once COMMIT was sent, whether it
+        was committed is unknown: that is StoreUnavailable, never retried.
+        """
+        for retry in (False, True):
+            with self._connection() as conn:
+                committing = False
+                try:
+                    with conn.transaction():
+                        result = work(conn)
+                        committing = True
+                    return result
+                except psycopg.OperationalError as e:
+                    if not (conn.closed or conn.broken):
+                        raise  # e.g. a deadlock or a cancelled query: the server is there
+                    if committing or retry:
+                        raise db.unreachable(self._url, e) from e
+        raise AssertionError("not reached")
+
+    def ping(self) -> None:
+        """StoreUnavailable unless PostgreSQL answers."""
+        self._run(lambda c: c.execute("SELECT 1").fetchone())

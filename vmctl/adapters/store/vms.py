@@ -1,0 +1,219 @@
+"""The ``vms`` table: claiming room for a VM, reading, updating and deleting its row."""
+
+from __future__ import annotations
+
+import builtins
+import ipaddress
+from collections.abc import Callable
+from dataclasses import asdict
+from ipaddress import IPv4Address
+from typing import Any
+
+import psycopg
+
+from vmctl.adapters import db
+from vmctl.adapters.store.base import Connection, StoreBase, vm_record
+from vmctl.core import addressing
+from vmctl.core.errors import CapacityError, Conflict, InvalidInput, NotFound
+from vmctl.core.inventory import AddressPool
+from vmctl.core.records import IP_STATES, STATES, NewVm, NodeUsage, VmRecord
+
+_USAGE_SQL = """
+    SELECT node, sum(cpu) AS cpu, sum(ram_mb) AS ram_mb, sum(disk_gb + root_gb) AS disk_gb,
+           count(*) AS vms, array_remove(array_agg(DISTINCT group_name), NULL) AS groups
+    FROM vms GROUP BY node ORDER BY node
+"""
+
+_INSERT_SQL = """
+    INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image, mac, host_key,
+                     group_name, project, ip_pool, reserved_ip, ip, ip_state, phone_home_hash)
+    VALUES (%(name)s, %(node)s, 'creating', %(ram_mb)s, %(cpu)s, %(disk_gb)s, %(root_gb)s,
+            %(image)s, %(mac)s, %(host_key)s, %(group_name)s, %(project)s, %(pool)s, %(ip)s,
+            %(ip)s, CASE WHEN %(ip)s::inet IS NULL THEN NULL ELSE 'expected' END,
+            %(phone_home_hash)s)
+    RETURNING *
+"""
+
+# The filters of list and list_contract_json (each one off when its value is NULL).
+_LIST_FILTER = """(%(node)s::text IS NULL OR node = %(node)s)
+                  AND (%(state)s::text IS NULL OR state = %(state)s)
+                  AND (%(project)s::text IS NULL OR project = %(project)s)"""
+
+_CONTRACT_SQL = f"""
+    SELECT coalesce(json_agg(json_build_object(
+               'Name', name, 'RAM', ram_mb::text, 'CPU', cpu::text, 'Disk', disk_gb::text,
+               'IP', CASE WHEN ip IS NOT NULL AND ip_state = 'confirmed'
+                          THEN host(ip) ELSE 'unassigned' END,
+               'CreatedAt', to_char(created_at AT TIME ZONE 'UTC',
+                                    'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+           ) ORDER BY name), '[]')::text AS body
+    FROM vms WHERE {_LIST_FILTER}
+"""
+
+
+def _list_params(node: str | None, state: str | None, project: str | None) -> dict[str, Any]:
+    if state is not None and state not in STATES:
+        raise InvalidInput("state", f"must be one of {', '.join(STATES)}, not {state!r}")
+    return {"node": node, "state": state, "project": project}
+
+
+def node_usage(conn: Connection) -> list[NodeUsage]:
+    """Per node that has VMs, what they take, ordered by node name."""
+    return [
+        NodeUsage(
+            node=row["node"],
+            cpu=int(row["cpu"]),
+            ram_mb=int(row["ram_mb"]),
+            disk_gb=int(row["disk_gb"]),
+            groups=frozenset(row["groups"]),
+            vms=int(row["vms"]),
+        )
+        for row in conn.execute(_USAGE_SQL).fetchall()
+    ]
+
+
+def _free_address(conn: Connection, pool: AddressPool, node: str) -> IPv4Address:
+    """Called under the claim lock: the address the next VM of ``pool`` gets."""
+    taken = [
+        row["reserved_ip"]
+        for row in conn.execute(
+            "SELECT reserved_ip FROM vms WHERE ip_pool = %s", (pool.key,)
+        ).fetchall()
+    ]
+    released = {
+        row["ip"]: row["released_at"]
+        for row in conn.execute(
+            "SELECT ip, released_at FROM released_addresses WHERE ip_pool = %s", (pool.key,)
+        ).fetchall()
+    }
+    address = addressing.pick_address(pool, taken, released)
+    if address is None:
+        raise CapacityError(
+            f"node {node}: every address of {pool.key} ({pool.first}-{pool.last}) is taken"
+        )
+    return address
+
+
+def _insert(conn: Connection, vm: NewVm, values: dict[str, Any]) -> VmRecord:
+    """Insert the row of a claimed VM; ``values`` adds node, host_key, pool and ip."""
+    try:
+        row = conn.execute(_INSERT_SQL, {**asdict(vm), **values}).fetchone()
+    except psycopg.errors.UniqueViolation as e:
+        raise Conflict(f"a VM named {vm.name} exists already") from e
+    except psycopg.errors.CheckViolation as e:
+        constraint = e.diag.constraint_name or "vms"
+        field = constraint.removeprefix("vms_").removesuffix("_check")
+        raise InvalidInput(field, "not accepted by the database") from e
+    assert row is not None
+    return vm_record(row)
+
+
+class VmsMixin(StoreBase):
+    def claim(
+        self,
+        vm: NewVm,
+        choose: Callable[[builtins.list[NodeUsage]], str],
+        host_key: str | None = None,
+        pool_of: Callable[[str], AddressPool | None] = lambda _node: None,
+    ) -> VmRecord:
+        """Reserve room for ``vm``: record it as 'creating' on the node ``choose`` picks.
+
+        All claims are serialized by a transaction-level advisory lock, so ``choose`` sees the
+        usage of every VM claimed before it and none claimed after. If ``choose`` raises (e.g.
+        CapacityError), nothing is recorded. Conflict if the name is taken.
+
+        When ``pool_of(node)`` gives an address pool (a managed network), the VM also gets a free
+        address of it, recorded as its *expected* IP; CapacityError if none is left.
+        """
+
+        def work(conn: Connection) -> VmRecord:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (db.CLAIM_LOCK_KEY,))
+            row = conn.execute("SELECT node FROM vms WHERE name = %s", (vm.name,)).fetchone()
+            if row is not None:
+                raise Conflict(f"a VM named {vm.name} exists already (on node {row['node']})")
+            node = choose(node_usage(conn))
+            pool = pool_of(node)
+            address = None if pool is None else _free_address(conn, pool, node)
+            return _insert(
+                conn,
+                vm,
+                {
+                    "node": node,
+                    "host_key": host_key,
+                    "pool": None if pool is None else pool.key,
+                    "ip": address,
+                },
+            )
+
+        return self._run(work)
+
+    def get(self, name: str) -> VmRecord:
+        row = self._run(
+            lambda c: c.execute("SELECT * FROM vms WHERE name = %s", (name,)).fetchone()
+        )
+        if row is None:
+            raise NotFound(f"no VM named {name}")
+        return vm_record(row)
+
+    def list(
+        self, node: str | None = None, state: str | None = None, project: str | None = None
+    ) -> builtins.list[VmRecord]:
+        """VMs ordered by name, optionally only those on ``node``, in ``state``, of ``project``."""
+        sql = f"SELECT * FROM vms WHERE {_LIST_FILTER} ORDER BY name"
+        params = _list_params(node, state, project)
+        rows = self._run(lambda c: c.execute(sql, params).fetchall())
+        return [vm_record(row) for row in rows]
+
+    def list_contract_json(
+        self, project: str, node: str | None = None, state: str | None = None
+    ) -> str:
+        """``list`` in the HTTP API's contract shape ([{Name, RAM, CPU, Disk, IP, CreatedAt}],
+        what ``vmctl.api.vm_out`` makes of a record), as JSON text built by PostgreSQL: with
+        10,000 VMs this is several times faster than building records in Python."""
+        params = _list_params(node, state, project)
+        row = self._run(lambda c: c.execute(_CONTRACT_SQL, params).fetchone())
+        assert row is not None
+        return str(row["body"])
+
+    def set_state(self, name: str, state: str) -> VmRecord:
+        if state not in STATES:
+            raise ValueError(f"unknown VM state {state!r}")
+        return self._update(name, "state = %(state)s", {"state": state})
+
+    def set_ip(self, name: str, ip: str | None, ip_state: str | None) -> VmRecord:
+        """Record the VM's address (both given) or forget it (both None)."""
+        if (ip is None) != (ip_state is None) or (ip_state not in (*IP_STATES, None)):
+            raise ValueError(f"bad ip/ip_state pair: {ip!r}, {ip_state!r}")
+        address = None if ip is None else ipaddress.ip_address(ip)
+        return self._update(
+            name, "ip = %(ip)s, ip_state = %(ip_state)s", {"ip": address, "ip_state": ip_state}
+        )
+
+    def _update(self, name: str, assignments: str, values: dict[str, Any]) -> VmRecord:
+        # ``assignments`` is always a constant of this module; values go in as parameters.
+        sql = f"UPDATE vms SET {assignments}, updated_at = now() WHERE name = %(name)s RETURNING *"
+        row = self._run(lambda c: c.execute(sql, {**values, "name": name}).fetchone())
+        if row is None:
+            raise NotFound(f"no VM named {name}")
+        return vm_record(row)
+
+    def delete(self, name: str) -> bool:
+        """Remove the VM's row, giving its reserved address back; whether there was one."""
+
+        def work(conn: Connection) -> bool:
+            row = conn.execute(
+                "DELETE FROM vms WHERE name = %s RETURNING ip_pool, reserved_ip", (name,)
+            ).fetchone()
+            if row is not None and row["reserved_ip"] is not None:
+                conn.execute(
+                    """INSERT INTO released_addresses (ip_pool, ip) VALUES (%s, %s)
+                       ON CONFLICT (ip_pool, ip) DO UPDATE SET released_at = now()""",
+                    (row["ip_pool"], row["reserved_ip"]),
+                )
+            return row is not None
+
+        return self._run(work)
+
+    def usage(self) -> builtins.list[NodeUsage]:
+        """Per node that has VMs, what they take, ordered by node name."""
+        return self._run(node_usage)

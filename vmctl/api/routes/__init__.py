@@ -1,0 +1,1 @@
+"""The API's routers: each route parses, calls one service method, renders."""

@@ -1,0 +1,27 @@
+"""`vmctl serve`'s app, built from settings: the inventory loaded once, one Services per worker
+thread, progress to the log."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from vmctl import wiring
+from vmctl.api.app import create_app
+from vmctl.core.errors import ConfigError
+from vmctl.core.inventory import load_inventory
+from vmctl.wiring.settings import Settings
+
+
+def build(settings: Settings, log: logging.Logger) -> FastAPI:
+    inventory = load_inventory(settings.inventory)
+    settings.require_database()
+    try:
+        keys = wiring.authorized_keys(settings)
+    except ConfigError:
+        keys = []  # API callers then have to send SSHKeys
+    return create_app(
+        lambda: wiring.services(settings, inventory=inventory, tell=log.info, default_keys=keys),
+        log,
+    )

@@ -1,0 +1,109 @@
+"""The long-running commands (`vmctl watch-ip`, `vmctl serve`) and `vmctl db upgrade`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Annotated
+
+import typer
+
+from vmctl.cli.options import Format, output_options, progress, settings
+from vmctl.cli.output import WATCH_COLUMNS, emit
+from vmctl.core.addressing import SOURCES, parse_sources
+from vmctl.core.errors import ExitStatus, InvalidInput
+
+app = typer.Typer()
+db_app = typer.Typer(help="The PostgreSQL schema.", no_args_is_help=True)
+
+
+@app.command("watch-ip")
+@output_options
+def watch_ip(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="With --once: only these VMs (asked at once).")
+    ] = None,
+    once: Annotated[bool, typer.Option(help="One pass over every node, then exit.")] = False,
+    sources: Annotated[
+        str, typer.Option(help="Where to look, in order: lease, arp, agent.")
+    ] = ",".join(SOURCES),
+    follow: Annotated[
+        bool,
+        typer.Option(
+            help="Follow each node's DHCP lease file (leases the moment they are written); "
+            "--no-follow only looks at the nodes, every 0.5 s while a VM waits."
+        ),
+    ] = True,
+    log_format: Annotated[
+        str, typer.Option(help="Log lines on stderr: logfmt or json.")
+    ] = "logfmt",
+    *,
+    fmt: Format,
+) -> None:
+    """Learn new VMs' addresses from their nodes; record them in PostgreSQL, announce on Redis.
+
+    Runs until stopped (SIGTERM, Ctrl-C) unless --once: then prints what it updated."""
+    from vmctl import wiring
+    from vmctl.wiring import logs
+
+    try:
+        order = parse_sources(sources)
+    except ValueError as exc:
+        raise InvalidInput("sources", str(exc)) from exc
+    if names and not once:
+        raise InvalidInput("names", "VM names are only taken with --once")
+    log = logs.setup("vmctl.watch-ip", log_format)
+    ip_watcher = wiring.watcher(settings(), log, order, follow=follow)
+    if once:
+        rows, problems = ip_watcher.once(names or [])
+        emit(rows, WATCH_COLUMNS, fmt)
+        for problem in problems:
+            print(f"vmctl: error: {problem}", file=sys.stderr)
+        if problems:
+            raise typer.Exit(ExitStatus.UNAVAILABLE)
+        return
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    ip_watcher.run(stop)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    trusted_proxies: Annotated[
+        str, typer.Option(help="Addresses whose X-Forwarded-For is believed (HAProxy).")
+    ] = "127.0.0.1",
+    log_format: Annotated[str, typer.Option(help="logfmt or json.")] = "logfmt",
+) -> None:
+    """Serve the HTTP API (one replica; run several behind HAProxy). OpenAPI at /openapi.json."""
+    import uvicorn
+
+    from vmctl.api import server
+    from vmctl.wiring import logs
+
+    log = logs.setup("vmctl.serve", log_format)
+    application = server.build(settings(), log)
+    log.info("serving", extra=logs.fields(host=host, port=port, pid=os.getpid()))
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        proxy_headers=True,
+        forwarded_allow_ips=trusted_proxies,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending schema migrations."""
+    from vmctl.adapters import db
+
+    applied = db.upgrade(settings().require_database())
+    progress(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")

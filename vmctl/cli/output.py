@@ -1,0 +1,133 @@
+"""Writing results: a table for people, JSON or YAML for scripts. Written once for every command.
+
+A command hands over records (dicts with stable keys) and the columns a table shows; lists are
+always arrays in JSON/YAML, times ISO-8601 UTC. Only data goes to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Any
+
+from vmctl.cli.options import Format
+
+if TYPE_CHECKING:
+    from vmctl.core.records import VmRecord
+
+VM_COLUMNS = [
+    ("name", "NAME"),
+    ("node", "NODE"),
+    ("state", "STATE"),
+    ("ram_mb", "RAM(MiB)"),
+    ("cpu", "CPU"),
+    ("disk_gb", "DISK(GiB)"),
+    ("ip", "IP"),
+    ("image", "IMAGE"),
+    ("created_at", "CREATED (UTC)"),
+]
+SHOW_COLUMNS = [
+    *VM_COLUMNS,
+    ("root_gb", "ROOT(GiB)"),
+    ("mac", "MAC"),
+    ("ip_state", "IP STATE"),
+    ("group", "GROUP"),
+    ("updated_at", "UPDATED (UTC)"),
+]
+NODE_COLUMNS = [
+    ("name", "NODE"),
+    ("vms", "VMS"),
+    ("cpu_used", "CPU USED"),
+    ("cpu_free", "CPU FREE"),
+    ("ram_mb_used", "RAM USED"),
+    ("ram_mb_free", "RAM FREE"),
+    ("disk_gb_used", "DISK USED"),
+    ("disk_gb_free", "DISK FREE"),
+]
+WATCH_COLUMNS = [
+    ("name", "NAME"),
+    ("node", "NODE"),
+    ("ip", "IP"),
+    ("previous", "PREVIOUS"),
+    ("source", "SOURCE"),
+    ("changed", "CHANGED"),
+]
+TOKEN_COLUMNS = [
+    ("id", "ID"),
+    ("project", "PROJECT"),
+    ("name", "NAME"),
+    ("created_at", "CREATED (UTC)"),
+    ("revoked_at", "REVOKED (UTC)"),
+]
+
+
+def record(vm: VmRecord) -> dict[str, Any]:
+    """A VM as scripts see it: stable keys, ISO-8601 UTC times."""
+    return {
+        "name": vm.name,
+        "node": vm.node,
+        "state": vm.state,
+        "ram_mb": vm.ram_mb,
+        "cpu": vm.cpu,
+        "disk_gb": vm.disk_gb,
+        "root_gb": vm.root_gb,
+        "image": vm.image,
+        "mac": vm.mac,
+        "ip": vm.ip,
+        "ip_state": vm.ip_state,
+        "group": vm.group_name,
+        "project": vm.project,
+        "created_at": vm.created_at,
+        "updated_at": vm.updated_at,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def emit(
+    records: Sequence[dict[str, Any]] | dict[str, Any],
+    columns: Sequence[tuple[str, str]],
+    fmt: Format = Format.table,
+    stream: IO[str] | None = None,
+) -> None:
+    """Write one record (a dict) or a list of them; columns are (key, heading) for tables."""
+    out = stream or sys.stdout
+    data = _plain(records)
+    if fmt is Format.json:
+        out.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    elif fmt is Format.yaml:
+        import yaml
+
+        out.write(yaml.safe_dump(data, sort_keys=False))
+    elif isinstance(records, dict):
+        width = max(len(h) for _, h in columns)
+        for key, heading in columns:
+            out.write(f"{heading:<{width}}  {_cell(records.get(key))}\n")
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for _, heading in columns:
+            table.add_column(heading)
+        for record in records:
+            table.add_row(*(_cell(record.get(key)) for key, _ in columns))
+        Console(file=out, soft_wrap=True, width=200 if not out.isatty() else None).print(table)

@@ -1,0 +1,196 @@
+"""The VM commands: create, list, show, wait, ssh, delete, nodes. Each parses, calls the VM
+service, and hands records to `output.emit`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from vmctl.cli.complete import node_names, vm_names
+from vmctl.cli.options import Format, output_options, progress, settings, vm_service
+from vmctl.cli.output import NODE_COLUMNS, SHOW_COLUMNS, VM_COLUMNS, emit, record
+from vmctl.core import validation
+from vmctl.core.errors import ExitStatus, InvalidInput, VmctlError
+from vmctl.core.readiness import check_step
+
+if TYPE_CHECKING:
+    from vmctl.core.requests import CreateRequest
+
+app = typer.Typer()
+
+WaitForOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--wait-for",
+        help="ip, ssh or cloud-init (the default): how ready --wait waits for. Implies --wait.",
+    ),
+]
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait (more than 0).")]
+NodeOpt = Annotated[
+    str | None, typer.Option(help="Only VMs on this node.", autocompletion=node_names)
+]
+VmArg = Annotated[str, typer.Argument(help="The VM.", autocompletion=vm_names)]
+
+
+@app.command()
+@output_options
+def create(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="VM name (becomes its hostname); with --count, a prefix: NAME-1 … NAME-N."
+        ),
+    ],
+    ram: Annotated[str | None, typer.Option("--ram", help="RAM in MiB.")] = None,
+    cpu: Annotated[str | None, typer.Option("--cpu", help="vCPUs.")] = None,
+    disk: Annotated[str | None, typer.Option("--disk", help="Data disk in GiB.")] = None,
+    image: Annotated[str | None, typer.Option(help="Image name from the inventory.")] = None,
+    node: Annotated[
+        str | None, typer.Option(help="Put it on this node.", autocompletion=node_names)
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="Anti-affinity group: one per node.")] = None,
+    project: Annotated[str | None, typer.Option(help="Project (API tokens see theirs).")] = None,
+    pack: Annotated[bool, typer.Option("--pack/--spread", help="Fill nodes or spread.")] = False,
+    ssh_key: Annotated[
+        list[str] | None,
+        typer.Option("--ssh-key", help="Public key file for the guest (repeatable)."),
+    ] = None,
+    user_data: Annotated[
+        Path | None, typer.Option(help="Extra #cloud-config or #! script, merged after vmctl's.")
+    ] = None,
+    count: Annotated[str, typer.Option(help="How many VMs.")] = "1",
+    wait: Annotated[
+        bool, typer.Option(help="Wait until the VMs are ready (see --wait-for).")
+    ] = False,
+    wait_for: WaitForOpt = None,
+    timeout: TimeoutOpt = 300,
+    *,
+    fmt: Format,
+) -> None:
+    """Create VMs: place, make disks and seed, boot; record in PostgreSQL."""
+    from vmctl import wiring
+    from vmctl.core.requests import CreateRequest
+
+    # Every option is checked before anything is touched.
+    n = validation.integer("count", count)
+    until = check_step(wait_for or "cloud-init")
+    validation.seconds("timeout", timeout)
+    extra = _read_user_data(user_data)
+    keys = wiring.authorized_keys(settings(), ssh_key)
+    names = [name] if n == 1 else [f"{name}-{i}" for i in range(1, n + 1)]
+    requests = [
+        CreateRequest(
+            name=vm_name,
+            ram_mb=ram,
+            cpu=cpu,
+            disk_gb=disk,
+            image=image,
+            node=node,
+            group=group,
+            policy="pack" if pack else "spread",
+            authorized_keys=keys,
+            user_data=extra,
+            project=project,
+        )
+        for vm_name in names
+    ]
+    made = _create_all(requests, wait or wait_for is not None, timeout, until)
+    rows = [record(vm) for vm in made]
+    emit(rows[0] if n == 1 else rows, SHOW_COLUMNS if n == 1 else VM_COLUMNS, fmt)
+
+
+def _read_user_data(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise InvalidInput("user-data", f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _create_all(requests: list[CreateRequest], wait: bool, timeout: float, until: str) -> list[Any]:
+    svc = vm_service()
+    for req in requests:  # refuse bad input for all of them before making any
+        svc.check(req)
+    made = [svc.create(req) for req in requests]
+    if wait:
+        made = [svc.wait(vm.name, timeout, until) for vm in made]
+    return made
+
+
+@app.command("list")
+@output_options
+def list_vms(
+    node: NodeOpt = None,
+    state: Annotated[str | None, typer.Option(help="Only VMs in this state.")] = None,
+    project: Annotated[str | None, typer.Option(help="Only VMs of this project.")] = None,
+    *,
+    fmt: Format,
+) -> None:
+    """List VMs (from PostgreSQL)."""
+    vms = vm_service(quiet=True).list_vms(node=node, state=state, project=project)
+    emit([record(vm) for vm in vms], VM_COLUMNS, fmt)
+
+
+@app.command()
+@output_options
+def show(name: VmArg, *, fmt: Format) -> None:
+    """Show one VM."""
+    emit(record(vm_service(quiet=True).get(name)), SHOW_COLUMNS, fmt)
+
+
+@app.command("wait")
+@output_options
+def wait_vm(
+    name: VmArg, timeout: TimeoutOpt = 300, wait_for: WaitForOpt = None, *, fmt: Format
+) -> None:
+    """Wait until a VM is ready: address confirmed, SSH answers, cloud-init finished."""
+    until = check_step(wait_for or "cloud-init")
+    validation.seconds("timeout", timeout)
+    emit(record(vm_service().wait(name, timeout, until)), SHOW_COLUMNS, fmt)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(ctx: typer.Context, name: VmArg) -> None:
+    """Log into a VM (or run COMMAND there) with its host key verified: vmctl ssh NAME [COMMAND]."""
+    from vmctl.core.sshcmd import ssh_argv
+
+    login = vm_service(quiet=True).login(name)
+    argv = ssh_argv(settings().ssh_key, name, login.user, login.ip, login.host_key, ctx.args)
+    os.execvp(argv[0], argv)
+
+
+@app.command()
+def delete(
+    names: Annotated[list[str], typer.Argument(help="VMs to delete.", autocompletion=vm_names)],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete VMs: domain, disks, seed, row and cache key. Keeps going past failures."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InvalidInput("yes", "refusing to delete without --yes when not on a terminal")
+        typer.confirm(f"Delete {', '.join(names)}?", abort=True, err=True)
+    svc = vm_service()
+    failed = 0
+    for vm_name in names:
+        try:
+            svc.delete(vm_name)
+            progress(f"{vm_name}: deleted")
+        except VmctlError as exc:
+            failed += 1
+            print(f"vmctl: error: {exc}", file=sys.stderr)
+    if failed:
+        noun = "VM" if len(names) == 1 else "VMs"
+        print(f"vmctl: {failed} of {len(names)} {noun} failed to delete.", file=sys.stderr)
+        raise typer.Exit(ExitStatus.ERROR)
+
+
+@app.command()
+@output_options
+def nodes(*, fmt: Format) -> None:
+    """Capacity used and free on each node (free = capacity x overcommit - allocated)."""
+    emit(vm_service(quiet=True).nodes(), NODE_COLUMNS, fmt)

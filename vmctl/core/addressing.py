@@ -1,0 +1,101 @@
+"""Which address a new VM gets on a managed network, and which address a watcher believes.
+
+Pure functions: the store feeds them what PostgreSQL holds, the watcher what a node reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from ipaddress import IPv4Address
+
+from vmctl.core.inventory import AddressPool
+
+SOURCES = ("lease", "arp", "agent")  # every way vmctl knows to learn a VM's address
+
+
+def pick_address(
+    pool: AddressPool,
+    taken: Iterable[IPv4Address],
+    released: Mapping[IPv4Address, datetime],
+) -> IPv4Address | None:
+    """A free address of ``pool``: one never handed out if there is one (lowest first), else the
+    one given back longest ago; None when every address is taken."""
+    busy = set(taken) | set(pool.exclude)
+    best: IPv4Address | None = None
+    best_released: datetime | None = None
+    for number in range(int(pool.first), int(pool.last) + 1):
+        ip = IPv4Address(number)
+        if ip in busy:
+            continue
+        when = released.get(ip)
+        if when is None:
+            return ip
+        if best_released is None or when < best_released:
+            best, best_released = ip, when
+    return best
+
+
+@dataclass(frozen=True)
+class Lease:
+    mac: str
+    ip: str
+    expiry: str = ""  # "YYYY-MM-DD HH:MM:SS" as virsh prints it: sorts as text
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    mac: str
+    ip: str
+    state: str  # REACHABLE, STALE, DELAY, PROBE, PERMANENT, ...
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one look at a node shows: its DHCP leases and its ARP table."""
+
+    leases: tuple[Lease, ...] = ()
+    neighbors: tuple[Neighbor, ...] = ()
+
+
+# ARP entries by how much they are worth: a confirmed neighbour beats one that may have moved.
+_NEIGHBOR_RANK = {"PERMANENT": 0, "REACHABLE": 1, "DELAY": 2, "PROBE": 2, "STALE": 3, "NOARP": 4}
+
+
+def address_from(observation: Observation, mac: str, source: str) -> str | None:
+    """The address ``source`` ("lease" or "arp") shows for ``mac``, or None.
+
+    Several leases for one MAC (an old one not yet expired): the one that expires last. Several
+    ARP entries: the most trustworthy state, then the lowest address for a stable answer.
+    """
+    mac = mac.lower()
+    if source == "lease":
+        leases = [lease for lease in observation.leases if lease.mac.lower() == mac]
+        return max(leases, key=lambda lease: lease.expiry).ip if leases else None
+    if source == "arp":
+        entries = [
+            n
+            for n in observation.neighbors
+            if n.mac.lower() == mac and n.state.upper() in _NEIGHBOR_RANK
+        ]
+        if not entries:
+            return None
+        best = min(entries, key=lambda n: (_NEIGHBOR_RANK[n.state.upper()], IPv4Address(n.ip)))
+        return best.ip
+    raise ValueError(f"not a batch source: {source!r}")
+
+
+def parse_sources(text: str) -> tuple[str, ...]:
+    """``"lease,arp"`` → ("lease", "arp"); ValueError naming what is not a source."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in SOURCES]
+    if unknown or not names:
+        raise ValueError(
+            f"{', '.join(unknown) or 'nothing'} is not a source: use a comma-separated list "
+            f"of {', '.join(SOURCES)}"
+        )
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} is named twice in {text!r}")
+    return names

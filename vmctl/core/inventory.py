@@ -1,0 +1,345 @@
+"""Load and check inventory.yaml: the nodes vmctl manages, their images and the VM defaults.
+
+Every key is checked on load; any mistake becomes one `ConfigError` that names the file, the node
+(or image) and the key path of each problem, one problem a line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, NoReturn
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from vmctl.core.errors import ConfigError, NotFound
+from vmctl.core.validation import NAME_RE
+
+_NODE_NAME = NAME_RE  # node names are DNS labels, as VM names are
+_IMAGE_NAME = re.compile(r"[a-z][a-z0-9.-]{0,62}")  # dots for versions: ubuntu-24.04
+_CUSTOM = "vmctl_inventory"  # the pydantic error type of the checks written here
+
+
+def _fail(reason: str) -> NoReturn:
+    raise PydanticCustomError(_CUSTOM, "{reason}", {"reason": reason})
+
+
+def _name(pattern: re.Pattern[str], allowed: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            _fail(
+                f"invalid name {value!r}: use lowercase letters, digits and {allowed}, "
+                "starting with a letter, at most 63 characters"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_absolute(value: str) -> str:
+    if not PurePosixPath(value).is_absolute():
+        _fail(f"must be an absolute path (got {value!r})")
+    return value
+
+
+def _ip(kind: type[IPv4Network] | type[IPv4Address], what: str, like: str) -> PlainValidator:
+    def parse(value: Any) -> IPv4Network | IPv4Address:
+        if isinstance(value, kind):
+            return value
+        if not isinstance(value, str):
+            _fail(f"expected an IPv4 {what} like {like} (got {value!r})")
+        try:
+            return kind(value)
+        except ValueError as error:
+            _fail(f"{value!r} is not a valid IPv4 {what}: {error}")
+
+    return PlainValidator(parse)
+
+
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+Ratio = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+Text = Annotated[str, Strict(), Field(min_length=1)]
+NodeName = Annotated[str, Strict(), _name(_NODE_NAME, "'-'")]
+ImageName = Annotated[str, Strict(), _name(_IMAGE_NAME, "'-', '.'")]
+AbsolutePath = Annotated[str, Strict(), AfterValidator(_check_absolute)]
+Subnet = Annotated[IPv4Network, _ip(IPv4Network, "network", "10.20.1.0/24")]
+Address = Annotated[IPv4Address, _ip(IPv4Address, "address", "10.20.1.1")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Model):
+    """What `vmctl create` uses when it is not told otherwise."""
+
+    image: Text
+    ram_mb: PositiveInt
+    cpu: PositiveInt
+    disk_gb: PositiveInt
+    root_gb: PositiveInt = 10  # size of the root disk (a copy-on-write overlay of the image)
+
+
+class Image(_Model):
+    """A base image, at the same path on every node; `boot: kernel` boots kernel and initrd."""
+
+    path: AbsolutePath
+    default_user: Text
+    boot: Literal["disk", "kernel"] = "disk"
+    kernel: AbsolutePath | None = None
+    initrd: AbsolutePath | None = None
+    cmdline: Text | None = None
+
+    @model_validator(mode="after")
+    def _boot_files(self) -> Image:
+        if self.boot == "kernel" and self.kernel is None:
+            _fail("boot: kernel needs a kernel path (and usually initrd)")
+        if self.boot == "disk" and (self.kernel or self.initrd or self.cmdline):
+            _fail("kernel, initrd and cmdline are only used with boot: kernel")
+        return self
+
+
+class Ssh(_Model):
+    """How vmctl reaches a node over SSH."""
+
+    host: Text
+    port: Annotated[int, Strict(), Field(ge=1, le=65535)] = 22
+    user: Text = "root"
+
+
+class Capacity(_Model):
+    """The physical resources of a node."""
+
+    cpu: PositiveInt
+    ram_mb: PositiveInt
+    disk_gb: PositiveInt
+
+
+class Overcommit(_Model):
+    """How far beyond its capacity a node may be booked (1.0: not at all)."""
+
+    cpu: Ratio = 1.0
+    ram: Ratio = 1.0
+    disk: Ratio = 1.0
+
+
+class Storage(_Model):
+    """Where a node keeps VM disks: a directory (`path`) or a Ceph RBD pool (`pool`)."""
+
+    type: Literal["dir", "rbd"] = "dir"
+    path: AbsolutePath | None = None
+    pool: Text | None = None
+
+    @model_validator(mode="after")
+    def _location(self) -> Storage:
+        if self.type == "dir" and (self.path is None or self.pool is not None):
+            _fail("type: dir needs a path (and no pool)")
+        if self.type == "rbd" and (self.pool is None or self.path is not None):
+            _fail("type: rbd needs a pool (and no path)")
+        return self
+
+    @property
+    def directory(self) -> str:
+        """Where the node keeps each VM's files (disks, seed, console log)."""
+        if self.path is None:
+            raise ConfigError("storage type rbd is not supported by this version of vmctl yet")
+        return self.path
+
+
+class AddressRange(_Model):
+    """The addresses vmctl may hand out on a managed network, first and last included."""
+
+    first: Address
+    last: Address
+
+
+class Network(_Model):
+    """The libvirt network guests join on a node.
+
+    `managed: true` means vmctl assigns each VM its address before boot (from `addresses`, by
+    default every host address of the subnet but the gateway) and reserves it for the VM's MAC in
+    the network's DHCP. Keep `addresses` outside the DHCP server's dynamic range.
+    """
+
+    name: Text
+    subnet: Subnet
+    gateway: Address
+    managed: Annotated[bool, Strict()] = False
+    addresses: AddressRange | None = None
+
+    @model_validator(mode="after")
+    def _gateway_inside(self) -> Network:
+        ends = (self.subnet.network_address, self.subnet.broadcast_address)
+        if self.gateway not in self.subnet or (self.subnet.prefixlen < 31 and self.gateway in ends):
+            _fail(f"gateway {self.gateway} is not a host address of subnet {self.subnet}")
+        if self.addresses is not None:
+            if not self.managed:
+                _fail("addresses is only used with managed: true")
+            first, last = self.addresses.first, self.addresses.last
+            for end in (first, last):
+                if end not in self.subnet or (self.subnet.prefixlen < 31 and end in ends):
+                    _fail(f"addresses: {end} is not a host address of subnet {self.subnet}")
+            if first > last:
+                _fail(f"addresses: first {first} comes after last {last}")
+        return self
+
+    def pool(self) -> AddressPool | None:
+        """The addresses vmctl assigns on this network; None when it does not manage it."""
+        if not self.managed:
+            return None
+        if self.addresses is not None:
+            first, last = self.addresses.first, self.addresses.last
+        else:
+            edge = 1 if self.subnet.prefixlen < 31 else 0  # network and broadcast addresses
+            first = self.subnet.network_address + edge
+            last = self.subnet.broadcast_address - edge
+        return AddressPool(str(self.subnet), first, last, frozenset({self.gateway}))
+
+
+@dataclass(frozen=True)
+class AddressPool:
+    """A range of addresses to assign from: ``key`` names the address space (the subnet)."""
+
+    key: str
+    first: IPv4Address
+    last: IPv4Address
+    exclude: frozenset[IPv4Address] = frozenset()
+
+    def __len__(self) -> int:
+        return (
+            int(self.last)
+            - int(self.first)
+            + 1
+            - sum(1 for ip in self.exclude if self.first <= ip <= self.last)
+        )
+
+
+class Node(_Model):
+    """A virtualization node vmctl manages."""
+
+    name: NodeName
+    ssh: Ssh
+    virt_type: Literal["kvm", "qemu"] = "kvm"
+    capacity: Capacity
+    overcommit: Overcommit = Overcommit()
+    storage: Storage
+    network: Network
+
+
+def _check_nodes(nodes: list[Node]) -> list[Node]:
+    if not nodes:
+        _fail("at least one node is needed")
+    names = [node.name for node in nodes]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        _fail(f"duplicate node name {', '.join(map(repr, twice))}")
+    return nodes
+
+
+class Inventory(_Model):
+    """The whole inventory.yaml."""
+
+    defaults: Defaults
+    images: dict[ImageName, Image]
+    nodes: Annotated[list[Node], AfterValidator(_check_nodes)]
+
+    @model_validator(mode="after")
+    def _default_image_exists(self) -> Inventory:
+        if self.defaults.image not in self.images:
+            _fail(f"defaults.image: {_unknown('image', self.defaults.image, self.images)}")
+        return self
+
+    def node(self, name: str) -> Node:
+        """The node called `name`; NotFound if there is none."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise NotFound(_unknown("node", name, [node.name for node in self.nodes]))
+
+    def image(self, name: str) -> Image:
+        """The image called `name`; NotFound if there is none."""
+        if name not in self.images:
+            raise NotFound(_unknown("image", name, self.images))
+        return self.images[name]
+
+
+def _unknown(kind: str, name: str, known: Any) -> str:
+    return f"unknown {kind} {name!r} (known: {', '.join(known) or 'none'})"
+
+
+def load_inventory(path: Path) -> Inventory:
+    """Read and check the inventory at `path`; ConfigError naming file, node and key if wrong."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the inventory: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: {_yaml_problem(error)}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with defaults, images and nodes")
+    try:
+        return Inventory.model_validate(data)
+    except ValidationError as error:
+        lines = [f"{path}: {_describe(detail, data)}" for detail in error.errors()]
+        raise ConfigError("\n".join(lines)) from error
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        return f"YAML syntax error at {where}: {error.problem}"
+    return f"YAML syntax error: {error}"
+
+
+def _describe(detail: ErrorDetails, data: dict[str, Any]) -> str:
+    """One validation error as `node 'kvm1': capacity.cpu: <what is wrong> (got <value>)`."""
+    loc = list(detail["loc"])
+    parts = []
+    if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
+        parts.append(_node_label(data, loc[1]))
+        loc = loc[2:]
+    elif len(loc) >= 2 and loc[0] == "images":
+        parts.append(f"image {loc[1]!r}")
+        loc = [part for part in loc[2:] if part != "[key]"]
+    message = _message(detail, loc)  # takes the key off `loc` for unknown and missing keys
+    if loc:
+        parts.append("".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip("."))
+    return ": ".join([*parts, message])
+
+
+def _message(detail: ErrorDetails, loc: list[int | str]) -> str:
+    kind, value = detail["type"], detail["input"]
+    if kind in ("extra_forbidden", "missing"):
+        what = "unknown" if kind == "extra_forbidden" else "missing"
+        return f"{what} key {loc.pop()!r}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping (got {_short(value)})"
+    if kind != _CUSTOM and (value is None or isinstance(value, str | int | float)):
+        return f"{detail['msg']} (got {_short(value)})"
+    return detail["msg"]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _node_label(data: dict[str, Any], index: int) -> str:
+    nodes = data.get("nodes")
+    node = nodes[index] if isinstance(nodes, list) and index < len(nodes) else None
+    name = node.get("name") if isinstance(node, dict) else None
+    return f"node {name!r}" if isinstance(name, str) else f"nodes[{index}]"

@@ -1,0 +1,86 @@
+"""What vmctl records about VMs: plain data shared by the services and the store."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+
+STATES = ("creating", "running", "stopped", "deleting", "error")
+IP_STATES = ("expected", "confirmed")
+RESULTS = ("ok", "failed", "started")
+
+
+@dataclass(frozen=True)
+class NewVm:
+    """What ``Store.claim`` needs to reserve room for a VM."""
+
+    name: str
+    ram_mb: int
+    cpu: int
+    disk_gb: int  # the data disk
+    root_gb: int
+    image: str
+    mac: str
+    group_name: str | None = None
+    project: str | None = None
+    phone_home_hash: str | None = None  # SHA-256 of the VM's one-time phone-home secret
+
+
+@dataclass(frozen=True)
+class NodeUsage:
+    """What the VMs recorded on one node take (every state; deleted VMs have no row)."""
+
+    node: str
+    cpu: int
+    ram_mb: int
+    disk_gb: int  # data disks + root disks
+    groups: frozenset[str] = frozenset()
+    vms: int = 0
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    id: int
+    name: str
+    node: str
+    state: str
+    ram_mb: int
+    cpu: int
+    disk_gb: int
+    root_gb: int
+    image: str
+    mac: str
+    host_key: str | None
+    ip: str | None
+    ip_state: str | None
+    group_name: str | None
+    project: str | None
+    created_at: datetime  # timezone-aware, UTC
+    updated_at: datetime  # timezone-aware, UTC
+    ip_pool: str | None = None  # managed networks: the address space reserved_ip belongs to
+    reserved_ip: str | None = None  # the address reserved for the VM's MAC in the DHCP
+    phone_home_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class IpChange:
+    """An address the watcher recorded: what it was before and how it was learned."""
+
+    name: str
+    node: str
+    ip: str
+    previous: str | None
+    previous_state: str | None
+    source: str
+    at: datetime
+
+
+def default_actor() -> str:
+    """Who is acting, for the event log: ``user@host``."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"

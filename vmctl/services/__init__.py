@@ -1,0 +1,16 @@
+"""The services: vmctl's operations, over the ports of ``vmctl.services.ports``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmctl.services.tokens import TokenService
+from vmctl.services.vms import VmService
+
+
+@dataclass
+class Services:
+    """What the HTTP API (one per worker thread) and the CLI call."""
+
+    vms: VmService
+    tokens: TokenService

@@ -1,0 +1,203 @@
+"""The VM service: the one way into vmctl for the CLI and the HTTP API.
+
+Everything outside (node hypervisors, PostgreSQL, Redis, guests) comes in through the ports of
+``vmctl.services.ports``. Input is checked before anything is touched; once a node has been
+touched, any failure removes what was made (see ``vmctl.services.create``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmctl.core import placement, tokens, validation
+from vmctl.core.addressing import SOURCES
+from vmctl.core.errors import Forbidden, NotFound, Unavailable
+from vmctl.core.inventory import Inventory, Node
+from vmctl.core.records import NewVm, NodeUsage, VmRecord, default_actor
+from vmctl.core.requests import CreateRequest
+from vmctl.services import create as creating
+from vmctl.services import wait as waiting
+from vmctl.services.ports import Cache, Connect, GuestProbe, Hypervisor, Store
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Login:
+    """What `vmctl ssh` needs to log into a VM."""
+
+    user: str
+    ip: str
+    host_key: str
+
+
+@dataclass
+class VmService:
+    inventory: Inventory
+    store: Store
+    cache: Cache
+    connect: Connect
+    probe: GuestProbe
+    progress: Progress = lambda _msg: None
+    actor: str = field(default_factory=default_actor)
+    guest_key: Path | None = None  # private key that logs into guests (asks cloud-init)
+    sources: Sequence[str] = SOURCES  # how to learn addresses when no watcher runs
+    phone_home_base: str | None = None  # the internal API's URL guests call home to, if any
+    default_keys: Sequence[str] = ()  # public keys for guests made without any
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, name: str) -> VmRecord:
+        return self.store.get(validation.name(name))
+
+    def get_in_project(self, name: str, project: str) -> VmRecord:
+        """A VM of ``project``; NotFound for another project's (as if it did not exist)."""
+        vm = self.get(name)
+        if vm.project != project:
+            raise NotFound(f"no VM named {vm.name}")
+        return vm
+
+    def list_vms(
+        self, node: str | None = None, state: str | None = None, project: str | None = None
+    ) -> list[VmRecord]:
+        if node is not None:
+            self.inventory.node(node)  # NotFound for an unknown node
+        return self.store.list(node=node, state=state, project=project)
+
+    def list_contract_json(
+        self, project: str, node: str | None = None, state: str | None = None
+    ) -> str:
+        """The HTTP API's list, as JSON text built by PostgreSQL."""
+        if node is not None:
+            self.inventory.node(node)
+        return self.store.list_contract_json(project, node=node, state=state)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        usage = {u.node: u for u in self.store.usage()}
+        rows = []
+        for load in self.loads(list(usage.values())):
+            free = placement.free(load)
+            rows.append(
+                {
+                    "name": load.name,
+                    "vms": usage[load.name].vms if load.name in usage else 0,
+                    "cpu_used": load.used.cpu,
+                    "cpu_free": free.cpu,
+                    "ram_mb_used": load.used.ram_mb,
+                    "ram_mb_free": free.ram_mb,
+                    "disk_gb_used": load.used.disk_gb,
+                    "disk_gb_free": free.disk_gb,
+                }
+            )
+        return rows
+
+    def login(self, name: str) -> Login:
+        vm = self.get(name)
+        if not vm.ip:
+            raise Unavailable(f"{name} has no known IP address yet (try `vmctl wait {name}`)")
+        if not vm.host_key:
+            raise Unavailable(f"no host key is recorded for {name}")
+        return Login(self.inventory.image(vm.image).default_user, vm.ip, vm.host_key)
+
+    # -- create, wait, delete ----------------------------------------------------------------
+
+    def check(self, req: CreateRequest) -> NewVm:
+        """Everything that can be refused before anything is touched (exit 2 in the CLI)."""
+        return creating.check(self, req)
+
+    def create(self, req: CreateRequest) -> VmRecord:
+        return creating.create(self, req)
+
+    def wait(self, name: str, timeout: float, until: str = "cloud-init") -> VmRecord:
+        return waiting.wait(self, name, timeout, until)
+
+    def delete(self, name: str) -> None:
+        """Remove the VM from the node its PostgreSQL row names (never from where a cache entry
+        says: a stale one would send the delete to a node without the domain), then the row."""
+        record = self.get(name)
+        node = self.inventory.node(record.node)
+        self.store.set_state(record.name, "deleting")
+        try:
+            remove_from_node(self.connect(node), node, record)
+        except Exception as exc:
+            self.store.set_state(record.name, "error")
+            self.store.add_event(
+                record.name, node.name, "delete", "failed", {"actor": self.actor, "cause": str(exc)}
+            )
+            raise
+        self.cache.forget(record.name)
+        self.store.delete(record.name)
+        self.store.add_event(record.name, node.name, "delete", "ok", {"actor": self.actor})
+
+    # -- addresses ---------------------------------------------------------------------------
+
+    def look_now(self, name: str) -> VmRecord:
+        """Look at the VM's node for its address now (the prototype's cron, `POST /ip/`)."""
+        from vmctl.services.watcher import Watcher
+
+        vm = self.get(name)
+        log = logging.getLogger("vmctl.ip")
+        finder = Watcher(self.inventory, self.store, self.cache, self.connect, log, self.sources)
+        _rows, problems = finder.once([vm.name])
+        if problems:
+            raise Unavailable("; ".join(problems))
+        return self.get(vm.name)
+
+    def phone_home(self, name: str, secret: str, source: str) -> bool:
+        """The guest's cloud-init called home from ``source`` with its one-time secret: record
+        the address. Forbidden from outside the VM's subnet or with a wrong secret. True when
+        it changed the recorded address."""
+        from vmctl.services.watcher import change_message
+
+        vm = self.get(name)
+        subnet = self.inventory.node(vm.node).network.subnet
+        try:
+            inside = ipaddress.ip_address(source) in subnet
+        except ValueError:
+            inside = False
+        if not inside:
+            raise Forbidden(f"{name}: a call from {source or 'nowhere'} is not from {subnet}")
+        change = self.store.record_phone_home(vm.name, tokens.digest(secret), source)
+        if change is None:
+            return False
+        self.cache.publish_ip(change_message(change))
+        return True
+
+    def ping(self) -> None:
+        """StoreUnavailable unless PostgreSQL answers (readiness)."""
+        self.store.ping()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def loads(self, usages: Sequence[NodeUsage]) -> list[placement.NodeLoad]:
+        used = {u.node: u for u in usages}
+        return [placement_load(node, used.get(node.name)) for node in self.inventory.nodes]
+
+
+def placement_load(node: Node, usage: NodeUsage | None) -> placement.NodeLoad:
+    """A node of the inventory and what its VMs take, as placement sees it."""
+    none = placement.Resources(0, 0, 0)
+    return placement.NodeLoad(
+        name=node.name,
+        capacity=placement.Resources(
+            node.capacity.cpu, node.capacity.ram_mb, node.capacity.disk_gb
+        ),
+        overcommit_cpu=node.overcommit.cpu,
+        overcommit_ram=node.overcommit.ram,
+        overcommit_disk=node.overcommit.disk,
+        used=placement.Resources(usage.cpu, usage.ram_mb, usage.disk_gb) if usage else none,
+        groups=usage.groups if usage else frozenset(),
+    )
+
+
+def remove_from_node(hv: Hypervisor, node: Node, vm: VmRecord) -> None:
+    """Domain, disks, seed and (managed networks) the DHCP reservation."""
+    if vm.reserved_ip is not None:
+        hv.delete(vm.name, node.storage.directory, node.network.name, vm.mac)
+    else:
+        hv.delete(vm.name, node.storage.directory)

@@ -1,0 +1,260 @@
+"""The watcher: one thread per node and kind of look (``node.NodeWatch``), and the main loop that
+reads the VM list from PostgreSQL, records what the nodes report and announces it; or one pass
+over every node (``Watcher.once``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from vmctl.core.addressing import SOURCES
+from vmctl.core.errors import StoreUnavailable, VmctlError
+from vmctl.core.inventory import Inventory
+from vmctl.core.logfields import fields
+from vmctl.core.records import IpChange, VmRecord
+from vmctl.services.ports import Cache, Connect, Store
+from vmctl.services.watcher.discovery import Found, discover, record
+from vmctl.services.watcher.node import NodeWatch
+from vmctl.services.watcher.shared import Shared
+from vmctl.services.watcher.timing import DEFAULT_TIMING, Timing
+
+KIND = "watch-ip"  # the heartbeat kind
+WATCHED_STATES = ("creating", "running")
+
+
+class Watcher:
+    def __init__(
+        self,
+        inventory: Inventory,
+        store: Store,
+        cache: Cache,
+        connect: Connect,
+        log: logging.Logger,
+        sources: Sequence[str] = SOURCES,
+        timing: Timing = DEFAULT_TIMING,
+        process: str = KIND,
+        connect_agent: Connect | None = None,
+        connect_follow: Connect | None = None,
+        follow: bool = True,
+    ) -> None:
+        self.inventory = inventory
+        self.store = store
+        self.cache = cache
+        self.connect = connect
+        # The agent thread's own connections (an agent that hangs must not hold up the others).
+        self.connect_agent = connect_agent or connect
+        # ... and the lease follower's (a stream that never ends while the node is up).
+        self.connect_follow = connect_follow or connect
+        self.log = log
+        self.sources = tuple(sources)
+        # Leases as the DHCP server writes them: only where a lease is what wins first anyway.
+        self.follow = follow and self.sources[:1] == ("lease",)
+        self.timing = timing
+        self.process = process
+        self._shared = Shared(n.name for n in inventory.nodes)
+        self._unsaved: dict[str, Found] = {}
+        self._store_down = False
+
+    # -- one pass (watch-ip --once, the API's discovery trigger, waiting without a watcher) -----
+
+    def once(self, names: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[str]]:
+        """Look at every node once and record what changed.
+
+        Without ``names``: every VM being watched; rows for the addresses that changed. With
+        ``names``: those VMs, the guest agent asked at once, a row for each address found.
+        Returns (rows, problems): a problem is a node that could not be looked at.
+        """
+        if names:
+            vms = [self.store.get(name) for name in names]  # NotFound for an unknown name
+        else:
+            vms = [vm for vm in self.store.list() if vm.state in WATCHED_STATES]
+        per_node: dict[str, list[VmRecord]] = {}
+        for vm in vms:
+            per_node.setdefault(vm.node, []).append(vm)
+
+        def look(node_name: str) -> list[Found]:
+            node = self.inventory.node(node_name)
+            return discover(
+                self.connect(node),
+                node.network.name,
+                per_node[node_name],
+                self.sources,
+                use_agent=lambda vm: bool(names) or vm.ip_state != "confirmed",
+            )
+
+        rows: list[dict[str, Any]] = []
+        problems: list[str] = []
+        with ThreadPoolExecutor(max(1, len(per_node))) as pool:
+            futures = {name: pool.submit(look, name) for name in per_node}
+        for node_name, future in futures.items():
+            try:
+                found = future.result()
+            except VmctlError as exc:
+                problems.append(f"node {node_name}: {exc}")
+                continue
+            for f in found:
+                change = self._record(f)
+                if change is not None or names:
+                    rows.append(_row(f, change))
+        return rows, problems
+
+    # -- the service ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch until ``stop`` is set."""
+        self.log.info(
+            "watching",
+            extra=fields(
+                nodes=",".join(self._shared.targets),
+                sources=",".join(self.sources),
+                follow=self.follow,
+                process=self.process,
+            ),
+        )
+        workers = self._workers(stop)
+        for worker in workers:
+            worker.start()
+        try:
+            self._main_loop(stop)
+        finally:
+            stop.set()
+            for event in self._shared.wake.values():
+                event.set()
+            for worker in workers:
+                worker.join(timeout=20)
+            with contextlib.suppress(StoreUnavailable):
+                self.store.forget_heartbeat(self.process)
+            self.log.info("stopped", extra=fields(unsaved=len(self._unsaved)))
+
+    def _workers(self, stop: threading.Event) -> list[threading.Thread]:
+        """Per node: the looker, the agent asker (when the agent is a source) and the lease
+        follower (when following)."""
+        workers = []
+        for node in self.inventory.nodes:
+            watch = NodeWatch(
+                node,
+                self._shared,
+                self.sources,
+                self.timing,
+                self.log,
+                self.connect,
+                self.connect_agent,
+                self.connect_follow,
+            )
+            loops = [watch.look_loop]
+            if "agent" in self.sources:
+                loops.append(watch.agent_loop)
+            if self.follow:
+                loops.append(watch.follow_loop)
+            workers += [
+                threading.Thread(target=loop, args=(stop,), name=f"watch-{node.name}", daemon=True)
+                for loop in loops
+            ]
+        return workers
+
+    def _main_loop(self, stop: threading.Event) -> None:
+        t = self.timing
+        results = self._shared.results
+        next_refresh = next_beat = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_refresh:
+                self._refresh()
+                next_refresh = now + t.refresh_s
+            if now >= next_beat:
+                self._heartbeat()
+                next_beat = now + t.heartbeat_s
+            try:
+                found = results.get(timeout=max(0.01, next_refresh - time.monotonic()))
+            except queue.Empty:
+                found = None
+            while found is not None:
+                self._unsaved[found.name] = found  # the newest report for a VM wins
+                try:
+                    found = results.get_nowait()
+                except queue.Empty:
+                    found = None
+            self._flush()
+
+    def _refresh(self) -> None:
+        try:
+            vms = self.store.list()
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            return
+        self._store_back()
+        targets: dict[str, dict[str, VmRecord]] = {name: {} for name in self._shared.targets}
+        for vm in vms:
+            if vm.state in WATCHED_STATES and vm.node in targets:
+                targets[vm.node][vm.name] = vm
+        self._shared.retarget(targets)
+
+    def _flush(self) -> None:
+        for name, found in list(self._unsaved.items()):
+            try:
+                self._record(found)
+            except StoreUnavailable as exc:
+                self._store_failed(exc)
+                return
+            self._store_back()
+            del self._unsaved[name]
+
+    def _record(self, found: Found) -> IpChange | None:
+        change = record(self.store, self.cache, found)
+        if change is None:
+            return None
+        self._shared.confirm(found)
+        level = logging.INFO
+        if change.previous_state == "expected" and change.previous != change.ip:
+            level = logging.WARNING  # the DHCP gave another address than the one reserved
+        self.log.log(
+            level,
+            "ip recorded",
+            extra=fields(
+                vm=change.name,
+                node=change.node,
+                ip=change.ip,
+                previous=change.previous,
+                previous_state=change.previous_state,
+                source=change.source,
+            ),
+        )
+        return change
+
+    def _heartbeat(self) -> None:
+        detail = self._shared.summary()
+        try:
+            self.store.heartbeat(self.process, KIND, {**detail, "unsaved": len(self._unsaved)})
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreUnavailable) -> None:
+        if not self._store_down:
+            self._store_down = True
+            self.log.warning(
+                "PostgreSQL unavailable; addresses are kept until it is back",
+                extra=fields(error=str(exc), unsaved=len(self._unsaved)),
+            )
+
+    def _store_back(self) -> None:
+        if self._store_down:
+            self._store_down = False
+            self.log.info("PostgreSQL reachable again", extra=fields(unsaved=len(self._unsaved)))
+
+
+def _row(found: Found, change: IpChange | None) -> dict[str, Any]:
+    """A row of ``Watcher.once``: the address found and whether it changed anything."""
+    return {
+        "name": found.name,
+        "node": found.node,
+        "ip": found.ip,
+        "previous": change.previous if change else found.ip,
+        "source": found.source,
+        "changed": change is not None,
+    }

@@ -1,0 +1,84 @@
+"""Settings: flag > VMCTL_* environment > config file > defaults.
+
+The config file is TOML (`$VMCTL_CONFIG`, else `~/.config/vmctl/config.toml`) with the same keys
+as the fields below, e.g. `database_url = "postgresql://..."`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from vmctl.core.errors import ConfigError
+
+HOME = Path.home()
+
+
+@dataclass(frozen=True)
+class Settings:
+    inventory: Path = Path("inventory.yaml")
+    database_url: str | None = None
+    redis_url: str | None = None
+    ssh_key: Path = HOME / ".ssh" / "id_ed25519"  # reaches the nodes
+    known_hosts: Path = HOME / ".ssh" / "known_hosts"  # node host keys; guests' are added here
+    guest_ssh_keys: tuple[Path, ...] = ()  # public keys put into guests; default: ssh_key + .pub
+    api_internal_url: str | None = None  # where guests phone home (the internal HAProxy)
+
+    @property
+    def authorized_key_files(self) -> tuple[Path, ...]:
+        return self.guest_ssh_keys or (Path(f"{self.ssh_key}.pub"),)
+
+    def require_database(self) -> str:
+        if not self.database_url:
+            raise ConfigError(
+                "no PostgreSQL URL: set VMCTL_DATABASE_URL, database_url in the config file, "
+                "or --database-url"
+            )
+        return self.database_url
+
+
+def _convert(name: str, value: object, source: str) -> object:
+    if name in ("inventory", "ssh_key", "known_hosts"):
+        return Path(os.path.expanduser(str(value)))
+    if name == "guest_ssh_keys":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{source}: guest_ssh_keys must be a list of paths")
+        return tuple(Path(os.path.expanduser(str(i).strip())) for i in items if str(i).strip())
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: {name} must be a string")
+    return value
+
+
+def load(
+    flags: Mapping[str, object | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    env = os.environ if environ is None else environ
+    path = config_file or Path(
+        env.get("VMCTL_CONFIG", str(HOME / ".config" / "vmctl" / "config.toml"))
+    )
+    names = {f.name for f in fields(Settings)}
+    values: dict[str, object] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})"
+            )
+        values.update({k: _convert(k, v, str(path)) for k, v in data.items()})
+    for name in names:
+        if f"VMCTL_{name.upper()}" in env:
+            values[name] = _convert(name, env[f"VMCTL_{name.upper()}"], f"VMCTL_{name.upper()}")
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _convert(name, value, f"--{name.replace('_', '-')}")
+    return Settings(**values)  # type: ignore[arg-type]
