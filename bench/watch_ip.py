@@ -39,8 +39,8 @@ from labkit import config  # noqa: E402
 from labkit import watcher as lab_watcher  # noqa: E402
 
 from vmctl.adapters.store import PgStore  # noqa: E402
-from vmctl.core.records import NewVm  # noqa: E402
 from vmctl.core import hostkeys  # noqa: E402
+from vmctl.core.records import NewVm  # noqa: E402
 
 VMCTL = str(REPO / ".venv" / "bin" / "vmctl")
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -119,7 +119,11 @@ def leftovers(lab: dict, env: dict[str, str], names: list[str]) -> dict[str, lis
         listing = runner.run(["ls", "-A", guests.STORAGE]).stdout.split()
         found["dirs"] += [f"{node['name']}:{d}" for d in listing if d in names]
         staging = runner.run(["ls", "-A", f"{guests.STORAGE}/.staging"], check=False).stdout
-        found["staging"] += [f"{node['name']}:{s}" for s in staging.split()]
+        # a staging directory is NAME.RANDOM: only this test's names count (a used lab may hold
+        # someone else's, e.g. from an interrupted create)
+        found["staging"] += [
+            f"{node['name']}:{s}" for s in staging.split() if s.rpartition(".")[0] in names
+        ]
         network = runner.run(["virsh", "-q", "net-dumpxml", node["guest_network"]]).stdout
         found["reservations"] += [f"{node['name']}:{n}" for n in names if f"name='{n}'" in network]
     with PgStore(env["VMCTL_DATABASE_URL"]) as store:

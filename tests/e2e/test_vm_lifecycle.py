@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,7 +41,10 @@ def test_create_wait_login_list_delete(
         assert ipaddress.IPv4Address(vm["ip"]) in ipaddress.IPv4Network(node["guest_subnet"])
         assert (vm["ram_mb"], vm["cpu"], vm["disk_gb"]) == (512, 2, 2)
 
-        # Inside the guest: what was asked for (host key verified against the one vmctl made).
+        # Inside the guest: what was asked for (host key verified against the one vmctl made,
+        # handed to ssh without any known_hosts file: none appears at the old predictable path).
+        predictable = Path(tempfile.gettempdir()) / f"vmctl-known_hosts-{os.getuid()}"
+        predictable.unlink(missing_ok=True)
         inside = run_vmctl(
             vmctl_env,
             "ssh",
@@ -50,6 +55,7 @@ def test_create_wait_login_list_delete(
             "findmnt -no FSTYPE,LABEL /dataxfs",
         )
         assert inside.returncode == 0, inside.stderr
+        assert not predictable.exists()
         hostname, cpus, mem_kib, data_bytes, fstype, label = inside.stdout.split()
         assert hostname == "e2e-web-1"
         assert int(cpus) == 2

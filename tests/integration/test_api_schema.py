@@ -36,16 +36,19 @@ from schemathesis.specs.openapi.checks import (
 from starlette.testclient import TestClient
 
 import vmctl.adapters.store
-import vmctl.api
+import vmctl.api.models
 from tests.conftest import fresh_schema
 from vmctl.adapters import db
 from vmctl.adapters.cache import NullCache
+from vmctl.adapters.guest import SshGuestProbe
 from vmctl.adapters.store import PgStore
 from vmctl.api import create_app
 from vmctl.core import tokens
 from vmctl.core.addressing import Observation
 from vmctl.core.errors import StoreUnavailable
 from vmctl.core.inventory import Node, load_inventory
+from vmctl.services import Services
+from vmctl.services.tokens import TokenService
 from vmctl.services.vms import VmService
 
 pytestmark = pytest.mark.integration
@@ -180,18 +183,19 @@ def _serve(pg_url: str, directory: Path) -> Iterator[Api]:
         with lock:
             return hypervisors.setdefault(node.name, FakeHypervisor(node.name))
 
-    def make_service() -> VmService:
+    def make_service() -> Services:
         svc = VmService(
             inventory=inventory,
             store=PgStore(pg_url, actor="api-test@test"),
             cache=NullCache(),
             connect=connect,
+            probe=SshGuestProbe(),
             actor="api-test@test",
             default_keys=[KEY],
         )
         with lock:
             services.append(svc)
-        return svc
+        return Services(vms=svc, tokens=TokenService(svc.store))
 
     app = create_app(make_service, logging.getLogger("test"))
     with PgStore(pg_url, actor="api-test@test") as store:
@@ -261,7 +265,7 @@ def _config(max_examples: int = MAX_EXAMPLES) -> schemathesis.Config:
     )
 
 
-def _unused_service() -> VmService:
+def _unused_service() -> Services:
     raise AssertionError("the app that serves the OpenAPI document at collection gets no calls")
 
 
@@ -651,10 +655,27 @@ def test_the_list_built_by_postgresql_is_what_vm_out_makes(client: TestClient, a
     api.store.set_ip("same-3", "10.9.1.78", "expected")  # one only expected: "unassigned"
     try:
         from_sql = json.loads(api.store.list_contract_json("demo"))
-        from_python = [vmctl.api.vm_out(vm) for vm in api.store.list(project="demo")]
+        from_python = [vmctl.api.models.vm_out(vm) for vm in api.store.list(project="demo")]
         assert from_sql == from_python
         assert [v["IP"] for v in from_sql] == ["unassigned", "10.9.1.77", "unassigned"]
         assert api.store.list_contract_json("nobody") == "[]"
     finally:
         for name in ("same-1", "same-2", "same-3"):
             client.delete(f"/api/v1/vm/{name}")
+
+
+def test_the_document_declares_bearer_auth_on_the_vm_routes() -> None:
+    document = schema.raw_schema
+    schemes = document["components"]["securitySchemes"]
+    assert schemes == {
+        "HTTPBearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token of `vmctl token create --project P`.",
+        }
+    }
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            needs_token = path.startswith(("/api/v1/vm", "/api/v1/ip"))
+            declared = operation.get("security") == [{"HTTPBearer": []}]
+            assert declared == needs_token, (method, path)

@@ -33,6 +33,13 @@ CASES = [
     (["bad-1", "--node", "nope"], "node"),
     (["bad-1", "--count", "0"], "count"),
     (["bad-1", "--group", "A;B"], "group"),
+    # every option is checked before anything is touched (a VM was made, then "stuck after -5 s")
+    (["bad-1", "--wait", "--timeout", "-5"], "timeout"),
+    (["bad-1", "--wait-for", "ip", "--timeout=0"], "timeout"),
+    (["bad-1", "--wait-for", "dhcp"], "wait-for"),
+    (["bad-1", "--user-data", "/nonexistent/user-data"], "user-data"),
+    (["bad-1", "--ssh-key", "/nonexistent/key.pub"], "ssh-key"),
+    (["bad-1", "--ssh-key", "/etc/hostname"], "ssh-key"),
 ]
 NAMES = ["a;reboot", "$(id)", "../x", "-rf", "x" * 64, "wéb", "Web", "bad-1"]
 

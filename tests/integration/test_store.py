@@ -29,23 +29,39 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import fresh_schema
 from vmctl.adapters import db
-from vmctl.adapters.store import NewVm, NodeUsage, Store
-from vmctl.core.errors import CapacityError, Conflict, InvalidInput, NotFound, StoreUnavailable
+from vmctl.adapters.store import PgStore
+from vmctl.core.errors import (
+    CapacityError,
+    ConfigError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StoreUnavailable,
+)
 from vmctl.core.inventory import AddressPool
+from vmctl.core.records import NewVm, NodeUsage
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="session")
+def lab_pg_url(request: pytest.FixtureRequest) -> str:
+    """The lab's PostgreSQL: VMCTL_DATABASE_URL when set (``eval "$(lab/lab env)"``), else the
+    ``lab`` fixture's (which brings the lab up)."""
+    url = os.environ.get("VMCTL_DATABASE_URL")
+    return url or str(request.getfixturevalue("lab")["postgres"]["url"])
+
+
 @pytest.fixture
-def pg_url(lab: dict) -> Iterator[str]:  # type: ignore[type-arg]
-    with fresh_schema(lab["postgres"]["url"]) as url:
+def pg_url(lab_pg_url: str) -> Iterator[str]:
+    with fresh_schema(lab_pg_url) as url:
         yield url
 
 
 @pytest.fixture
-def store(pg_url: str) -> Iterator[Store]:
+def store(pg_url: str) -> Iterator[PgStore]:
     db.upgrade(pg_url)
-    with Store(pg_url, actor="tester@test") as s:
+    with PgStore(pg_url, actor="tester@test") as s:
         yield s
 
 
@@ -115,7 +131,7 @@ def test_stale_yoyo_lock_row_does_not_block_upgrade(pg_url: str) -> None:
 # -- VMs ------------------------------------------------------------------------------------
 
 
-def test_claim_get_list_delete(store: Store) -> None:
+def test_claim_get_list_delete(store: PgStore) -> None:
     seen: list[list[NodeUsage]] = []
 
     def choose(usages: list[NodeUsage]) -> str:
@@ -159,7 +175,7 @@ def test_claim_get_list_delete(store: Store) -> None:
     assert [r.name for r in store.list()] == ["aaa", "db-1"]
 
 
-def test_duplicate_name_is_a_conflict_and_choose_is_not_asked(store: Store) -> None:
+def test_duplicate_name_is_a_conflict_and_choose_is_not_asked(store: PgStore) -> None:
     store.claim(_vm("dup"), lambda _u: "node-a")
 
     def choose(_u: list[NodeUsage]) -> str:
@@ -170,7 +186,7 @@ def test_duplicate_name_is_a_conflict_and_choose_is_not_asked(store: Store) -> N
     assert len(store.list()) == 1
 
 
-def test_choose_raising_records_nothing(store: Store) -> None:
+def test_choose_raising_records_nothing(store: PgStore) -> None:
     def choose(_u: list[NodeUsage]) -> str:
         raise CapacityError("no room")
 
@@ -179,7 +195,7 @@ def test_choose_raising_records_nothing(store: Store) -> None:
     assert store.list() == []
 
 
-def test_name_check_is_enforced_by_the_database(store: Store, pg_url: str) -> None:
+def test_name_check_is_enforced_by_the_database(store: PgStore, pg_url: str) -> None:
     insert = """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image, mac)
                 VALUES (%s, 'n', 'creating', 1, 1, 0, 1, 'i', 'm')"""
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -198,7 +214,7 @@ def test_timestamps_are_utc_whatever_the_session_time_zone(pg_url: str) -> None:
     db.upgrade(pg_url)
     options = conninfo_to_dict(pg_url)["options"]
     elsewhere = make_conninfo(pg_url, options=f"{options} -cTimeZone=America/New_York")
-    with Store(elsewhere) as store:
+    with PgStore(elsewhere) as store:
         rec = store.claim(_vm("clock"), lambda _u: "node-a")
         assert rec.created_at.tzinfo == UTC and rec.updated_at.tzinfo == UTC
         assert rec.created_at == store.get("clock").created_at
@@ -222,7 +238,7 @@ def test_ten_concurrent_claims_for_room_for_five(pg_url: str) -> None:
     outcomes: dict[str, str] = {}
 
     def create(i: int) -> None:
-        with Store(pg_url) as s:
+        with PgStore(pg_url) as s:
             s.usage()  # connect before the race
             barrier.wait()
             try:
@@ -237,13 +253,13 @@ def test_ten_concurrent_claims_for_room_for_five(pg_url: str) -> None:
     for t in threads:
         t.join(60)
     assert sorted(outcomes.values()) == ["capacity"] * 5 + ["ok"] * 5
-    with Store(pg_url) as s:
+    with PgStore(pg_url) as s:
         rows = s.list()
         assert sorted(r.name for r in rows) == sorted(n for n, o in outcomes.items() if o == "ok")
         assert s.usage() == [NodeUsage("node-a", 5, 5 * 512, 5 * 6, frozenset(), 5)]
 
 
-def test_events_are_recorded(store: Store) -> None:
+def test_events_are_recorded(store: PgStore) -> None:
     store.add_event("ev-1", "node-a", "create", "started", {"ram_mb": 512})
     store.add_event("ev-1", "node-a", "create", "ok", {})
     store.add_event("other", None, "placement", "failed", {"cause": "no room"})
@@ -268,16 +284,116 @@ def test_unreachable_postgres_is_store_unavailable_without_password() -> None:
     password = "s3cret-" + secrets.token_hex(8)
     port = _closed_port()
     url = f"postgresql://vmctl:{password}@127.0.0.1:{port}/vmctl"
-    store = Store(url)
-    with pytest.raises(StoreUnavailable) as info:
+    with PgStore(url) as store, pytest.raises(StoreUnavailable) as info:
+        started = time.monotonic()
         store.get("anything")
+    assert time.monotonic() - started < 2  # refused at once: no need to wait for the pool
     message = str(info.value)
+    assert message.endswith("is unreachable: Connection refused"), message
     assert message.startswith(f"PostgreSQL at 127.0.0.1:{port} is unreachable: ")
     assert password not in message
     assert isinstance(info.value.__cause__, psycopg.OperationalError)
     with pytest.raises(StoreUnavailable) as info:
         db.upgrade(url)
     assert password not in str(info.value)
+
+
+def test_building_a_store_costs_nothing_and_a_bad_url_is_a_config_error() -> None:
+    threads = threading.active_count()
+    store = PgStore(f"postgresql://vmctl@127.0.0.1:{_closed_port()}/vmctl")
+    assert threading.active_count() == threads  # no pool, no connection until first used
+    store.close()
+    with PgStore("not a conninfo") as store, pytest.raises(ConfigError):
+        store.ping()
+
+
+def _backends(url: str, application_name: str) -> list[int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_a_connection_that_died_while_idle_is_replaced(pg_url: str) -> None:
+    db.upgrade(pg_url)
+    name = f"vmctl-test-{secrets.token_hex(4)}"
+    with PgStore(make_conninfo(pg_url, application_name=name), max_size=1) as store:
+        store.claim(_vm("idle"), lambda _u: "node-a")
+        [pid] = _backends(pg_url, name)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        assert _backends(pg_url, name) == []
+        assert store.get("idle").state == "creating"
+        assert store.set_state("idle", "running").state == "running"
+        assert len(after := _backends(pg_url, name)) == 1 and after != [pid]
+
+
+def test_work_cut_off_before_commit_is_run_once_more_on_another_connection(
+    store: PgStore,
+) -> None:
+    pids: list[int] = []
+
+    def work(conn: psycopg.Connection[dict[str, object]], cut: int) -> object:
+        pids.append(conn.info.backend_pid)
+        if len(pids) <= cut:  # the connection dies in the middle of the transaction
+            conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        row = conn.execute("SELECT 1 AS one").fetchone()
+        assert row is not None
+        return row["one"]
+
+    assert store._run(lambda c: work(c, cut=1)) == 1
+    assert len(pids) == 2 and pids[0] != pids[1]
+    pids.clear()
+    with pytest.raises(StoreUnavailable, match="is unreachable: terminating connection"):
+        store._run(lambda c: work(c, cut=2))  # once more only
+    assert len(pids) == 2
+    assert store.list() == []  # and the store goes on
+
+
+def test_a_store_shared_by_eight_threads_uses_at_most_max_size_connections(pg_url: str) -> None:
+    db.upgrade(pg_url)
+    name = f"vmctl-test-{secrets.token_hex(4)}"
+    counts: list[int] = []
+    done = threading.Event()
+
+    def count() -> None:
+        while not done.is_set():
+            counts.append(len(_backends(pg_url, name)))
+            time.sleep(0.01)
+
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8, timeout=30)
+
+    def work(store: PgStore, i: int) -> None:
+        try:
+            barrier.wait()
+            for n in range(25):
+                assert store.get("shared").node == "node-a"
+                assert [vm.name for vm in store.list(node="node-a")] == ["shared"]
+                store.add_event("shared", "node-a", "poke", "ok", {"thread": i, "n": n})
+        except BaseException as e:
+            errors.append(e)
+
+    with PgStore(make_conninfo(pg_url, application_name=name), max_size=3) as store:
+        store.claim(_vm("shared"), lambda _u: "node-a")
+        counter = threading.Thread(target=count)
+        counter.start()
+        threads = [threading.Thread(target=work, args=(store, i)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        done.set()
+        counter.join(10)
+        assert errors == []
+        events = store.events("shared")
+        assert len(events) == 8 * 25 == len({e["id"] for e in events})
+        assert {(e["detail"]["thread"], e["detail"]["n"]) for e in events} == {
+            (i, n) for i in range(8) for n in range(25)
+        }
+        assert 2 <= max(counts) <= 3, counts  # the threads did share, never past max_size
+    assert _backends(pg_url, name) == []  # close() closed them all
 
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -320,9 +436,9 @@ def test_store_rides_over_a_postgres_restart_and_outage(
 ) -> None:
     url, pg_ctl = own_postgres
     db.upgrade(url)
-    with Store(url) as store:
+    with PgStore(url) as store:
         store.claim(_vm("survivor"), lambda _u: "node-a")
-        pg_ctl("restart")  # the Store's connection dies; reads and writes reconnect once
+        pg_ctl("restart")  # the PgStore's connection dies; reads and writes reconnect once
         assert store.get("survivor").state == "creating"
         pg_ctl("restart")
         assert store.set_state("survivor", "running").state == "running"
@@ -362,7 +478,7 @@ def test_concurrent_claims_never_get_the_same_address(pg_url: str) -> None:
     got: dict[str, str | None] = {}
 
     def create(i: int) -> None:
-        with Store(pg_url) as s:
+        with PgStore(pg_url) as s:
             s.usage()
             barrier.wait()
             try:
@@ -382,11 +498,11 @@ def test_concurrent_claims_never_get_the_same_address(pg_url: str) -> None:
     addresses = sorted(ip for ip in got.values() if ip)
     assert addresses == ["10.9.0.10", "10.9.0.11", "10.9.0.13", "10.9.0.14"]
     assert list(got.values()).count(None) == 4
-    with Store(pg_url) as s:  # the refused ones left no row
+    with PgStore(pg_url) as s:  # the refused ones left no row
         assert sorted(vm.name for vm in s.list()) == sorted(n for n, ip in got.items() if ip)
 
 
-def test_a_given_back_address_is_handed_out_again_last(store: Store) -> None:
+def test_a_given_back_address_is_handed_out_again_last(store: PgStore) -> None:
     pool = _pool("10.9.0.10", "10.9.0.12")
 
     def claim(name: str) -> str | None:
@@ -403,7 +519,7 @@ def test_a_given_back_address_is_handed_out_again_last(store: Store) -> None:
     assert (vm.ip, vm.ip_state, vm.reserved_ip, vm.ip_pool) == (None, None, None, None)
 
 
-def test_record_ip_confirms_once_and_follows_changes(store: Store) -> None:
+def test_record_ip_confirms_once_and_follows_changes(store: PgStore) -> None:
     pool = _pool("10.9.0.10", "10.9.0.12")
     vm = store.claim(_vm("web", mac="52:54:00:aa:bb:cc"), lambda _u: "n1", pool_of=lambda _n: pool)
     change = store.record_ip("web", "52:54:00:aa:bb:cc", "10.9.0.10", "lease")
@@ -430,7 +546,7 @@ def test_record_ip_confirms_once_and_follows_changes(store: Store) -> None:
     ]
 
 
-def test_heartbeats(store: Store) -> None:
+def test_heartbeats(store: PgStore) -> None:
     assert store.alive("watch-ip", 15) == []
     store.heartbeat("watch-ip@a:1", "watch-ip", {"watched": 3})
     store.heartbeat("watch-ip@a:1", "watch-ip", {"watched": 4})

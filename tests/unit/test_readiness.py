@@ -12,9 +12,9 @@ import pytest
 
 from vmctl.adapters.cache import NullCache, SubscriptionLost
 from vmctl.adapters.guest import SshGuestProbe, status_of
-from vmctl.core.records import VmRecord
 from vmctl.core import readiness as steps
 from vmctl.core.errors import InvalidInput, NotFound, StoreUnavailable
+from vmctl.core.records import VmRecord
 from vmctl.services import readiness
 from vmctl.services.ports import CloudInit
 

@@ -11,6 +11,7 @@ import pytest
 from tests.unit.fakes import KEY, World, world
 from vmctl.core.errors import (
     Conflict,
+    GuestFailed,
     InvalidInput,
     NodeUnreachable,
     NotFound,
@@ -19,6 +20,7 @@ from vmctl.core.errors import (
     Timeout,
 )
 from vmctl.core.requests import CreateRequest
+from vmctl.services.ports import CloudInit
 
 pytestmark = pytest.mark.unit
 
@@ -171,25 +173,34 @@ def test_delete_of_an_unknown_vm_is_not_found() -> None:
 # -- wait --------------------------------------------------------------------------------------
 
 
-def test_wait_until_ssh_answers_with_the_vms_host_key() -> None:
+def booted() -> World:
+    """web-1 made, its address confirmed, SSH answering with its host key."""
     w = world()
     vm = w.svc.create(CreateRequest("web-1", node="kvm1"))
     w.store.vms["web-1"] = replace(vm, ip="10.9.1.5", ip_state="confirmed")
     assert vm.host_key is not None
     w.probe.keys["10.9.1.5"] = " ".join(vm.host_key.split()[:2])
+    return w
+
+
+def test_wait_until_ssh_answers_with_the_vms_host_key() -> None:
+    w = booted()
     got = w.svc.wait("web-1", timeout=5, until="ssh")
     assert got.ip == "10.9.1.5"
     assert any("SSH answers" in line for line in w.told)
 
 
 def test_wait_for_cloud_init_asks_the_probe() -> None:
-    w = world()
-    vm = w.svc.create(CreateRequest("web-1", node="kvm1"))
-    w.store.vms["web-1"] = replace(vm, ip="10.9.1.5", ip_state="confirmed")
-    assert vm.host_key is not None
-    w.probe.keys["10.9.1.5"] = " ".join(vm.host_key.split()[:2])
+    w = booted()
     assert w.svc.wait("web-1", timeout=5).name == "web-1"
     assert any("cloud-init finished" in line for line in w.told)
+
+
+def test_wait_reports_cloud_init_errors() -> None:
+    w = booted()
+    w.probe.init = CloudInit("error", "status: error\nmodule scripts_user failed")
+    with pytest.raises(GuestFailed, match="module scripts_user failed"):
+        w.svc.wait("web-1", timeout=5)
 
 
 def test_wait_times_out_naming_the_step_and_the_console_log() -> None:

@@ -13,6 +13,8 @@ from vmctl.core.errors import ConfigError
 from vmctl.core.inventory import load_inventory
 from vmctl.wiring.settings import Settings
 
+POOL_SIZE = 10  # PostgreSQL connections of one replica
+
 
 def build(settings: Settings, log: logging.Logger) -> FastAPI:
     inventory = load_inventory(settings.inventory)
@@ -21,7 +23,12 @@ def build(settings: Settings, log: logging.Logger) -> FastAPI:
         keys = wiring.authorized_keys(settings)
     except ConfigError:
         keys = []  # API callers then have to send SSHKeys
+    # One pool of PostgreSQL connections for every worker thread (uvicorn runs sync routes on
+    # AnyIO's pool of at most 40 threads; most calls hold a connection for milliseconds).
+    shared = wiring.store(settings, max_size=POOL_SIZE)
     return create_app(
-        lambda: wiring.services(settings, inventory=inventory, tell=log.info, default_keys=keys),
+        lambda: wiring.services(
+            settings, inventory=inventory, tell=log.info, default_keys=keys, shared_store=shared
+        ),
         log,
     )

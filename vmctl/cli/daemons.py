@@ -103,7 +103,7 @@ def serve(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending schema migrations."""
-    from vmctl.adapters import db
+    from vmctl import wiring
 
-    applied = db.upgrade(settings().require_database())
+    applied = wiring.upgrade_database(settings())
     progress(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")

@@ -6,7 +6,6 @@ always arrays in JSON/YAML, times ISO-8601 UTC. Only data goes to stdout.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -112,6 +111,8 @@ def emit(
     out = stream or sys.stdout
     data = _plain(records)
     if fmt is Format.json:
+        import json
+
         out.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
     elif fmt is Format.yaml:
         import yaml

@@ -9,8 +9,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
 
-from vmctl.core.inventory import AddressPool
+if TYPE_CHECKING:  # inventory brings pydantic and yaml: not for `vmctl --help`
+    from vmctl.core.inventory import AddressPool
 
 SOURCES = ("lease", "arp", "agent")  # every way vmctl knows to learn a VM's address
 

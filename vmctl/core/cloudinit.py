@@ -1,15 +1,19 @@
-"""Rendering the NoCloud seed (meta-data, user-data, network-config): pure functions."""
+"""Rendering the NoCloud seed (meta-data, user-data, network-config): pure functions.
+
+jinja2 and email.mime are imported when a seed is rendered, not when this module is imported
+(`vmctl list` reaches it through the services and needs neither).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from vmctl.core.errors import InvalidInput
 from vmctl.core.resources import templates_dir
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Seed:
 
 
 def _env() -> jinja2.Environment:
+    import jinja2
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
@@ -74,6 +80,9 @@ def render(seed: Seed, extra_user_data: str | None = None) -> dict[str, str]:
 
 
 def _multipart(ours: str, theirs: str) -> str:
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+
     if theirs.startswith("#cloud-config"):
         subtype = "cloud-config"
     elif theirs.startswith("#!"):

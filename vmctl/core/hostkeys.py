@@ -1,16 +1,19 @@
-"""SSH keys made by vmctl: guest host keys (so first contact is verified) and known_hosts lines."""
+"""SSH keys made by vmctl: guest host keys (so first contact is verified) and known_hosts lines.
+
+cryptography is imported when a key is made, not when this module is imported.
+"""
 
 from __future__ import annotations
 
 import secrets
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from vmctl.core.cloudinit import HostKey
 
 
 def new_host_key(comment: str) -> HostKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM,

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vmctl.core import validation
-from vmctl.core.errors import ConfigError
+from vmctl.core.errors import ConfigError, InvalidInput
 from vmctl.core.inventory import Inventory, Node, load_inventory
 from vmctl.services import Services
 from vmctl.services.ports import Hypervisor, Store
@@ -37,16 +37,18 @@ def authorized_keys(settings: Settings, extra_files: Sequence[str] | None = None
             text = open(path).read()  # noqa: SIM115 - tiny file
         except OSError as exc:
             raise ConfigError(f"ssh-key: cannot read public key {path}: {exc.strerror}") from exc
-        lines = [line for line in text.splitlines() if line.strip()]
-        keys += validation.public_keys(lines, field=f"ssh-key {path}")
+        try:
+            keys += validation.public_keys([ln for ln in text.splitlines() if ln.strip()])
+        except InvalidInput as exc:
+            raise InvalidInput("ssh-key", f"{path} does not hold OpenSSH public keys") from exc
     return keys
 
 
-def store(settings: Settings) -> Store:
+def store(settings: Settings, max_size: int | None = None) -> Store:
     """psycopg is imported only by commands that reach PostgreSQL."""
-    from vmctl.adapters.store import PgStore
+    from vmctl.adapters.store import MAX_SIZE, PgStore
 
-    return PgStore(settings.require_database())
+    return PgStore(settings.require_database(), max_size=max_size or MAX_SIZE)
 
 
 def vm_service(
@@ -55,15 +57,16 @@ def vm_service(
     inventory: Inventory | None = None,
     tell: Callable[[str], None] | None = None,
     default_keys: Sequence[str] = (),
+    shared_store: Store | None = None,
 ) -> VmService:
     """The VmService of one command (or of one API worker thread: ``inventory`` loaded once,
-    progress to the log)."""
+    one store, with its pool of connections, shared by every thread; progress to the log)."""
     from vmctl.adapters.cache import open_cache
     from vmctl.adapters.guest import SshGuestProbe
 
     return VmService(
         inventory=inventory or load_inventory(settings.inventory),
-        store=store(settings),
+        store=shared_store or store(settings),
         cache=open_cache(settings.redis_url, warn),
         connect=connector(settings),
         probe=SshGuestProbe(),
@@ -79,9 +82,19 @@ def services(
     inventory: Inventory | None = None,
     tell: Callable[[str], None] | None = None,
     default_keys: Sequence[str] = (),
+    shared_store: Store | None = None,
 ) -> Services:
-    vms = vm_service(settings, inventory=inventory, tell=tell, default_keys=default_keys)
+    vms = vm_service(
+        settings, inventory=inventory, tell=tell, default_keys=default_keys, shared_store=shared_store
+    )
     return Services(vms=vms, tokens=TokenService(vms.store))
+
+
+def upgrade_database(settings: Settings) -> list[str]:
+    """Apply pending schema migrations (yoyo); the ids applied."""
+    from vmctl.adapters import db
+
+    return db.upgrade(settings.require_database())
 
 
 def token_service(settings: Settings) -> TokenService:

@@ -7,7 +7,6 @@ as the fields below, e.g. `database_url = "postgresql://..."`.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -65,6 +64,8 @@ def load(
     names = {f.name for f in fields(Settings)}
     values: dict[str, object] = {}
     if path.exists():
+        import tomllib  # ~5 ms of regexes: only when there is a config file
+
         try:
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -8,6 +8,7 @@ returns rows as dicts; each method runs in one explicit transaction of its own.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,11 @@ WAIT_S = 5.0  # how long a call waits for a connection before it is StoreUnavail
 CONNECT_TIMEOUT_S = 4  # each attempt to connect: below WAIT_S, so a waiting call learns why
 RECONNECT_S = 5.0  # how long the pool retries on its own; then it connects when asked again
 _POLL_S = 0.1  # how often a waiting call looks whether the pool's attempts to connect failed
+
+# The pool's workers log each failed attempt to connect as a warning. Calls report an outage as
+# StoreUnavailable already: unless the application configures logging, keep them off stderr
+# (without a handler of its own, Python would print them bare, amid the CLI's output).
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 
 def utc(value: datetime) -> datetime:
@@ -150,7 +156,11 @@ class StoreBase:
                 error = self._attempts.failure_since(failures)
                 if error is None and time.monotonic() < deadline:
                     continue
-                cause = error or self._attempts.error or e
+                cause = error or self._attempts.error
+                if cause is None:  # busy, or slow to connect: the pool's message gives the slice
+                    busy = f"no connection ({self.max_size} at most) free within {WAIT_S:g} s"
+                    cause = PoolTimeout(busy)
+                    cause.__cause__ = e
                 raise db.unreachable(self._url, cause) from cause
 
     @contextmanager
