@@ -3,17 +3,23 @@
 Times `vmctl --version`, `vmctl --help`, `vmctl list` (against the lab, whose settings come from
 `lab/lab env`; skipped with a note when the lab is not up) and, for reference, `virsh --version`
 and the bare interpreter (`python -c pass`: start-up plus `site`, the floor of any Python command
-here). The commands alternate round-robin, RUNS rounds; the table gives min/median/max wall time
-and the median peak RSS (per process, from `os.wait4`). Then it lists the top importers of each
-vmctl command from `python -X importtime` (median of a few runs).
+here). The commands alternate round-robin, RUNS rounds after one untimed round; the table gives
+min/median/max wall time and the median peak RSS (of each process, from `os.wait4`). Then it
+lists the top importers of each vmctl command from `python -X importtime` (medians of a few runs).
+
+`--tree LABEL=DIR` (repeatable) also times the vmctl commands of another checkout, DIR first on
+PYTHONPATH, in the same rounds: a before/after in one window. For example the code before the
+start-up work:
+
+    mkdir /tmp/before && git archive e10719e vmctl templates | tar -x -C /tmp/before
 
 Users install a wheel, whose bytecode is compiled at install time. This machine sets
-PYTHONDONTWRITEBYTECODE=1, so before timing anything the bench compiles the vmctl package and the
+PYTHONDONTWRITEBYTECODE=1, so before timing anything the bench compiles vmctl and the
 interpreter's site-packages (`python -m compileall -q`), runs each command once with bytecode
-writing allowed (for any other module it imports), and reports how many of the imported modules
-then have an up-to-date .pyc.
+writing allowed (for modules elsewhere, e.g. the standard library), and reports how many of the
+modules each command imports then have an up-to-date .pyc.
 
-    .venv/bin/python bench/cli_start.py --runs 20
+    .venv/bin/python bench/cli_start.py --runs 20 [--tree before=/tmp/before] [--json]
     .venv/bin/python bench/cli_start.py --list-env environ   # list against $VMCTL_* instead
 
 Stdlib only.
@@ -38,8 +44,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 LAB = REPO / "lab" / "lab"
 VMCTL_COMMANDS = {"--version": ["--version"], "--help": ["--help"], "list": ["list"]}
+HEAVY = ("fastapi", "uvicorn", "fabric", "paramiko", "psycopg", "jinja2", "cryptography")
 
-# Runs `vmctl ARGS` in-process like the console script does (exit status ignored).
+# `vmctl ARGS` in-process, as the console script runs it (its exit status ignored). Run with
+# `python -P` so that the current directory does not come first on sys.path.
 RUN_CLI = (
     "import sys; sys.argv = ['vmctl', *{args!r}]\n"
     "from vmctl.cli import main\n"
@@ -48,7 +56,7 @@ RUN_CLI = (
     "except SystemExit:\n"
     "    pass\n"
 )
-# ...then counts the imported modules whose source has no up-to-date .pyc next to it.
+# ...then: how many imported modules have an up-to-date .pyc next to their source.
 CHECK_PYC = """
 import importlib.util, os
 stale = []
@@ -71,6 +79,7 @@ class Command:
     label: str
     argv: list[str]
     env: dict[str, str]
+    vmctl_args: list[str] | None = None  # a vmctl command: what `RUN_CLI` runs in-process
     times: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -80,7 +89,7 @@ def vmctl_python(vmctl: Path) -> str:
     """The interpreter of the vmctl console script (its #! line), else this one."""
     try:
         first = vmctl.read_text().splitlines()[0]
-    except (OSError, IndexError):
+    except (OSError, IndexError, UnicodeDecodeError):
         return sys.executable
     return first[2:].strip() if first.startswith("#!") and "python" in first else sys.executable
 
@@ -102,27 +111,30 @@ def lab_env() -> tuple[dict[str, str] | None, str]:
     return env, "the lab (`lab/lab env`)"
 
 
-def compile_bytecode(python: str, env: dict[str, str]) -> str:
-    """Compile vmctl and the interpreter's site-packages once; return what was compiled."""
-    where = subprocess.run(
-        [
-            python,
-            "-c",
-            "import os, sysconfig, vmctl; paths = sysconfig.get_paths(); "
-            "print(os.path.dirname(vmctl.__file__)); print(paths['purelib']); "
-            "print(paths['platlib'])",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout.split()
-    dirs = list(dict.fromkeys(d for d in where if os.path.isdir(d)))
+def compile_bytecode(python: str, envs: list[dict[str, str]]) -> str:
+    """Compile each tree's vmctl and the interpreter's site-packages; say what was compiled."""
+    dirs: list[str] = []
+    for env in envs:
+        where = subprocess.run(
+            [
+                python,
+                "-P",
+                "-c",
+                "import os, sysconfig, vmctl; paths = sysconfig.get_paths(); "
+                "print(os.path.dirname(vmctl.__file__)); print(paths['purelib']); "
+                "print(paths['platlib'])",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout.split()
+        dirs += [d for d in where if os.path.isdir(d)]
+    dirs = list(dict.fromkeys(dirs))
     started = time.perf_counter()
-    subprocess.run([python, "-m", "compileall", "-q", "-j", "0", *dirs], env=env, check=False)
-    return (
-        f"`python -m compileall -q` over {', '.join(dirs)} ({time.perf_counter() - started:.1f} s)"
-    )
+    subprocess.run([python, "-m", "compileall", "-q", "-j", "0", *dirs], check=False)
+    took = time.perf_counter() - started
+    return f"`python -m compileall -q` over {', '.join(dirs)} ({took:.1f} s)"
 
 
 def warm_up(python: str, commands: list[Command]) -> list[str]:
@@ -130,21 +142,21 @@ def warm_up(python: str, commands: list[Command]) -> list[str]:
     every module it imported has an up-to-date .pyc. Returns one line per command."""
     lines = []
     for cmd in commands:
-        if cmd.label not in VMCTL_COMMANDS:
+        if cmd.vmctl_args is None:
             continue
         env = {k: v for k, v in cmd.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        code = RUN_CLI.format(args=VMCTL_COMMANDS[cmd.label])
-        subprocess.run([python, "-c", code], env=env, capture_output=True, check=False)
+        code = RUN_CLI.format(args=cmd.vmctl_args)
+        subprocess.run([python, "-P", "-c", code], env=env, capture_output=True, check=False)
         out = subprocess.run(
-            [python, "-c", code + CHECK_PYC], env=cmd.env, capture_output=True, text=True
+            [python, "-P", "-c", code + CHECK_PYC], env=cmd.env, capture_output=True, text=True
         )
         found = [ln for ln in out.stderr.splitlines() if ln.startswith("PYC ")]
         if not found:
-            lines.append(f"{cmd.label}: could not check bytecode")
+            lines.append(f"`{cmd.label}`: could not check the bytecode")
             continue
-        _, total, stale, *names = found[-1].split(" ", 3)
-        extra = f" (without: {names[0]})" if int(stale) else ""
-        lines.append(f"`vmctl {cmd.label}`: {int(total) - int(stale)}/{total} modules{extra}")
+        _, total, stale, names = found[-1].split(" ", 3)
+        without = f" (without: {names})" if int(stale) else ""
+        lines.append(f"`{cmd.label}` {int(total) - int(stale)}/{total} modules{without}")
     return lines
 
 
@@ -175,45 +187,55 @@ def run_once(cmd: Command) -> None:
     cmd.rss_kib.append(usage.ru_maxrss)  # KiB on Linux
 
 
+def parse_importtime(stderr: str) -> list[tuple[str, int, int, str]]:
+    """(module, cumulative µs, self µs, imported by) of each `-X importtime` line."""
+    lines = []
+    for line in stderr.splitlines():
+        match = IMPORT_LINE.match(line)
+        if match:
+            own, cumulative, indent, name = match.groups()
+            lines.append((name, int(cumulative), int(own), (len(indent) - 1) // 2))
+    # A module's line follows its imports' lines: read backwards, the importer comes first.
+    rows = []
+    last_at_depth: dict[int, str] = {}
+    for name, cumulative, own, depth in reversed(lines):
+        last_at_depth[depth] = name
+        rows.append((name, cumulative, own, last_at_depth.get(depth - 1, "") if depth else ""))
+    return rows
+
+
 def importers(python: str, cmd: Command, runs: int, top: int) -> dict[str, Any]:
-    """The top `top` modules by cumulative import time (median of `runs` runs, in ms)."""
-    samples: dict[str, list[tuple[int, int, int]]] = {}
+    """The `top` modules by cumulative import time (medians of `runs` runs, in ms)."""
+    assert cmd.vmctl_args is not None
+    samples: dict[str, list[tuple[int, int, str]]] = {}
     totals = []
     for _ in range(runs):
         out = subprocess.run(
-            [python, "-X", "importtime", "-c", RUN_CLI.format(args=VMCTL_COMMANDS[cmd.label])],
+            [python, "-P", "-X", "importtime", "-c", RUN_CLI.format(args=cmd.vmctl_args)],
             env=cmd.env,
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
         )
-        total = 0
-        for line in out.stderr.splitlines():
-            match = IMPORT_LINE.match(line)
-            if not match:
-                continue
-            own, cumulative, indent, name = match.groups()
-            depth = (len(indent) - 1) // 2
-            samples.setdefault(name, []).append((int(cumulative), int(own), depth))
-            if depth == 0:
-                total += int(cumulative)
-        totals.append(total)
-    rows: list[dict[str, Any]] = [
+        rows = parse_importtime(out.stderr)
+        for name, cumulative, own, parent in rows:
+            samples.setdefault(name, []).append((cumulative, own, parent))
+        totals.append(sum(cumulative for _, cumulative, _, parent in rows if not parent))
+    table: list[dict[str, Any]] = [
         {
             "module": name,
             "cumulative_ms": statistics.median(s[0] for s in values) / 1000,
             "self_ms": statistics.median(s[1] for s in values) / 1000,
-            "depth": values[0][2],
+            "imported_by": values[0][2],
         }
         for name, values in samples.items()
     ]
-    rows.sort(key=lambda row: -row["cumulative_ms"])
-    heavy = ("fastapi", "uvicorn", "fabric", "paramiko", "psycopg", "jinja2", "cryptography")
+    table.sort(key=lambda row: -row["cumulative_ms"])
     return {
         "total_ms": statistics.median(totals) / 1000 if totals else 0.0,
         "modules": len(samples),
-        "heavy": [name for name in heavy if name in samples],
-        "top": rows[:top],
+        "heavy": [name for name in HEAVY if name in samples],
+        "top": table[:top],
     }
 
 
@@ -234,7 +256,7 @@ def markdown(report: dict[str, Any]) -> str:
     out = [
         f"CLI start-up, {report['when']}, {report['machine']}",
         f"vmctl: {report['vmctl']} (python {report['python_version']})",
-        f"bytecode: {report['bytecode']['compiled']}; then with a .pyc: "
+        f"bytecode: {report['bytecode']['compiled']}; modules with a .pyc then: "
         + "; ".join(report["bytecode"]["check"]),
         f"`vmctl list` against: {report['list_env']}",
         "",
@@ -243,7 +265,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for row in report["results"]:
         if not row["runs"]:
-            out.append(f"| {row['label']} | 0 | failed: {'; '.join(row['failures'][:1])} | | | |")
+            out.append(f"| {row['label']} | 0 | failed: {row['failures'][0]} | | | |")
             continue
         out.append(
             f"| {row['label']} | {row['runs']} | {row['min_s']:.3f} s | **{row['median_s']:.3f} s**"
@@ -251,23 +273,21 @@ def markdown(report: dict[str, Any]) -> str:
         )
     for row in report["results"]:
         if row["failures"]:
-            out.append(
-                f"\n{row['label']}: {len(row['failures'])} failed run(s): {row['failures'][0]}"
-            )
+            out.append(f"\n{row['label']}: {len(row['failures'])} failed: {row['failures'][0]}")
     for label, imp in report["importers"].items():
         heavy = ", ".join(imp["heavy"]) or "none"
         out += [
             "",
-            f"Top importers of `vmctl {label}` (`-X importtime`, median of "
-            f"{report['importtime_runs']}; {imp['modules']} modules, {imp['total_ms']:.0f} ms in "
-            f"imports; of fastapi/uvicorn/fabric/paramiko/psycopg/jinja2/cryptography: {heavy}):",
+            f"Top importers of `{label}` (`-X importtime`, medians of {report['importtime_runs']}"
+            f" runs; {imp['modules']} modules, {imp['total_ms']:.0f} ms importing; of "
+            f"{'/'.join(HEAVY)}: {heavy}):",
             "",
-            "| module | cumulative | self |",
-            "|---|---|---|",
+            "| module | cumulative | self | imported by |",
+            "|---|---|---|---|",
         ]
         out += [
-            f"| {'· ' * row['depth']}{row['module']} | {row['cumulative_ms']:.1f} ms"
-            f" | {row['self_ms']:.1f} ms |"
+            f"| {row['module']} | {row['cumulative_ms']:.1f} ms | {row['self_ms']:.1f} ms"
+            f" | {row['imported_by'] or '(top level)'} |"
             for row in imp["top"]
         ]
     out += [f"\n{note}" for note in report["notes"]]
@@ -278,9 +298,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="rounds (at least 10); default 20")
     parser.add_argument("--vmctl", type=Path, default=REPO / ".venv" / "bin" / "vmctl")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also time the vmctl commands with DIR (holding vmctl/) first on PYTHONPATH",
+    )
     parser.add_argument("--virsh", default="virsh", help="the reference command's program")
     parser.add_argument("--top", type=int, default=10, help="importers listed per command")
-    parser.add_argument("--importtime-runs", type=int, default=5)
+    parser.add_argument("--importtime-runs", type=int, default=5, metavar="N")
     parser.add_argument(
         "--list-env",
         choices=["lab", "environ"],
@@ -292,15 +319,17 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 10:
         parser.error("--runs must be at least 10 (medians of fewer runs are noise here)")
+    trees: list[tuple[str, str]] = [("", "")]
+    for spec in args.tree:
+        label, sep, where = spec.partition("=")
+        if not sep or not (Path(where) / "vmctl" / "__init__.py").is_file():
+            parser.error(f"--tree {spec}: expected LABEL=DIR with DIR/vmctl/__init__.py")
+        trees.append((label, str(Path(where).resolve())))
     vmctl = args.vmctl.resolve()
     python = vmctl_python(vmctl)
     base = dict(os.environ)
     notes: list[str] = []
 
-    commands = [
-        Command("--version", [str(vmctl), "--version"], base),
-        Command("--help", [str(vmctl), "--help"], base),
-    ]
     if args.list_env == "lab":
         lab, list_env = lab_env()
     else:
@@ -308,12 +337,24 @@ def main() -> int:
     if lab is None:
         notes.append(f"`vmctl list` skipped: {list_env}")
         list_env = "skipped (lab not up)"
-    else:
-        commands.append(Command("list", [str(vmctl), "list"], {**base, **lab}))
+    commands = []
+    for label, where in trees:
+        env = {**base, "PYTHONPATH": where} if where else base
+        for name, vmctl_args in VMCTL_COMMANDS.items():
+            if name == "list" and lab is None:
+                continue
+            commands.append(
+                Command(
+                    f"vmctl {name}" + (f" ({label})" if label else ""),
+                    [str(vmctl), *vmctl_args],
+                    {**env, **lab} if name == "list" and lab else env,
+                    vmctl_args,
+                )
+            )
     commands.append(Command("python -c pass", [python, "-c", "pass"], base))
     commands.append(Command("virsh --version", [args.virsh, "--version"], base))
 
-    compiled = compile_bytecode(python, base)
+    compiled = compile_bytecode(python, [cmd.env for cmd in commands if cmd.vmctl_args])
     check = warm_up(python, commands)
     for cmd in commands:  # one untimed round: page cache, the lab's connections
         run_once(cmd)
@@ -325,12 +366,13 @@ def main() -> int:
     imports = {
         cmd.label: importers(python, cmd, args.importtime_runs, args.top)
         for cmd in commands
-        if cmd.label in VMCTL_COMMANDS
+        if cmd.vmctl_args is not None
     }
     report = {
         "when": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{platform.platform()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}",
         "vmctl": str(vmctl),
+        "trees": {label: where for label, where in trees if label},
         "python_version": platform.python_version(),
         "bytecode": {"compiled": compiled, "check": check},
         "list_env": list_env,

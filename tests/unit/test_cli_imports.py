@@ -22,7 +22,17 @@ NOT_FOR_HELP = (
     *("fastapi", "uvicorn", "fabric", "paramiko", "psycopg", "jinja2", "cryptography"),
     *("pydantic", "yaml", "rich", "redis"),  # the inventory, tables, the cache
 )
-NOT_FOR_LIST = ("fastapi", "uvicorn", "fabric", "paramiko", "jinja2", "cryptography")
+NOT_FOR_LIST = (
+    "fastapi",
+    "uvicorn",
+    "fabric",
+    "paramiko",
+    "jinja2",
+    "cryptography",
+    "redis",
+    "yoyo",
+    "yaml",
+)
 MARK = "IMPORTED:"
 
 RUN = """
@@ -110,22 +120,7 @@ def list_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, set[str]
     return cli("list", env=env)
 
 
-_EAGER_WIRING = pytest.mark.xfail(
-    strict=True,
-    reason="wiring.vm_service imports vmctl.adapters.guest (paramiko, which brings "
-    "cryptography) for every command; remove this mark once the guest probe is imported lazily",
-)
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        pytest.param(module, marks=_EAGER_WIRING)
-        if module in ("paramiko", "cryptography")
-        else module
-        for module in NOT_FOR_LIST
-    ],
-)
+@pytest.mark.parametrize("module", NOT_FOR_LIST)
 def test_list_imports_no_ssh_template_or_web_library(
     list_run: tuple[object, set[str]], module: str
 ) -> None:

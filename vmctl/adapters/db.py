@@ -19,7 +19,6 @@ from urllib.parse import urlencode
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
-from yoyo import get_backend, read_migrations
 
 from vmctl.core.errors import ConfigError, StoreUnavailable, Timeout
 
@@ -95,6 +94,8 @@ def upgrade(url: str, lock_timeout_s: float = 120.0) -> list[str]:
     Raises StoreUnavailable if PostgreSQL cannot be reached, Timeout if another process held
     the migration lock for longer than ``lock_timeout_s``.
     """
+    from yoyo import read_migrations  # only `vmctl db upgrade` needs yoyo
+
     migrations = read_migrations(str(MIGRATIONS_DIR))
     try:
         with _yoyo_backend(url) as backend:
@@ -132,6 +133,8 @@ def _advisory_lock(conn: Any, url: str, timeout_s: float) -> None:
 @contextmanager
 def _yoyo_backend(url: str) -> Iterator[Any]:
     """yoyo's backend for ``url``; its connection is closed on leaving."""
+    from yoyo import get_backend
+
     backend = get_backend(_yoyo_uri(url))
     try:
         yield backend

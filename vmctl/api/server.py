@@ -10,14 +10,13 @@ from fastapi import FastAPI
 from vmctl import wiring
 from vmctl.api.app import create_app
 from vmctl.core.errors import ConfigError
-from vmctl.core.inventory import load_inventory
 from vmctl.wiring.settings import Settings
 
 POOL_SIZE = 10  # PostgreSQL connections of one replica
 
 
 def build(settings: Settings, log: logging.Logger) -> FastAPI:
-    inventory = load_inventory(settings.inventory)
+    inventory = wiring.load_inventory(settings)
     settings.require_database()
     try:
         keys = wiring.authorized_keys(settings)

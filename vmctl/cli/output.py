@@ -122,13 +122,41 @@ def emit(
         width = max(len(h) for _, h in columns)
         for key, heading in columns:
             out.write(f"{heading:<{width}}  {_cell(records.get(key))}\n")
+    elif out.isatty():
+        _rich_table(records, columns, out)
     else:
-        from rich.console import Console
-        from rich.table import Table
+        out.write(plain_table(records, columns) or _rich_table(records, columns, out))
 
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for _, heading in columns:
-            table.add_column(heading)
-        for record in records:
-            table.add_row(*(_cell(record.get(key)) for key, _ in columns))
-        Console(file=out, soft_wrap=True, width=200 if not out.isatty() else None).print(table)
+
+PIPE_WIDTH = 200  # the width of a table written to a pipe or a file
+
+
+def plain_table(records: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """The table rich writes to a pipe (no box, columns two spaces apart, cells padded), made
+    without importing rich: scripts that read `vmctl list` pay nothing for it. Empty when the
+    table needs rich (cells that are not plain ASCII, or wider than PIPE_WIDTH)."""
+    rows = [[heading for _, heading in columns]]
+    rows += [[_cell(record.get(key)) for key, _ in columns] for record in records]
+    if not all(cell.isascii() and cell.isprintable() for row in rows for cell in row):
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    if sum(widths) + 2 * (len(widths) - 1) > PIPE_WIDTH:
+        return ""
+    return "".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + "\n" for row in rows
+    )
+
+
+def _rich_table(
+    records: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], out: IO[str]
+) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for _, heading in columns:
+        table.add_column(heading)
+    for record in records:
+        table.add_row(*(_cell(record.get(key)) for key, _ in columns))
+    Console(file=out, soft_wrap=True, width=None if out.isatty() else PIPE_WIDTH).print(table)
+    return ""

@@ -12,7 +12,6 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, NoReturn
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -282,6 +281,8 @@ def _unknown(kind: str, name: str, known: Any) -> str:
 
 def load_inventory(path: Path) -> Inventory:
     """Read and check the inventory at `path`; ConfigError naming file, node and key if wrong."""
+    import yaml  # only commands that read the inventory pay for it
+
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as error:

@@ -3,15 +3,19 @@ image) and the key path of each problem."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic_core import ErrorDetails
+
+if TYPE_CHECKING:
+    import yaml
 
 CUSTOM = "vmctl_inventory"  # the pydantic error type of the checks written in inventory.py
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
+    import yaml
+
     if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
         mark = error.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}"

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, cast
 from vmctl.core import cloudinit, hostkeys, placement, tokens, validation
 from vmctl.core.domainxml import GuestSpec
 from vmctl.core.errors import Conflict, InvalidInput, NotFound
-from vmctl.core.inventory import Node
 from vmctl.core.nodecmd import Disks, Reservation
 from vmctl.core.records import NewVm, VmRecord
 from vmctl.core.requests import CreateRequest
 from vmctl.services.ports import Hypervisor
 
 if TYPE_CHECKING:
+    from vmctl.core.inventory import Node
     from vmctl.services.vms import VmService
 
 

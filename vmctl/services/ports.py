@@ -11,13 +11,15 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vmctl.core.addressing import Lease, Observation
 from vmctl.core.domainxml import GuestSpec
-from vmctl.core.inventory import AddressPool, Node
 from vmctl.core.nodecmd import Disks, Reservation
 from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
+
+if TYPE_CHECKING:
+    from vmctl.core.inventory import AddressPool, Node
 
 # -- a node -----------------------------------------------------------------------------------
 
@@ -209,4 +211,4 @@ class Cache(Protocol):
     def subscribe_ip(self) -> Subscription | None: ...
 
 
-Connect = Callable[[Node], Hypervisor]  # a node of the inventory -> its hypervisor
+Connect = Callable[["Node"], Hypervisor]  # a node of the inventory -> its hypervisor

@@ -12,17 +12,19 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmctl.core import placement, tokens, validation
 from vmctl.core.addressing import SOURCES
 from vmctl.core.errors import Forbidden, NotFound, Unavailable
-from vmctl.core.inventory import Inventory, Node
 from vmctl.core.records import NewVm, NodeUsage, VmRecord, default_actor
 from vmctl.core.requests import CreateRequest
 from vmctl.services import create as creating
 from vmctl.services import wait as waiting
 from vmctl.services.ports import Cache, Connect, GuestProbe, Hypervisor, Store
+
+if TYPE_CHECKING:
+    from vmctl.core.inventory import Inventory, Node
 
 Progress = Callable[[str], None]
 

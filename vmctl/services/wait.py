@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 from vmctl.core import validation
 from vmctl.core.errors import ConfigError, GuestFailed, Timeout, VmctlError
-from vmctl.core.inventory import Node
 from vmctl.core.readiness import check_step, stuck
 from vmctl.core.records import VmRecord
 from vmctl.services import readiness
 from vmctl.services.watcher import KIND, discover, record
 
 if TYPE_CHECKING:
+    from vmctl.core.inventory import Node
     from vmctl.services.vms import VmService
 
 WATCHER_ALIVE_S = 15.0  # a watch-ip whose heartbeat is older than this is taken to be gone

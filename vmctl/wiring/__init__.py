@@ -8,16 +8,45 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from vmctl.core import validation
 from vmctl.core.errors import ConfigError, InvalidInput
-from vmctl.core.inventory import Inventory, Node, load_inventory
 from vmctl.services import Services
-from vmctl.services.ports import Hypervisor, Store
+from vmctl.services.ports import Cache, GuestProbe, Hypervisor, Store
 from vmctl.services.tokens import TokenService
 from vmctl.services.vms import VmService
 from vmctl.services.watcher import KIND, Watcher
 from vmctl.wiring.settings import Settings
+
+if TYPE_CHECKING:
+    from vmctl.core.inventory import Inventory, Node
+
+T = TypeVar("T")
+
+
+def lazy(make: Callable[[], T]) -> T:
+    """Something of ``kind`` made on first use: a command imports only the adapters (and reads
+    only the files) it uses, so `vmctl list` loads neither Redis, paramiko nor the inventory."""
+    return cast(T, _Lazy(make))
+
+
+class _Lazy:
+    def __init__(self, make: Callable[[], object]) -> None:
+        self._make = make
+        self._made: object | None = None
+
+    def __getattr__(self, name: str) -> object:
+        if self._made is None:
+            self._made = self._make()
+        return getattr(self._made, name)
+
+
+def load_inventory(settings: Settings) -> Inventory:
+    """pydantic and yaml are imported only by commands that read the inventory."""
+    from vmctl.core.inventory import load_inventory as load
+
+    return load(settings.inventory)
 
 
 def progress(message: str) -> None:
@@ -61,15 +90,23 @@ def vm_service(
 ) -> VmService:
     """The VmService of one command (or of one API worker thread: ``inventory`` loaded once,
     one store, with its pool of connections, shared by every thread; progress to the log)."""
-    from vmctl.adapters.cache import open_cache
-    from vmctl.adapters.guest import SshGuestProbe
+
+    def cache() -> Cache:
+        from vmctl.adapters.cache import open_cache
+
+        return open_cache(settings.redis_url, warn)
+
+    def probe() -> GuestProbe:
+        from vmctl.adapters.guest import SshGuestProbe
+
+        return SshGuestProbe()
 
     return VmService(
-        inventory=inventory or load_inventory(settings.inventory),
+        inventory=inventory or lazy(lambda: load_inventory(settings)),
         store=shared_store or store(settings),
-        cache=open_cache(settings.redis_url, warn),
+        cache=lazy(cache),
         connect=connector(settings),
-        probe=SshGuestProbe(),
+        probe=lazy(probe),
         progress=tell or ((lambda _m: None) if quiet else progress),
         guest_key=settings.ssh_key,
         phone_home_base=settings.api_internal_url,
@@ -85,7 +122,11 @@ def services(
     shared_store: Store | None = None,
 ) -> Services:
     vms = vm_service(
-        settings, inventory=inventory, tell=tell, default_keys=default_keys, shared_store=shared_store
+        settings,
+        inventory=inventory,
+        tell=tell,
+        default_keys=default_keys,
+        shared_store=shared_store,
     )
     return Services(vms=vms, tokens=TokenService(vms.store))
 
@@ -107,7 +148,7 @@ def watcher(
     from vmctl.adapters.cache import open_cache
 
     return Watcher(
-        inventory=load_inventory(settings.inventory),
+        inventory=load_inventory(settings),
         store=store(settings),
         cache=open_cache(settings.redis_url, log.warning, notice=log.info),
         connect=connector(settings),

@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import asdict
 from ipaddress import IPv4Address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -15,8 +15,10 @@ from vmctl.adapters import db
 from vmctl.adapters.store.base import Connection, StoreBase, vm_record
 from vmctl.core import addressing
 from vmctl.core.errors import CapacityError, Conflict, InvalidInput, NotFound
-from vmctl.core.inventory import AddressPool
 from vmctl.core.records import IP_STATES, STATES, NewVm, NodeUsage, VmRecord
+
+if TYPE_CHECKING:
+    from vmctl.core.inventory import AddressPool
 
 _USAGE_SQL = """
     SELECT node, sum(cpu) AS cpu, sum(ram_mb) AS ram_mb, sum(disk_gb + root_gb) AS disk_gb,

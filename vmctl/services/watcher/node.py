@@ -8,10 +8,10 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from vmctl.core.addressing import Lease, Observation
 from vmctl.core.errors import RemoteCommandFailed, VmctlError
-from vmctl.core.inventory import Node
 from vmctl.core.logfields import fields
 from vmctl.core.records import VmRecord
 from vmctl.services.ports import Connect, Hypervisor
@@ -19,6 +19,9 @@ from vmctl.services.watcher.backoff import Backoff
 from vmctl.services.watcher.discovery import Found, discover, match
 from vmctl.services.watcher.shared import Shared
 from vmctl.services.watcher.timing import Timing
+
+if TYPE_CHECKING:
+    from vmctl.core.inventory import Node
 
 # One look at a node: what it found, and how long to wait before the next one.
 Look = Callable[[Hypervisor, list[VmRecord]], tuple[list[Found], float]]

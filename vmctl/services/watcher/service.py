@@ -11,11 +11,10 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmctl.core.addressing import SOURCES
 from vmctl.core.errors import StoreUnavailable, VmctlError
-from vmctl.core.inventory import Inventory
 from vmctl.core.logfields import fields
 from vmctl.core.records import IpChange, VmRecord
 from vmctl.services.ports import Cache, Connect, Store
@@ -23,6 +22,9 @@ from vmctl.services.watcher.discovery import Found, discover, record
 from vmctl.services.watcher.node import NodeWatch
 from vmctl.services.watcher.shared import Shared
 from vmctl.services.watcher.timing import DEFAULT_TIMING, Timing
+
+if TYPE_CHECKING:
+    from vmctl.core.inventory import Inventory
 
 KIND = "watch-ip"  # the heartbeat kind
 WATCHED_STATES = ("creating", "running")
