@@ -25,6 +25,28 @@ HAPROXY = Daemon("haproxy", API_DIR)
 PROJECT = "demo"
 
 
+def server_status(server: str, backend: str = "api") -> str:
+    """What HAProxy thinks of one backend server now (UP, DOWN, "UP 1/2", MAINT...), from its admin
+    socket's `show stat`; "" when HAProxy does not answer."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            sock.connect(str(API_DIR / "admin.sock"))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+    except OSError:
+        return ""
+    lines = data.decode(errors="replace").splitlines()
+    header = lines[0].lstrip("# ").split(",") if lines else []
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == backend and row.get("svname") == server:
+            return row.get("status", "")
+    return ""
+
+
 def external_url() -> str:
     return f"https://127.0.0.1:{config.API_EXTERNAL_PORT}"
 

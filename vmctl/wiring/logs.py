@@ -47,6 +47,11 @@ class JsonFormatter(logging.Formatter):
 FORMATS = ("logfmt", "json")
 
 
+# Libraries whose warnings repeat what vmctl says itself (psycopg_pool: each failed reconnect while
+# PostgreSQL is down, which every request then reports as StoreUnavailable).
+QUIET_LIBRARIES = ("psycopg.pool",)
+
+
 def setup(name: str, fmt: str = "logfmt", level: int = logging.INFO) -> logging.Logger:
     """The logger of a long-running command, writing to stderr in ``fmt`` (logfmt or json);
     InvalidInput (--log-format) for another format."""
@@ -58,6 +63,11 @@ def setup(name: str, fmt: str = "logfmt", level: int = logging.INFO) -> logging.
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+    for library in QUIET_LIBRARIES:  # their errors in our format; each outage is ours to tell
+        quiet = logging.getLogger(library)
+        quiet.handlers[:] = [handler]
+        quiet.setLevel(logging.ERROR)
+        quiet.propagate = False
     threading.excepthook = lambda args: _thread_died(logger, args)
     return logger
 
