@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from vmctl.services.tokens import TokenService
-from vmctl.services.vms import VmService
+if TYPE_CHECKING:
+    from vmctl.services.tokens import TokenService
+    from vmctl.services.vms import VmService
 
 
 @dataclass

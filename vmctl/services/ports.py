@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from vmctl.core.addressing import Lease, Observation
-from vmctl.core.domainxml import GuestSpec
-from vmctl.core.nodecmd import Disks, Reservation
-from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: importing the ports costs next to nothing
+    from vmctl.core.addressing import Lease, Observation
+    from vmctl.core.domainxml import GuestSpec
     from vmctl.core.inventory import AddressPool, Node
+    from vmctl.core.nodecmd import Disks, Reservation
+    from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
 
 # -- a node -----------------------------------------------------------------------------------
 

@@ -19,8 +19,6 @@ from vmctl.core.addressing import SOURCES
 from vmctl.core.errors import Forbidden, NotFound, Unavailable
 from vmctl.core.records import NewVm, NodeUsage, VmRecord, default_actor
 from vmctl.core.requests import CreateRequest
-from vmctl.services import create as creating
-from vmctl.services import wait as waiting
 from vmctl.services.ports import Cache, Connect, GuestProbe, Hypervisor, Store
 
 if TYPE_CHECKING:
@@ -110,13 +108,19 @@ class VmService:
 
     def check(self, req: CreateRequest) -> NewVm:
         """Everything that can be refused before anything is touched (exit 2 in the CLI)."""
-        return creating.check(self, req)
+        from vmctl.services import create  # each command imports only the steps it runs
+
+        return create.check(self, req)
 
     def create(self, req: CreateRequest) -> VmRecord:
-        return creating.create(self, req)
+        from vmctl.services import create
+
+        return create.create(self, req)
 
     def wait(self, name: str, timeout: float, until: str = "cloud-init") -> VmRecord:
-        return waiting.wait(self, name, timeout, until)
+        from vmctl.services import wait
+
+        return wait.wait(self, name, timeout, until)
 
     def delete(self, name: str) -> None:
         """Remove the VM from the node its PostgreSQL row names (never from where a cache entry

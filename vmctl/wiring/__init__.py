@@ -16,11 +16,11 @@ from vmctl.services import Services
 from vmctl.services.ports import Cache, GuestProbe, Hypervisor, Store
 from vmctl.services.tokens import TokenService
 from vmctl.services.vms import VmService
-from vmctl.services.watcher import KIND, Watcher
 from vmctl.wiring.settings import Settings
 
 if TYPE_CHECKING:
     from vmctl.core.inventory import Inventory, Node
+    from vmctl.services.watcher import Watcher
 
 T = TypeVar("T")
 
@@ -146,6 +146,7 @@ def watcher(
     settings: Settings, log: logging.Logger, sources: Sequence[str], follow: bool = True
 ) -> Watcher:
     from vmctl.adapters.cache import open_cache
+    from vmctl.services.watcher import KIND, Watcher
 
     return Watcher(
         inventory=load_inventory(settings),
