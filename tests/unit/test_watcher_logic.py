@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
+from tests.unit.fakes import UnusedHypervisor
 from vmctl.core.addressing import SOURCES, Lease, Neighbor, Observation
-from vmctl.core.domainxml import GuestSpec
 from vmctl.core.errors import NodeUnreachable, NotFound, RemoteCommandFailed
 from vmctl.core.inventory import AddressPool, Inventory, Node
-from vmctl.core.nodecmd import Disks, Reservation
 from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
 from vmctl.services.ports import Subscription
 from vmctl.services.watcher import Found, Timing, Watcher, agent_address, change_message, discover
@@ -66,7 +65,7 @@ def arp(mac: str, ip: str, state: str = "REACHABLE") -> Neighbor:
     return Neighbor(mac, ip, state)
 
 
-class FakeHypervisor:
+class FakeHypervisor(UnusedHypervisor):
     """One node: what it observes, what guest agents say, and what it was asked."""
 
     def __init__(
@@ -101,29 +100,6 @@ class FakeHypervisor:
 
     def close(self) -> None:
         pass
-
-    # the rest of the Hypervisor port: not used by the watcher
-
-    def create(
-        self,
-        spec: GuestSpec,
-        disks: Disks,
-        seed_files: dict[str, str],
-        start: bool = True,
-        reservation: Reservation | None = None,
-    ) -> None:
-        raise NotImplementedError
-
-    def delete(
-        self, name: str, storage_dir: str, network: str | None = None, mac: str | None = None
-    ) -> None:
-        raise NotImplementedError
-
-    def domains(self) -> list[str]:
-        raise NotImplementedError
-
-    def console_log(self, name: str, storage_dir: str) -> str:
-        raise NotImplementedError
 
 
 def found(
