@@ -26,8 +26,9 @@ T = TypeVar("T")
 
 
 def lazy(make: Callable[[], T]) -> T:
-    """Something of ``kind`` made on first use: a command imports only the adapters (and reads
-    only the files) it uses, so `vmctl list` loads neither Redis, paramiko nor the inventory."""
+    """What ``make`` makes, made when one of its attributes is first asked for: a command
+    imports only the adapters (and reads only the files) it uses, so `vmctl list` loads neither
+    Redis, paramiko nor the inventory."""
     return cast(T, _Lazy(make))
 
 
