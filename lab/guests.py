@@ -111,7 +111,7 @@ def wait_ip(guest: Guest, timeout: float = 240) -> str:
         time.sleep(1)
     raise TimeoutError(
         f"{guest.name}: no DHCP lease after {timeout:.0f} s\n"
-        + guest.hv.console_log(guest.name, STORAGE)
+        + guest.hv.console_log(guest.name, STORAGE, 4000)
     )
 
 
@@ -161,7 +161,7 @@ def wait_ssh(guest: Guest, lab: dict, known_hosts: Path, timeout: float = 240) -
         time.sleep(1)
     raise TimeoutError(
         f"{guest.name}: no SSH login after {timeout:.0f} s\n"
-        + guest.hv.console_log(guest.name, STORAGE)
+        + guest.hv.console_log(guest.name, STORAGE, 4000)
     )
 
 

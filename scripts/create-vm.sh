@@ -9,7 +9,10 @@
 #
 # Usage: create-vm.sh --name NAME --base BASE_QCOW2 --root-gb N --data-gb N
 #                     --storage DIR --staging DIR [--no-start]
-#                     [--network NET --mac MAC --ip IPV4]
+#                     [--network NET --mac MAC --ip IPV4] [--installation UUID --record-id N]
+#
+# STORAGE/NAME/.vmctl marks the VM directory as vmctl's; with --installation/--record-id it holds
+# `installation=UUID` and `id=N` (the installation and row that made it: vmctl's ownership mark).
 #
 # With --network/--mac/--ip (all three or none), before the domain is defined, the libvirt network
 # NET (which must exist and be active) gets exactly one DHCP reservation
@@ -30,7 +33,7 @@ set -Eeuo pipefail  # -E: the ERR trap (cleanup) also fires inside functions suc
 
 die() { local code=$1; shift; echo "create-vm.sh: $*" >&2; exit "$code"; }
 
-name='' base='' root_gb='' data_gb='' storage='' staging='' start=1
+name='' base='' root_gb='' data_gb='' storage='' staging='' start=1 installation='' record_id=''
 net='' mac='' ip='' net_set=0 mac_set=0 ip_set=0
 while (($#)); do
   case $1 in
@@ -43,6 +46,8 @@ while (($#)); do
     --network) net=${2-} net_set=1 ;;
     --mac) mac=${2-} mac_set=1 ;;
     --ip) ip=${2-} ip_set=1 ;;
+    --installation) installation=${2-} ;;
+    --record-id) record_id=${2-} ;;
     --no-start) start=0; shift; continue ;;
     *) die 2 "unknown argument: $1" ;;
   esac
@@ -55,6 +60,8 @@ done
 [[ $data_gb =~ ^[0-9]{1,5}$ ]] || die 2 "invalid --data-gb '$data_gb' (0-99999)"
 [[ $storage == /* && $storage != *..* ]] || die 2 "invalid --storage '$storage' (an absolute path)"
 [[ $staging == /* && $staging != *..* && -d $staging ]] || die 2 "invalid --staging '$staging' (an existing directory)"
+[[ -z $installation || $installation =~ ^[0-9a-f-]{36}$ ]] || die 2 "invalid --installation '$installation' (a UUID)"
+[[ -z $record_id || $record_id =~ ^[1-9][0-9]{0,18}$ ]] || die 2 "invalid --record-id '$record_id'"
 if ((net_set + mac_set + ip_set)); then
   missing=''
   ((net_set)) || missing+=' --network'
@@ -183,7 +190,11 @@ if [[ ! -d $vmdir ]]; then
   mkdir -p -- "$vmdir"
   made_dir=1
 fi
-touch -- "$marker"
+if [[ -n $installation ]]; then
+  printf 'installation=%s\nid=%s\n' "$installation" "$record_id" >"$marker"
+else
+  touch -- "$marker"
+fi
 qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$vmdir/root.qcow2" "${root_gb}G"
 if ((data_gb > 0)); then
   qemu-img create -q -f qcow2 "$vmdir/data.qcow2" "${data_gb}G"

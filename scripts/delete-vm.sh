@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # delete-vm.sh — runs ON a virtualization node: stops and removes a VM made by create-vm.sh.
-# Usage: delete-vm.sh --name NAME --storage DIR [--network NET --mac MAC]
+# Usage: delete-vm.sh --name NAME --storage DIR [--network NET --mac MAC] [--installation UUID]
+# Removes the domain, STORAGE/NAME (disks, seed, console log) and any staging directory of NAME
+# left by a create that died (STORAGE/.staging/NAME.*). With --installation, a VM directory whose
+# .vmctl mark names another installation is left alone (exit 4): it belongs to another vmctl.
 # With --network/--mac (both or none), once the domain is gone, every DHCP reservation (<host>
 # entry) for MAC in the libvirt network NET is deleted, from its running state and its persistent
 # definition, and a current DHCP lease of MAC there is released with dhcp_release (package
@@ -13,13 +16,14 @@ set -euo pipefail
 
 die() { local code=$1; shift; echo "delete-vm.sh: $*" >&2; exit "$code"; }
 
-name='' storage='' net='' mac='' net_set=0 mac_set=0
+name='' storage='' net='' mac='' net_set=0 mac_set=0 installation=''
 while (($#)); do
   case $1 in
     --name) name=${2-} ;;
     --storage) storage=${2-} ;;
     --network) net=${2-} net_set=1 ;;
     --mac) mac=${2-} mac_set=1 ;;
+    --installation) installation=${2-} ;;
     *) die 2 "unknown argument: $1" ;;
   esac
   (($# >= 2)) || die 2 "missing value after $1"
@@ -27,6 +31,7 @@ while (($#)); do
 done
 [[ $name =~ ^[a-z][a-z0-9-]{0,61}[a-z0-9]$|^[a-z]$ ]] || die 2 "invalid --name '$name'"
 [[ $storage == /* && $storage != *..* ]] || die 2 "invalid --storage '$storage'"
+[[ -z $installation || $installation =~ ^[0-9a-f-]{36}$ ]] || die 2 "invalid --installation '$installation'"
 if ((net_set != mac_set)); then
   die 2 "--network and --mac go together: missing $( ((net_set)) && echo --mac || echo --network)"
 fi
@@ -92,6 +97,9 @@ unreserve() {
 
 # "No such domain" must mean that, not "libvirtd is down": only then are the files removed.
 virsh uri >/dev/null || die 1 "libvirt on $(hostname) does not answer; nothing removed"
+if [[ -n $installation && -s $vmdir/.vmctl ]] && ! grep -qx "installation=$installation" "$vmdir/.vmctl"; then
+  die 4 "$vmdir belongs to another vmctl installation; left alone"
+fi
 if virsh dominfo "$name" >/dev/null 2>&1; then
   [[ -f $vmdir/.vmctl ]] || die 4 "domain $name on $(hostname) was not made by vmctl; left alone"
   if [[ $(virsh domstate "$name") != "shut off" ]]; then
@@ -99,7 +107,7 @@ if virsh dominfo "$name" >/dev/null 2>&1; then
   fi
   virsh undefine "$name" >/dev/null
 fi
-rm -rf -- "$vmdir"
+rm -rf -- "$vmdir" "$storage/.staging/$name".*
 echo "delete-vm.sh: $name removed" >&2
 if ((net_set)); then
   unreserve

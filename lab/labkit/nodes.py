@@ -245,3 +245,39 @@ def stop(netns: str) -> None:
                 os.kill(pid, sig)
         time.sleep(0.2)
     wait_gone(sorted(seen))
+
+
+def _sshd_pids(node: Node) -> list[int]:
+    """Every sshd of the node's namespace: the listener and one or more per session."""
+    pids = []
+    for pid in (int(p) for p in run(["ip", "netns", "pids", node.netns]).stdout.split()):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm == "sshd" and alive(pid):
+            pids.append(pid)
+    return pids
+
+
+def stop_sshd(node: Node) -> None:
+    """The node stops answering over SSH, as if it went away: its sshd and every session's sshd
+    end (their commands get SIGHUP); libvirtd and the guests keep running."""
+    killed: set[int] = set()
+    while pids := [p for p in _sshd_pids(node) if p not in killed]:  # again: a session the
+        for pid in pids:  # listener forked while it was being listed escapes the first round
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed.update(pids)
+    wait_gone(sorted(killed))
+    log(f"{node.name}: sshd stopped")
+
+
+def start_sshd(node: Node) -> None:
+    """Start the node's sshd again (in its namespaces), unless it runs."""
+    if _pid(node, "sshd") is not None:
+        return
+    d = node.dir
+    node_exec(node, ["/usr/sbin/sshd", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")])
+    wait_for(f"{node.name} sshd", lambda: _pid(node, "sshd") is not None, timeout=10)
+    log(f"{node.name}: sshd started")

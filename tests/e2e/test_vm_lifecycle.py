@@ -163,6 +163,10 @@ def test_everything_works_with_redis_down(lab: dict, vmctl_env: dict[str, str]) 
         assert listed.returncode == 0
         assert "e2e-noredis" in [vm["name"] for vm in json.loads(listed.stdout)]
         assert listed.stderr.count("warning:") <= 1
+        for verb in (["stop", "--timeout", "5", "--force"], ["start"], ["events"]):
+            done = run_vmctl(env, *verb, *(["e2e-noredis"]))
+            assert done.returncode == 0, (verb, done.stderr)
+            assert done.stderr.count("warning:") <= 1, done.stderr
     finally:
         gone = run_vmctl(env, "delete", "e2e-noredis", "--yes")
     assert gone.returncode == 0, gone.stderr

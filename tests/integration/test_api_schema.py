@@ -124,6 +124,7 @@ class FakeHypervisor:
         self.runner = FakeRunner(node)
         self.created: list[str] = []
         self.deleted: list[str] = []
+        self.states: dict[str, str] = {}
 
     def create(
         self,
@@ -137,9 +138,40 @@ class FakeHypervisor:
         self.created.append(spec.name)
 
     def delete(
-        self, name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+        self,
+        name: str,
+        storage_dir: str,
+        network: str | None = None,
+        mac: str | None = None,
+        installation: str | None = None,
     ) -> None:
         self.deleted.append(name)
+
+    def state(self, name: str) -> str | None:
+        if name not in self.created or name in self.deleted:
+            return None
+        return self.states.get(name, "running")
+
+    def start(self, name: str) -> None:
+        self.states[name] = "running"
+
+    def shutdown(self, name: str) -> None:
+        self.states[name] = "shut off"
+
+    def destroy(self, name: str) -> None:
+        self.states[name] = "shut off"
+
+    def reboot(self, name: str, force: bool = False) -> None:
+        pass
+
+    def set_resources(self, name: str, cpu: int, ram_mb: int) -> None:
+        pass
+
+    def grow_disk(self, name: str, storage_dir: str, data_gb: int) -> None:
+        pass
+
+    def console_log(self, name: str, storage_dir: str, max_bytes: int = 1 << 20) -> str:
+        return f"{name} login: "
 
     def observe(self, network: str, timeout: float = 15.0) -> Observation:
         return Observation()
@@ -302,6 +334,16 @@ def test_the_schema_covers_every_route() -> None:
         ("GET", "/api/v1/vm/{name}"),
         ("DELETE", "/api/v1/vm/{name}"),
         ("POST", "/api/v1/ip/"),
+        ("POST", "/api/v1/vm/{name}/start"),
+        ("POST", "/api/v1/vm/{name}/stop"),
+        ("POST", "/api/v1/vm/{name}/reboot"),
+        ("POST", "/api/v1/vm/{name}/resize"),
+        ("GET", "/api/v1/vm/{name}/events"),
+        ("GET", "/api/v1/vm/{name}/console"),
+        ("GET", "/api/v1/vm/{name}/snapshots"),
+        ("POST", "/api/v1/vm/{name}/snapshots"),
+        ("POST", "/api/v1/vm/{name}/snapshots/{snapshot}/revert"),
+        ("DELETE", "/api/v1/vm/{name}/snapshots/{snapshot}"),
         ("POST", "/api/v1/phone-home/{name}"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
@@ -679,3 +721,44 @@ def test_the_document_declares_bearer_auth_on_the_vm_routes() -> None:
             needs_token = path.startswith(("/api/v1/vm", "/api/v1/ip"))
             declared = operation.get("security") == [{"HTTPBearer": []}]
             assert declared == needs_token, (method, path)
+
+
+# -- day 2 ----------------------------------------------------------------------------------------
+
+
+def test_stop_resize_start_and_the_events(client: TestClient, api: Api) -> None:
+    _create(client, "day2-1")
+    response = client.post("/api/v1/vm/day2-1/resize", json={"RAM": "768"})
+    assert response.status_code == 409 and "stop it first" in response.json()["error"]
+    stopped = client.post("/api/v1/vm/day2-1/stop", json={"timeout": 5})
+    assert stopped.status_code == 200 and stopped.json()["State"] == "stopped"
+    resized = client.post("/api/v1/vm/day2-1/resize", json={"RAM": 768, "CPU": "2"})
+    assert resized.status_code == 200, resized.text
+    assert (resized.json()["RAM"], resized.json()["CPU"]) == ("768", "2")
+    shrink = client.post("/api/v1/vm/day2-1/resize", json={"Disk": "1"})
+    assert shrink.status_code == 400 and shrink.json()["field"] == "disk"
+    assert client.post("/api/v1/vm/day2-1/start").json()["State"] == "running"
+    events = client.get("/api/v1/vm/day2-1/events").json()
+    assert [e["action"] for e in events] == ["create", "create", "stop", "resize", "start"]
+    assert all(e["actor"] == "api-test@test" for e in events)
+    assert client.get("/api/v1/vm/day2-1/console").text == "day2-1 login: "
+    assert api.store.get("day2-1").state == "running"
+
+
+def test_an_operation_on_a_busy_vm_is_409_naming_the_holder(client: TestClient, api: Api) -> None:
+    _create(client, "day2-2")
+    for svc in api.services:
+        svc.lock_timeout = 0.2
+    with api.store.vm_lock("day2-2", "resize", 0):
+        response = client.post("/api/v1/vm/day2-2/stop", json={"timeout": 5})
+    assert response.status_code == 409, response.text
+    assert "busy" in response.json()["error"] and "resize day2-2" in response.json()["error"]
+    assert api.store.get("day2-2").state == "running"
+
+
+def test_another_projects_vm_has_no_day2_verbs(client: TestClient, api: Api) -> None:
+    _create(client, "day2-3")
+    other = bearer(api.new_token("other"))
+    for path in ("stop", "start", "reboot"):
+        assert client.post(f"/api/v1/vm/day2-3/{path}", headers=other).status_code == 404
+    assert client.get("/api/v1/vm/day2-3/events", headers=other).status_code == 404

@@ -4,7 +4,8 @@ records what it is asked and can be told to fail at a given call."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 from vmctl.core.addressing import Lease, Observation
 from vmctl.core.domainxml import GuestSpec
-from vmctl.core.errors import Conflict, NotFound, StoreUnavailable
+from vmctl.core.errors import Busy, Conflict, NotFound, StoreUnavailable
 from vmctl.core.inventory import AddressPool, Inventory
 from vmctl.core.nodecmd import Disks, Reservation
 from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
@@ -61,10 +62,40 @@ class FakeStore(Failing):
     def __init__(self) -> None:
         super().__init__()
         self.vms: dict[str, VmRecord] = {}
-        self.events: list[tuple[str | None, str | None, str, str, dict[str, Any]]] = []
+        self.logged: list[tuple[str | None, str | None, str, str, dict[str, Any]]] = []
         self.tokens_: dict[str, str] = {}
         self.is_down = False
         self._lock = threading.Lock()
+        self.held: dict[str, str] = {}  # VM name -> the operation holding its lock
+
+    @contextmanager
+    def vm_lock(self, name: str, operation: str, timeout: float) -> Iterator[None]:
+        self._call("vm_lock")
+        with self._lock:
+            if name in self.held:
+                raise Busy(f"{name} is busy: another operation ({self.held[name]}) holds it")
+            self.held[name] = operation
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self.held[name]
+
+    def installation_id(self) -> str:
+        return "00000000-0000-4000-8000-000000000001"
+
+    def resize(
+        self,
+        name: str,
+        cpu: int,
+        ram_mb: int,
+        disk_gb: int,
+        check: Callable[[list[NodeUsage]], None],
+    ) -> VmRecord:
+        self._call("resize")
+        check(self.usage())
+        self.vms[name] = replace(self.get(name), cpu=cpu, ram_mb=ram_mb, disk_gb=disk_gb)
+        return self.vms[name]
 
     def down(self) -> None:
         self.is_down = True
@@ -165,14 +196,20 @@ class FakeStore(Failing):
         self, vm: str | None, node: str | None, action: str, result: str, detail: dict[str, Any]
     ) -> int:
         self._call(f"add_event:{result}")
-        self.events.append((vm, node, action, result, detail))
-        return len(self.events)
+        self.logged.append((vm, node, action, result, detail))
+        return len(self.logged)
 
     def events_of(self, vm: str) -> list[tuple[str, str]]:
-        return [(action, result) for name, _n, action, result, _d in self.events if name == vm]
+        return [(action, result) for name, _n, action, result, _d in self.logged if name == vm]
 
-    def events(self, vm: str) -> list[dict[str, Any]]:  # type: ignore[override]
-        return [{"action": a, "result": r} for a, r in self.events_of(vm)]
+    def events(  # type: ignore[override]
+        self, vm: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        return [
+            {"vm": name, "action": a, "result": r, "detail": d}
+            for name, _n, a, r, d in self.logged
+            if vm in (None, name)
+        ][-(limit or len(self.logged)) :]
 
     def create_token(self, project: str, token_hash: str, name: str = "") -> int:
         self.tokens_[token_hash] = project
@@ -242,8 +279,34 @@ class UnusedHypervisor:
         raise NotImplementedError
 
     def delete(
-        self, name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+        self,
+        name: str,
+        storage_dir: str,
+        network: str | None = None,
+        mac: str | None = None,
+        installation: str | None = None,
     ) -> None:
+        raise NotImplementedError
+
+    def state(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    def start(self, name: str) -> None:
+        raise NotImplementedError
+
+    def shutdown(self, name: str) -> None:
+        raise NotImplementedError
+
+    def destroy(self, name: str) -> None:
+        raise NotImplementedError
+
+    def reboot(self, name: str, force: bool = False) -> None:
+        raise NotImplementedError
+
+    def set_resources(self, name: str, cpu: int, ram_mb: int) -> None:
+        raise NotImplementedError
+
+    def grow_disk(self, name: str, storage_dir: str, data_gb: int) -> None:
         raise NotImplementedError
 
     def observe(self, network: str, timeout: float = 15.0) -> Observation:
@@ -262,7 +325,7 @@ class UnusedHypervisor:
     ) -> list[tuple[str, str]]:
         raise NotImplementedError
 
-    def console_log(self, name: str, storage_dir: str) -> str:
+    def console_log(self, name: str, storage_dir: str, max_bytes: int = 1 << 20) -> str:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -270,14 +333,46 @@ class UnusedHypervisor:
 
 
 class FakeHypervisor(Failing, UnusedHypervisor):
-    """A node's libvirt as a set of domain names."""
+    """A node's libvirt as a set of domain names and their states."""
 
     def __init__(self, node: str, observation: Observation | None = None) -> None:
         super().__init__()
         self.node = node
         self.defined: set[str] = set()
+        self.states: dict[str, str] = {}
+        self.sizes: dict[str, tuple[int, int]] = {}  # name -> (cpu, ram_mb) set by resize
+        self.disks: dict[str, int] = {}  # name -> data disk GiB grown to
+        self.ignores_shutdown: set[str] = set()  # guests that do not act on ACPI
         self.observation = observation or Observation()
         self.closed = 0
+
+    def state(self, name: str) -> str | None:
+        self._call("state")
+        return self.states.get(name, "running") if name in self.defined else None
+
+    def start(self, name: str) -> None:
+        self._call("start")
+        self.states[name] = "running"
+
+    def shutdown(self, name: str) -> None:
+        self._call("shutdown")
+        if name not in self.ignores_shutdown:
+            self.states[name] = "shut off"
+
+    def destroy(self, name: str) -> None:
+        self._call("destroy")
+        self.states[name] = "shut off"
+
+    def reboot(self, name: str, force: bool = False) -> None:
+        self._call("reset" if force else "reboot")
+
+    def set_resources(self, name: str, cpu: int, ram_mb: int) -> None:
+        self._call("set_resources")
+        self.sizes[name] = (cpu, ram_mb)
+
+    def grow_disk(self, name: str, storage_dir: str, data_gb: int) -> None:
+        self._call("grow_disk")
+        self.disks[name] = data_gb
 
     def create(
         self,
@@ -291,7 +386,12 @@ class FakeHypervisor(Failing, UnusedHypervisor):
         self.defined.add(spec.name)
 
     def delete(
-        self, name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+        self,
+        name: str,
+        storage_dir: str,
+        network: str | None = None,
+        mac: str | None = None,
+        installation: str | None = None,
     ) -> None:
         self._call("delete")
         self.defined.discard(name)  # delete-vm.sh: no such domain is not an error
@@ -308,8 +408,8 @@ class FakeHypervisor(Failing, UnusedHypervisor):
     ) -> list[tuple[str, str]]:
         return []
 
-    def console_log(self, name: str, storage_dir: str) -> str:
-        return ""
+    def console_log(self, name: str, storage_dir: str, max_bytes: int = 1 << 20) -> str:
+        return "debian login: " if name in self.defined else ""
 
     def close(self) -> None:
         self.closed += 1

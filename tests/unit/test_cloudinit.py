@@ -111,3 +111,21 @@ def test_guest_agent_is_installed_if_missing_and_enabled() -> None:
     data = yaml.safe_load(cloudinit.render(seed())["user-data"])
     (cmd,) = data["runcmd"]
     assert "qemu-guest-agent" in cmd[2] and "systemctl enable --now qemu-guest-agent" in cmd[2]
+
+
+def test_the_users_lists_add_to_vmctls() -> None:
+    import email
+
+    text = cloudinit.render(seed(), extra_user_data="#cloud-config\nruncmd: [[touch, /x]]\n")
+    parts = [p for p in email.message_from_string(text["user-data"]).walk() if not p.is_multipart()]
+    assert parts[0].get("Merge-Type") is None
+    assert parts[1]["Merge-Type"] == "list(append)+dict(recurse_array)+str()"
+
+
+def test_the_data_filesystem_grows_at_every_boot() -> None:
+    data = yaml.safe_load(cloudinit.render(seed())["user-data"])
+    (command,) = data["bootcmd"]
+    assert command[:2] == ["sh", "-c"]
+    assert "xfs_growfs -d /dataxfs" in command[2] and "mountpoint -q /dataxfs" in command[2]
+    none = yaml.safe_load(cloudinit.render(seed(data_disk=None))["user-data"])
+    assert "bootcmd" not in none

@@ -78,3 +78,29 @@ def test_values_cannot_inject_markup() -> None:
     dom = ET.fromstring(xml)
     assert dom.find(".//evil") is None
     assert "&lt;/vmctl:image&gt;" in xml
+
+
+def test_the_mark_is_in_the_metadata_and_reads_back_from_dumpxml_or_virsh_metadata() -> None:
+    from vmctl.core.domainxml import parse_mark
+    from vmctl.core.records import Mark
+
+    mark = Mark("0b7e9c1e-0000-4000-8000-000000000001", 42, "web-1", "manager-1")
+    xml = render(GuestSpec("web-1", 256, 1, "/s", "vmnet", "52:54:00:00:00:01", "d", mark=mark))
+    assert parse_mark(xml) == mark
+    # `virsh metadata web-1 URI` prints the element with no namespace
+    plain = (
+        "<vm><image>d</image><name>web-1</name><id>42</id>"
+        "<installation>0b7e9c1e-0000-4000-8000-000000000001</installation>"
+        "<manager>manager-1</manager></vm>"
+    )
+    assert parse_mark(plain) == mark
+    unmarked = GuestSpec("web-1", 256, 1, "/s", "n", "52:54:00:00:00:01", "d")
+    assert parse_mark(render(unmarked)) is None
+    assert parse_mark("<vm><name>x</name><id>nope</id></vm>") is None
+    assert parse_mark("not xml") is None
+
+
+def test_the_seed_is_never_part_of_a_snapshot() -> None:
+    xml = render(GuestSpec("web-1", 256, 1, "/s", "vmnet", "52:54:00:00:00:01", "d"))
+    seed = xml[xml.index("seed.iso") - 300 : xml.index("seed.iso")]
+    assert 'snapshot="no"' in seed

@@ -57,7 +57,7 @@ def test_bad_input_touches_nothing() -> None:
     ):
         with pytest.raises(InvalidInput):
             w.svc.create(req)
-    assert w.store.vms == {} and w.store.events == [] and w.nodes["kvm1"].calls == []
+    assert w.store.vms == {} and w.store.logged == [] and w.nodes["kvm1"].calls == []
 
 
 def test_a_taken_name_is_a_conflict() -> None:
@@ -129,15 +129,20 @@ def test_postgres_down_during_the_rollback_keeps_the_real_cause() -> None:
     assert any("could not record the failure" in line for line in w.told)
 
 
-def test_every_rollback_step_runs_when_one_fails() -> None:
+def test_a_rollback_the_node_refuses_leaves_the_row_deleting_until_the_node_answers() -> None:
     w = world()
     w.nodes["kvm1"].fail_at["create"] = BOOM
     w.nodes["kvm1"].fail_at["delete"] = NodeUnreachable("node kvm1: connection lost")
     with pytest.raises(RemoteCommandFailed):
         w.svc.create(CreateRequest("web-1", node="kvm1"))
-    assert "web-1" not in w.store.vms and "web-1" not in w.cache.nodes
-    failed = [e for e in w.store.events if e[3] == "failed"]
+    # never recorded as running; the row keeps the room the node's leftovers take
+    assert w.store.vms["web-1"].state == "deleting" and "web-1" not in w.cache.nodes
+    failed = [e for e in w.store.logged if e[3] == "failed"]
     assert failed[0][4]["cleanup_problems"] == ["node: node kvm1: connection lost"]
+    assert w.svc.finish_deletes() == []  # the node still does not answer: left for later
+    del w.nodes["kvm1"].fail_at["delete"]
+    assert w.svc.finish_deletes() == ["web-1"]
+    nothing_left(w, "web-1")
 
 
 # -- delete ------------------------------------------------------------------------------------
@@ -154,15 +159,37 @@ def test_delete_goes_to_the_rows_node_not_a_stale_cache_entry() -> None:
     assert w.store.events_of("web-1")[-1] == ("delete", "ok")
 
 
-def test_delete_on_an_unreachable_node_keeps_the_row_in_error() -> None:
+def test_delete_on_an_unreachable_node_stays_deleting_and_completes_later() -> None:
     w = world()
     w.svc.create(CreateRequest("web-1", node="kvm1"))
     w.nodes["kvm1"].fail_at["delete"] = NodeUnreachable("node kvm1: connection lost")
-    with pytest.raises(NodeUnreachable):
+    with pytest.raises(NodeUnreachable, match="stays recorded as deleting"):
+        w.svc.delete("web-1")
+    assert w.store.vms["web-1"].state == "deleting"
+    assert w.store.events_of("web-1")[-1] == ("delete", "failed")
+    del w.nodes["kvm1"].fail_at["delete"]
+    assert w.svc.finish_deletes() == ["web-1"]
+    nothing_left(w, "web-1")
+    assert w.store.events_of("web-1")[-1] == ("delete", "ok")
+
+
+def test_delete_refused_by_the_node_marks_the_vm_error() -> None:
+    w = world()
+    w.svc.create(CreateRequest("web-1", node="kvm1"))
+    w.nodes["kvm1"].fail_at["delete"] = BOOM
+    with pytest.raises(RemoteCommandFailed):
         w.svc.delete("web-1")
     assert w.store.vms["web-1"].state == "error"
-    assert w.cache.nodes == {"web-1": "kvm1"}
-    assert w.store.events_of("web-1")[-1] == ("delete", "failed")
+    assert w.svc.finish_deletes() == []  # only `deleting` rows are finished
+
+
+def test_finish_deletes_skips_a_vm_another_operation_holds() -> None:
+    w = world()
+    w.svc.create(CreateRequest("web-1", node="kvm1"))
+    w.store.set_state("web-1", "deleting")
+    with w.store.vm_lock("web-1", "delete", 0):
+        assert w.svc.finish_deletes() == []
+    assert w.svc.finish_deletes() == ["web-1"]
 
 
 def test_delete_of_an_unknown_vm_is_not_found() -> None:

@@ -10,6 +10,9 @@ import secrets
 import threading
 from collections.abc import Callable
 
+from vmctl.adapters.node.power import PowerMixin
+from vmctl.adapters.node.snapshots import SnapshotsMixin
+from vmctl.adapters.node.survey import SurveyMixin
 from vmctl.core.addressing import Lease, Observation
 from vmctl.core.domainxml import GuestSpec
 from vmctl.core.domainxml import render as render_domain
@@ -29,9 +32,12 @@ from vmctl.core.nodecmd import (
 )
 from vmctl.services.ports import Runner
 
+CONSOLE_LOG_BYTES = 1 << 20
 
-class LibvirtOverSsh:
-    """One node's libvirt, reached through a Runner (the Hypervisor port)."""
+
+class LibvirtOverSsh(PowerMixin, SnapshotsMixin, SurveyMixin):
+    """One node's libvirt, reached through a Runner (the Hypervisor port): create, delete and
+    addresses here; power and size in ``vmctl.adapters.node``."""
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
@@ -61,10 +67,16 @@ class LibvirtOverSsh:
                 self.runner.run(["rm", "-rf", "--", staging], check=False)
 
     def delete(
-        self, name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+        self,
+        name: str,
+        storage_dir: str,
+        network: str | None = None,
+        mac: str | None = None,
+        installation: str | None = None,
     ) -> None:
-        """Remove the VM (and its DHCP reservation in ``network``, when given)."""
-        args = delete_args(name, storage_dir, network, mac)
+        """Remove the VM (and its DHCP reservation in ``network``, when given); with
+        ``installation``, only if its directory's mark names that installation."""
+        args = delete_args(name, storage_dir, network, mac, installation)
         self.runner.run(script_command("delete-vm.sh", args))
 
     def observe(self, network: str, timeout: float = 15.0) -> Observation:
@@ -108,6 +120,7 @@ class LibvirtOverSsh:
     def close(self) -> None:
         self.runner.close()
 
-    def console_log(self, name: str, storage_dir: str) -> str:
+    def console_log(self, name: str, storage_dir: str, max_bytes: int = CONSOLE_LOG_BYTES) -> str:
         path = f"{storage_dir}/{name}/console.log"
-        return self.runner.run(["tail", "-c", "4000", path], check=False).stdout
+        command = ["tail", "-c", str(max_bytes), path]
+        return self.runner.run(command, check=False).stdout

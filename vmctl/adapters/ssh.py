@@ -89,6 +89,8 @@ class FabricRunner:
             ) from exc
         except paramiko.SSHException as exc:
             raise NodeUnreachable(f"node {t.node} ({t.host}:{t.port}): {exc}") from exc
+        except EOFError as exc:  # the server went away during the handshake
+            raise NodeUnreachable(f"node {t.node} ({t.host}:{t.port}): connection closed") from exc
         except (TimeoutError, OSError) as exc:
             raise NodeUnreachable(f"node {t.node} ({t.host}:{t.port}): {exc}") from exc
         _notice_dead_links(conn)
@@ -136,7 +138,12 @@ class FabricRunner:
             with sftp.open(remote_path, "wb") as f:
                 f.chmod(mode)
                 f.write(data)
-        except (paramiko.SSHException, OSError) as exc:
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            transport = conn.client.get_transport()
+            if isinstance(exc, EOFError) or transport is None or not transport.is_active():
+                self.close()  # the link died under the upload
+                detail = str(exc).strip() or type(exc).__name__
+                raise NodeUnreachable(f"node {self.node}: connection lost: {detail}") from exc
             raise RemoteCommandFailed(self.node, f"sftp put {remote_path}", -1, str(exc)) from exc
 
     def stream(

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from vmctl.api import errors
 from vmctl.api.deps import PerThread
-from vmctl.api.routes import internal, vms
+from vmctl.api.routes import internal, lifecycle, snapshots, vms
 from vmctl.services import Services
 
 
@@ -23,5 +23,7 @@ def create_app(make_services: Callable[[], Services], log: logging.Logger) -> Fa
     app.state.services = PerThread(make_services)
     errors.install(app, log)
     app.include_router(vms.router)
+    app.include_router(lifecycle.router)
+    app.include_router(snapshots.router)
     app.include_router(internal.router)
     return app

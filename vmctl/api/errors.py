@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from vmctl.api.models import Error
 from vmctl.core.errors import (
+    Busy,
     CapacityError,
     Conflict,
     Forbidden,
@@ -23,6 +24,7 @@ from vmctl.core.errors import (
     Unauthenticated,
     Unavailable,
     VmctlError,
+    WrongState,
 )
 from vmctl.core.logfields import fields
 
@@ -30,6 +32,8 @@ STATUS: list[tuple[type[VmctlError], int]] = [
     (InvalidInput, 400),
     (Unauthenticated, 401),
     (Conflict, 409),
+    (Busy, 409),
+    (WrongState, 409),
     (CapacityError, 507),
     (NotFound, 404),
     (Forbidden, 403),
@@ -40,7 +44,7 @@ STATUS: list[tuple[type[VmctlError], int]] = [
 ]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Error} for code in (400, 401, 403, 404, 409, 422, 500, 503, 507)
+    code: {"model": Error} for code in (400, 401, 403, 404, 409, 422, 500, 503, 504, 507)
 }
 
 

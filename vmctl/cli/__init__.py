@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from vmctl import __version__
-from vmctl.cli import daemons, tokens, vms
+from vmctl.cli import daemons, lifecycle, reconcile, snapshots, tokens, vms
 from vmctl.cli.options import STATE
 from vmctl.core.errors import ExitStatus, VmctlError
 
@@ -25,9 +25,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-app.registered_commands += vms.app.registered_commands + daemons.app.registered_commands
+app.registered_commands += (
+    vms.app.registered_commands
+    + lifecycle.app.registered_commands
+    + daemons.app.registered_commands
+)
+app.registered_commands += reconcile.app.registered_commands
 app.add_typer(daemons.db_app, name="db")
 app.add_typer(tokens.app, name="token")
+app.add_typer(snapshots.app, name="snapshot")
 
 
 def _version(value: bool) -> None:
@@ -58,6 +64,11 @@ def main() -> None:
     """
     try:
         app()
+    except BrokenPipeError:  # `vmctl events | head`: the reader has all it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(ExitStatus.ERROR)
     except VmctlError as exc:
         if STATE["debug"]:
             raise

@@ -39,6 +39,15 @@ def watch_ip(
     log_format: Annotated[
         str, typer.Option(help="Log lines on stderr: logfmt or json.")
     ] = "logfmt",
+    reconcile_every: Annotated[
+        float,
+        typer.Option(
+            "--reconcile-every",
+            metavar="SECONDS",
+            help="Run `vmctl reconcile` in report mode this often (new drift becomes events; "
+            "pending deletes are finished); 0: never.",
+        ),
+    ] = 300,
     *,
     fmt: Format,
 ) -> None:
@@ -54,6 +63,8 @@ def watch_ip(
         raise InvalidInput("sources", str(exc)) from exc
     if names and not once:
         raise InvalidInput("names", "VM names are only taken with --once")
+    if not reconcile_every >= 0:
+        raise InvalidInput("reconcile-every", "must be 0 (never) or a number of seconds")
     log = logs.setup("vmctl.watch-ip", log_format)
     ip_watcher = wiring.watcher(settings(), log, order, follow=follow)
     if once:
@@ -64,6 +75,7 @@ def watch_ip(
         if problems:
             raise typer.Exit(ExitStatus.UNAVAILABLE)
         return
+    ip_watcher.reconcile_periodically(reconcile_every, wiring.connector(settings()))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -64,10 +64,20 @@ def settings() -> Settings:
     return load(STATE["flags"])
 
 
-def vm_service(quiet: bool = False) -> VmService:
+def vm_service(quiet: bool = False, lock_timeout: float | None = None) -> VmService:
     from vmctl import wiring
 
-    return wiring.vm_service(settings(), quiet=quiet)
+    return wiring.vm_service(settings(), quiet=quiet, lock_timeout=lock_timeout)
+
+
+LockTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--lock-timeout",
+        help="Seconds to wait while another operation holds the VM (default 30) "
+        "[VMCTL_LOCK_TIMEOUT]; then fail with exit 8.",
+    ),
+]
 
 
 def progress(message: str) -> None:

@@ -53,6 +53,15 @@ WATCH_COLUMNS = [
     ("source", "SOURCE"),
     ("changed", "CHANGED"),
 ]
+EVENT_COLUMNS = [
+    ("at", "AT (UTC)"),
+    ("vm", "VM"),
+    ("node", "NODE"),
+    ("actor", "ACTOR"),
+    ("action", "ACTION"),
+    ("result", "RESULT"),
+    ("cause", "CAUSE"),
+]
 TOKEN_COLUMNS = [
     ("id", "ID"),
     ("project", "PROJECT"),
@@ -60,6 +69,22 @@ TOKEN_COLUMNS = [
     ("created_at", "CREATED (UTC)"),
     ("revoked_at", "REVOKED (UTC)"),
 ]
+
+
+def event_row(event: dict[str, Any]) -> dict[str, Any]:
+    """An event of the audit log: its cause (when it failed) lifted out of its detail."""
+    detail = dict(event.get("detail") or {})
+    return {
+        "id": event["id"],
+        "at": event["at"],
+        "vm": event["vm"],
+        "node": event["node"],
+        "actor": event["actor"],
+        "action": event["action"],
+        "result": event["result"],
+        "cause": detail.get("cause"),
+        "detail": detail,
+    }
 
 
 def record(vm: VmRecord) -> dict[str, Any]:
@@ -152,11 +177,12 @@ def _rich_table(
 ) -> str:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for _, heading in columns:
         table.add_column(heading)
-    for record in records:
-        table.add_row(*(_cell(record.get(key)) for key, _ in columns))
+    for record in records:  # cells as Text: "[Errno 111]" in a cause is not rich markup
+        table.add_row(*(Text(_cell(record.get(key))) for key, _ in columns))
     Console(file=out, soft_wrap=True, width=None if out.isatty() else PIPE_WIDTH).print(table)
     return ""

@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from vmctl.cli.complete import node_names, vm_names
-from vmctl.cli.options import Format, output_options, progress, settings, vm_service
+from vmctl.cli.options import Format, LockTimeoutOpt, output_options, settings, vm_service
 from vmctl.cli.output import NODE_COLUMNS, SHOW_COLUMNS, VM_COLUMNS, emit, record
 from vmctl.core import validation
-from vmctl.core.errors import ExitStatus, InvalidInput, VmctlError
+from vmctl.core.errors import InvalidInput
 from vmctl.core.readiness import check_step
 
 if TYPE_CHECKING:
     from vmctl.core.requests import CreateRequest
+    from vmctl.services.vms import VmService
 
 app = typer.Typer()
 
@@ -68,6 +69,7 @@ def create(
     ] = False,
     wait_for: WaitForOpt = None,
     timeout: TimeoutOpt = 300,
+    lock_timeout: LockTimeoutOpt = None,
     *,
     fmt: Format,
 ) -> None:
@@ -98,7 +100,8 @@ def create(
         )
         for vm_name in names
     ]
-    made = _create_all(requests, wait or wait_for is not None, timeout, until)
+    svc = vm_service(lock_timeout=lock_timeout)
+    made = _create_all(svc, requests, wait or wait_for is not None, timeout, until)
     rows = [record(vm) for vm in made]
     emit(rows[0] if n == 1 else rows, SHOW_COLUMNS if n == 1 else VM_COLUMNS, fmt)
 
@@ -112,8 +115,9 @@ def _read_user_data(path: Path | None) -> str | None:
         raise InvalidInput("user-data", f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _create_all(requests: list[CreateRequest], wait: bool, timeout: float, until: str) -> list[Any]:
-    svc = vm_service()
+def _create_all(
+    svc: VmService, requests: list[CreateRequest], wait: bool, timeout: float, until: str
+) -> list[Any]:
     for req in requests:  # refuse bad input for all of them before making any
         svc.check(req)
     made = [svc.create(req) for req in requests]
@@ -168,25 +172,18 @@ def ssh(ctx: typer.Context, name: VmArg) -> None:
 def delete(
     names: Annotated[list[str], typer.Argument(help="VMs to delete.", autocompletion=vm_names)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    lock_timeout: LockTimeoutOpt = None,
 ) -> None:
-    """Delete VMs: domain, disks, seed, row and cache key. Keeps going past failures."""
+    """Delete VMs: domain, disks, seed, snapshots, row and cache key. Keeps going past failures;
+    a VM whose node does not answer stays `deleting` until it does (exit 6)."""
+    from vmctl.cli.lifecycle import each
+
     if not yes:
         if not sys.stdin.isatty():
             raise InvalidInput("yes", "refusing to delete without --yes when not on a terminal")
         typer.confirm(f"Delete {', '.join(names)}?", abort=True, err=True)
-    svc = vm_service()
-    failed = 0
-    for vm_name in names:
-        try:
-            svc.delete(vm_name)
-            progress(f"{vm_name}: deleted")
-        except VmctlError as exc:
-            failed += 1
-            print(f"vmctl: error: {exc}", file=sys.stderr)
-    if failed:
-        noun = "VM" if len(names) == 1 else "VMs"
-        print(f"vmctl: {failed} of {len(names)} {noun} failed to delete.", file=sys.stderr)
-        raise typer.Exit(ExitStatus.ERROR)
+    svc = vm_service(lock_timeout=lock_timeout)
+    each(names, "delete", svc.delete, "deleted")
 
 
 @app.command()

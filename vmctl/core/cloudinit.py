@@ -79,6 +79,11 @@ def render(seed: Seed, extra_user_data: str | None = None) -> dict[str, str]:
     return files
 
 
+# How cloud-init merges the user's part into vmctl's: lists are appended (a user's runcmd runs
+# after vmctl's, which installs the guest agent), dicts merged, the user's strings win.
+MERGE_TYPE = "list(append)+dict(recurse_array)+str()"
+
+
 def _multipart(ours: str, theirs: str) -> str:
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
@@ -93,5 +98,7 @@ def _multipart(ours: str, theirs: str) -> str:
     for text, sub, filename in ((ours, "cloud-config", "vmctl.cfg"), (theirs, subtype, "user")):
         part = MIMEText(text, sub, "utf-8")
         part.add_header("Content-Disposition", "attachment", filename=filename)
+        if filename == "user":  # their lists (runcmd, write_files...) add to ours, not replace
+            part.add_header("Merge-Type", MERGE_TYPE)
         message.attach(part)
     return message.as_string()

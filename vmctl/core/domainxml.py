@@ -9,6 +9,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from vmctl.core.records import Mark
+
 METADATA_NS = "https://github.com/vmctl/vmctl/xmlns/1"
 
 
@@ -27,6 +29,7 @@ class GuestSpec:
     initrd: str | None = None
     cmdline: str | None = None
     tcg_tb_cache_mb: int = 128
+    mark: Mark | None = None  # vmctl's ownership mark, in the domain's metadata
 
     @property
     def vm_dir(self) -> str:
@@ -42,11 +45,42 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -
 
 def _disk(devices: ET.Element, path: str, fmt: str, target: str, readonly: bool = False) -> None:
     disk = _sub(devices, "disk", type="file", device="disk")
+    if readonly:  # the seed: never part of a snapshot
+        disk.set("snapshot", "no")
     _sub(disk, "driver", name="qemu", type=fmt, discard="unmap" if not readonly else "ignore")
     _sub(disk, "source", file=path)
     _sub(disk, "target", dev=target, bus="virtio")
     if readonly:
         _sub(disk, "readonly")
+
+
+def parse_mark(xml: str) -> Mark | None:
+    """vmctl's mark in a domain's XML (`virsh dumpxml`), or in `virsh metadata NAME URI` output
+    (there libvirt prints the element without its namespace); None when it carries none (not
+    made by vmctl, or made before marks existed)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    ns = f"{{{METADATA_NS}}}"
+    if root.tag in (f"{ns}vm", "vm"):
+        vm: ET.Element | None = root
+        ns = ns if root.tag.startswith("{") else ""
+    else:
+        vm = root.find(f"metadata/{ns}vm")
+    if vm is None:
+        return None
+    values = {
+        tag: vm.findtext(f"{ns}{tag}") or "" for tag in ("name", "id", "installation", "manager")
+    }
+    if not all(values.values()) or not values["id"].isdigit():
+        return None
+    return Mark(
+        installation=values["installation"],
+        record_id=int(values["id"]),
+        vm=values["name"],
+        manager=values["manager"],
+    )
 
 
 def render(spec: GuestSpec) -> str:
@@ -55,6 +89,11 @@ def render(spec: GuestSpec) -> str:
     _sub(dom, "name", spec.name)
     meta = _sub(_sub(dom, "metadata"), f"{{{METADATA_NS}}}vm")
     _sub(meta, f"{{{METADATA_NS}}}image", spec.image)
+    if spec.mark is not None:
+        _sub(meta, f"{{{METADATA_NS}}}name", spec.mark.vm)
+        _sub(meta, f"{{{METADATA_NS}}}id", str(spec.mark.record_id))
+        _sub(meta, f"{{{METADATA_NS}}}installation", spec.mark.installation)
+        _sub(meta, f"{{{METADATA_NS}}}manager", spec.mark.manager)
     _sub(dom, "memory", str(spec.ram_mb), unit="MiB")
     _sub(dom, "vcpu", str(spec.cpu))
     os_el = _sub(dom, "os")

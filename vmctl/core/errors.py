@@ -15,9 +15,11 @@ class ExitStatus(IntEnum):
     ERROR = 1  # an operation failed (remote command, partial batch failure, unexpected error)
     USAGE = 2  # bad input: refused before anything was touched
     NOT_FOUND = 3  # e.g. `vmctl show` of a VM that does not exist
+    DRIFT = 4  # `vmctl reconcile`: what nodes, PostgreSQL and Redis hold differs (and stays so)
     CAPACITY = 5  # no node has room
     UNAVAILABLE = 6  # a node, PostgreSQL or another required system cannot be reached
     TIMEOUT = 7
+    BUSY = 8  # another operation on the same VM holds its lock (HTTP 409)
 
 
 class VmctlError(Exception):
@@ -78,6 +80,18 @@ class Timeout(VmctlError):
     """Waited too long for something to happen."""
 
     exit_status = ExitStatus.TIMEOUT
+
+
+class Busy(VmctlError):
+    """Another operation on the VM holds its lock, and did not let go within the lock timeout."""
+
+    exit_status = ExitStatus.BUSY
+
+
+class WrongState(VmctlError):
+    """The VM is not in a state that allows this (e.g. resize of a running VM): HTTP 409."""
+
+    exit_status = ExitStatus.USAGE
 
 
 class GuestFailed(VmctlError):

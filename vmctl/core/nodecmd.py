@@ -72,15 +72,23 @@ def create_args(
     if reservation is not None:
         argv += ["--network", reservation.network, "--mac", reservation.mac]
         argv += ["--ip", reservation.ip]
+    if spec.mark is not None:
+        argv += ["--installation", spec.mark.installation, "--record-id", str(spec.mark.record_id)]
     return argv if start else [*argv, "--no-start"]
 
 
 def delete_args(
-    name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+    name: str,
+    storage_dir: str,
+    network: str | None = None,
+    mac: str | None = None,
+    installation: str | None = None,
 ) -> list[str]:
     argv = ["--name", name, "--storage", storage_dir]
     if network is not None and mac is not None:
         argv += ["--network", network, "--mac", mac]
+    if installation is not None:
+        argv += ["--installation", installation]
     return argv
 
 
@@ -157,3 +165,27 @@ def parse_domifaddr(output: str) -> list[tuple[str, str]]:
         if len(fields) >= 4 and fields[2] == "ipv4":
             pairs.append((fields[1], fields[3].split("/")[0]))
     return pairs
+
+
+# vCPUs and RAM of a shut-off domain's persistent definition. The maximum goes first when it
+# grows and last when it shrinks, so the current count never exceeds it.
+_SET_RESOURCES = """set -eu
+v() { virsh -q -c qemu:///system "$@"; }
+name=$1 cpu=$2 ram=$3
+if [ "$cpu" -ge "$(v vcpucount "$name" --config --maximum)" ]; then
+  v setvcpus "$name" "$cpu" --config --maximum; v setvcpus "$name" "$cpu" --config
+else
+  v setvcpus "$name" "$cpu" --config; v setvcpus "$name" "$cpu" --config --maximum
+fi
+v setmaxmem "$name" "${ram}M" --config
+v setmem "$name" "${ram}M" --config
+"""
+
+
+def set_resources_command(name: str, cpu: int, ram_mb: int) -> list[str]:
+    return ["bash", "-c", _SET_RESOURCES, "set-resources", name, str(cpu), str(ram_mb)]
+
+
+def grow_disk_command(path: str, size_gb: int) -> list[str]:
+    """qemu-img refuses to shrink without --shrink: a smaller size fails, never loses data."""
+    return ["qemu-img", "resize", "-q", "-f", "qcow2", path, f"{size_gb}G"]

@@ -180,3 +180,14 @@ def _largest_slot(nodes: list[NodeLoad], need: Resources) -> NodeLoad:
 
 def _amounts(resources: Resources) -> tuple[int, int, int]:
     return resources.cpu, resources.ram_mb, resources.disk_gb
+
+
+def check_grow(node: NodeLoad, name: str, extra: Resources) -> None:
+    """CapacityError unless ``node`` has room for ``extra``, what a resize of VM ``name`` adds
+    (the message names the free room: the most the VM can grow by there)."""
+    left = free(node)
+    if not extra.fits_in(left):
+        short = "; ".join(_shortfall(left, extra))
+        raise CapacityError(
+            f"node {node.name} has no room to grow {name}: {short} (free there: {left.describe()})"
+        )

@@ -65,6 +65,18 @@ class VmRecord:
 
 
 @dataclass(frozen=True)
+class Mark:
+    """vmctl's ownership mark on what it makes on a node: the domain's libvirt metadata and the
+    VM directory's ``.vmctl`` file. Only what carries this installation's mark is vmctl's to
+    change or remove."""
+
+    installation: str  # the id of the vmctl installation (its database) that made it
+    record_id: int  # the VM's row id in that database
+    vm: str
+    manager: str  # the host that made it (for people; never decides anything)
+
+
+@dataclass(frozen=True)
 class IpChange:
     """An address the watcher recorded: what it was before and how it was learned."""
 

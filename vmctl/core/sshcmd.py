@@ -34,3 +34,31 @@ def ssh_argv(
         f"{user}@{ip}",
         *command,
     ]
+
+
+def console_argv(
+    key_file: Path, known_hosts: Path, user: str, host: str, port: int, domain: str
+) -> list[str]:
+    """An interactive `virsh console` of ``domain`` on its node (a terminal is allocated; the
+    node's host key must be in ``known_hosts``, as for every other command vmctl runs there).
+    Ctrl+] leaves it."""
+    return [
+        "ssh",
+        "-t",
+        "-i",
+        str(key_file),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-p",
+        str(port),
+        f"{user}@{host}",
+        "virsh",
+        "-c",
+        "qemu:///system",
+        "console",
+        domain,
+    ]

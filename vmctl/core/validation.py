@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from vmctl.core.errors import InvalidInput
 
@@ -87,3 +88,23 @@ def integer(field: str, value: object) -> int:
     if not low <= number <= high:
         raise InvalidInput(field, f"must be between {low} and {high} {unit}, not {number}")
     return number
+
+
+_AGO = re.compile(r"([0-9]{1,6})([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since(value: str, now: datetime) -> datetime:
+    """A point in time: an age (`90s`, `15m`, `2h`, `7d`) before ``now``, or an ISO 8601 time
+    (`2026-12-01`, `2026-12-01T10:00:00Z`; UTC unless it says otherwise)."""
+    text = value.strip()
+    ago = _AGO.fullmatch(text)
+    if ago:
+        return now - timedelta(seconds=int(ago[1]) * _UNIT_S[ago[2]])
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(
+            "since", f"must be an age such as 15m, 2h or 7d, or an ISO time, not {value!r}"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -4,6 +4,7 @@ cause."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -13,7 +14,7 @@ from vmctl.core import cloudinit, hostkeys, placement, tokens, validation
 from vmctl.core.domainxml import GuestSpec
 from vmctl.core.errors import Conflict, InvalidInput, NotFound
 from vmctl.core.nodecmd import Disks, Reservation
-from vmctl.core.records import NewVm, VmRecord
+from vmctl.core.records import Mark, NewVm, VmRecord
 from vmctl.core.requests import CreateRequest
 from vmctl.services.ports import Hypervisor
 
@@ -72,7 +73,14 @@ def authorized_keys(svc: VmService, req: CreateRequest) -> list[str]:
 
 
 def create(svc: VmService, req: CreateRequest) -> VmRecord:
+    """Make the VM, holding its lock from before the claim to the end: a create that dies
+    leaves a ``creating`` row that no one holds, which `vmctl reconcile` rolls back."""
     new = check(svc, req)
+    with svc.locked(new.name, "create"):
+        return _create(svc, req, new)
+
+
+def _create(svc: VmService, req: CreateRequest, new: NewVm) -> VmRecord:
     phone_home_url = None
     if svc.phone_home_base:
         secret, secret_hash = tokens.new_secret()
@@ -100,7 +108,8 @@ def create(svc: VmService, req: CreateRequest) -> VmRecord:
         )
         node = svc.inventory.node(record.node)
         hv = svc.connect(node)
-        _build(svc, hv, node, new, host_key, req, record, phone_home_url)
+        mark = Mark(svc.store.installation_id(), record.id, new.name, socket.gethostname())
+        _build(svc, hv, node, new, host_key, req, record, phone_home_url, mark)
         svc.store.set_state(new.name, "running")
         svc.cache.set_node(new.name, node.name)
     except BaseException as exc:
@@ -119,6 +128,7 @@ def _build(
     req: CreateRequest,
     record: VmRecord,
     phone_home_url: str | None,
+    mark: Mark,
 ) -> None:
     image = svc.inventory.image(new.image)
     seed = cloudinit.Seed(
@@ -144,38 +154,51 @@ def _build(
         kernel=image.kernel if kernel_boot else None,
         initrd=image.initrd if kernel_boot else None,
         cmdline=image.cmdline if kernel_boot else None,
+        mark=mark,
     )
     reservation = None
     if record.reserved_ip is not None:
         reservation = Reservation(node.network.name, record.mac, record.reserved_ip)
     svc.progress(f"{new.name}: creating disks and seed, starting the domain on {node.name}")
     hv.create(spec, Disks(image.path, new.root_gb, new.disk_gb), files, reservation=reservation)
+    svc.progress(f"{new.name}: domain started on {node.name}")
 
 
 def rollback(
     svc: VmService, record: VmRecord, hv: Hypervisor | None, cause: BaseException
 ) -> list[str]:
     """Remove what a failed create made. Every step runs, whatever the others do, and no step's
-    failure (PostgreSQL down, say) hides ``cause``: the problems are reported and returned."""
+    failure (PostgreSQL down, say) hides ``cause``: the problems are reported and returned.
+
+    When the node could not be cleaned (it stopped answering), the row stays, as ``deleting``:
+    it keeps the capacity the leftovers take, and ``VmService.finish_deletes`` removes them
+    when the node answers again. Nothing is ever left recorded as running."""
     from vmctl.services.vms import remove_from_node
 
     name = record.name
     svc.progress(f"{name}: failed ({cause or type(cause).__name__}); removing what was made")
-    steps: list[tuple[str, Callable[[], object]]] = []
-    if hv is not None:
-        node = svc.inventory.node(record.node)
-        steps.append(("node", lambda: remove_from_node(hv, node, record)))
-    steps += [
-        ("cache", lambda: svc.cache.forget(name)),
-        ("database row", lambda: svc.store.delete(name)),
-    ]
     problems = []
-    for what, step in steps:
+
+    def attempt(what: str, step: Callable[[], object]) -> bool:
         try:
             step()
         except Exception as exc:
             problems.append(f"{what}: {exc}")
             svc.progress(f"{name}: could not clean up the {what}: {exc}")
+            return False
+        return True
+
+    node_clean = True
+    if hv is not None:
+        node = svc.inventory.node(record.node)
+        node_clean = attempt(
+            "node", lambda: remove_from_node(hv, node, record, svc.store.installation_id())
+        )
+    attempt("cache", lambda: svc.cache.forget(name))
+    if node_clean:
+        attempt("database row", lambda: svc.store.delete(name))
+    elif attempt("database row", lambda: svc.store.set_state(name, "deleting")):
+        svc.progress(f"{name}: recorded as deleting; the delete completes when the node answers")
     detail = {
         "actor": svc.actor,
         "cause": str(cause) or type(cause).__name__,

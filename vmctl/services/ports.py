@@ -9,16 +9,21 @@ from __future__ import annotations
 import builtins
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # annotations only: importing the ports costs next to nothing
+    from datetime import datetime
+
     from vmctl.core.addressing import Lease, Observation
     from vmctl.core.domainxml import GuestSpec
     from vmctl.core.inventory import AddressPool, Node
     from vmctl.core.nodecmd import Disks, Reservation
+    from vmctl.core.reconcile import NodeSurvey
     from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
+    from vmctl.core.snapshots import Snapshot
 
 # -- a node -----------------------------------------------------------------------------------
 
@@ -61,7 +66,12 @@ class Hypervisor(Protocol):
     ) -> None: ...
 
     def delete(
-        self, name: str, storage_dir: str, network: str | None = None, mac: str | None = None
+        self,
+        name: str,
+        storage_dir: str,
+        network: str | None = None,
+        mac: str | None = None,
+        installation: str | None = None,
     ) -> None: ...
 
     def observe(self, network: str, timeout: float = 15.0) -> Observation: ...
@@ -76,7 +86,78 @@ class Hypervisor(Protocol):
         self, name: str, source: str = "lease", timeout_s: int | None = None
     ) -> list[tuple[str, str]]: ...
 
-    def console_log(self, name: str, storage_dir: str) -> str: ...
+    def console_log(self, name: str, storage_dir: str, max_bytes: int = 1 << 20) -> str:
+        """What the VM's serial console has written so far (its boot log), the last
+        ``max_bytes``."""
+        ...
+
+    # -- power and size (vmctl.adapters.node.power) -------------------------------------------
+
+    def state(self, name: str) -> str | None:
+        """libvirt's state of the domain ("running", "shut off", "paused", ...); None if there
+        is no such domain."""
+        ...
+
+    def start(self, name: str) -> None: ...
+
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to power off (ACPI, else the guest agent); returns at once."""
+        ...
+
+    def destroy(self, name: str) -> None:
+        """Power off now (pulling the plug)."""
+        ...
+
+    def reboot(self, name: str, force: bool = False) -> None:
+        """Ask the guest to reboot (ACPI, else the agent); ``force``: reset it now."""
+        ...
+
+    def set_resources(self, name: str, cpu: int, ram_mb: int) -> None:
+        """vCPUs and RAM of a shut-off domain's definition."""
+        ...
+
+    def grow_disk(self, name: str, storage_dir: str, data_gb: int) -> None:
+        """Grow the data disk of a shut-off VM to ``data_gb`` GiB."""
+        ...
+
+    # -- snapshots (vmctl.adapters.node.snapshots) ---------------------------------------------
+
+    def snapshots(self, name: str, storage_dir: str) -> dict[str, list[str]]:
+        """Each of the VM's qcow2 disks on the node -> its internal snapshots' names."""
+        ...
+
+    def snapshot_create(
+        self, name: str, paths: Sequence[str], snapshot: str, running: bool, quiesce: str = "yes"
+    ) -> bool:
+        """Internal snapshot ``snapshot`` of every disk in ``paths``, all or none (of a running
+        domain: one QMP transaction between fs-freeze and fs-thaw; ``quiesce`` "yes", "try" or
+        "no"); whether the filesystems were frozen. Unavailable: the agent did not freeze."""
+        ...
+
+    def snapshot_revert(self, name: str, paths: Sequence[str], snapshot: str) -> None:
+        """Put the disks of a domain that is not running back to ``snapshot`` (NotFound, and
+        none changed, when one lacks it)."""
+        ...
+
+    def snapshot_delete(
+        self, name: str, paths: Sequence[str], snapshot: str, running: bool
+    ) -> None: ...
+
+    # -- reconcile (vmctl.adapters.node.survey) ------------------------------------------------
+
+    def survey(self, storage_dir: str, network: str | None = None) -> NodeSurvey:
+        """Everything the node holds, in one read-only command (scripts/survey.sh): domains
+        with their state and mark, VM directories with their mark, staging directories, the
+        network's DHCP reservations."""
+        ...
+
+    def remove_staging(self, storage_dir: str, entry: str) -> None:
+        """Remove ``storage_dir/.staging/entry`` (a name vmctl gives: NAME.8 hex digits)."""
+        ...
+
+    def unreserve(self, network: str, mac: str, ip: str) -> None:
+        """Delete the DHCP reservation of ``mac`` with ``ip`` from ``network``."""
+        ...
 
     def close(self) -> None:
         """Drop the connection; the next call opens a new one."""
@@ -116,6 +197,17 @@ class VmReader(Protocol):
         ...
 
 
+class VmLocks(Protocol):
+    def vm_lock(self, name: str, operation: str, timeout: float) -> AbstractContextManager[None]:
+        """Hold the VM's operation lock while the block runs (on any manager, one holder at a
+        time; let go when the holder dies); Busy after ``timeout`` s of waiting."""
+        ...
+
+    def installation_id(self) -> str:
+        """The id of this vmctl installation, in the ownership mark of what it makes."""
+        ...
+
+
 class VmStore(VmReader, Protocol):
     def claim(
         self,
@@ -135,6 +227,18 @@ class VmStore(VmReader, Protocol):
 
     def set_state(self, name: str, state: str) -> VmRecord: ...
 
+    def resize(
+        self,
+        name: str,
+        cpu: int,
+        ram_mb: int,
+        disk_gb: int,
+        check: Callable[[builtins.list[NodeUsage]], None],
+    ) -> VmRecord:
+        """Record new sizes; ``check`` sees every node's usage (this VM's old sizes included)
+        under the claim lock that create takes, and raises (CapacityError) to refuse."""
+        ...
+
     def delete(self, name: str) -> bool: ...
 
     def usage(self) -> builtins.list[NodeUsage]: ...
@@ -151,7 +255,9 @@ class EventLog(Protocol):
         self, vm: str | None, node: str | None, action: str, result: str, detail: dict[str, Any]
     ) -> int: ...
 
-    def events(self, vm: str) -> builtins.list[dict[str, Any]]: ...
+    def events(
+        self, vm: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> builtins.list[dict[str, Any]]: ...
 
 
 class TokenStore(Protocol):
@@ -172,7 +278,30 @@ class Heartbeats(Protocol):
     def alive(self, kind: str, within_s: float) -> builtins.list[str]: ...
 
 
-class Store(VmStore, AddressStore, EventLog, TokenStore, Heartbeats, Protocol):
+class SnapshotStore(Protocol):
+    def add_snapshot(self, vm: str, name: str, vm_state: str, quiesced: bool) -> Snapshot:
+        """Conflict when the VM has a snapshot of that name already."""
+        ...
+
+    def snapshots(self, vm: str) -> builtins.list[Snapshot]: ...
+
+    def get_snapshot(self, vm: str, name: str) -> Snapshot:
+        """NotFound if there is no such snapshot."""
+        ...
+
+    def delete_snapshot(self, vm: str, name: str) -> bool: ...
+
+
+class Store(
+    VmStore,
+    VmLocks,
+    AddressStore,
+    EventLog,
+    TokenStore,
+    Heartbeats,
+    SnapshotStore,
+    Protocol,
+):
     """All of PostgreSQL that vmctl uses."""
 
     def ping(self) -> None: ...

@@ -10,19 +10,22 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmctl.core import placement, tokens, validation
 from vmctl.core.addressing import SOURCES
-from vmctl.core.errors import Forbidden, NotFound, Unavailable
+from vmctl.core.errors import Forbidden, NodeUnreachable, NotFound, Unavailable
 from vmctl.core.records import NewVm, NodeUsage, VmRecord, default_actor
 from vmctl.core.requests import CreateRequest
 from vmctl.services.ports import Cache, Connect, GuestProbe, Hypervisor, Store
 
 if TYPE_CHECKING:
     from vmctl.core.inventory import Inventory, Node
+    from vmctl.core.snapshots import Snapshot
+    from vmctl.services.reconcile import Outcome
 
 Progress = Callable[[str], None]
 
@@ -49,6 +52,11 @@ class VmService:
     sources: Sequence[str] = SOURCES  # how to learn addresses when no watcher runs
     phone_home_base: str | None = None  # the internal API's URL guests call home to, if any
     default_keys: Sequence[str] = ()  # public keys for guests made without any
+    lock_timeout: float = 30.0  # how long an operation waits for another one on the same VM
+
+    def locked(self, name: str, operation: str) -> AbstractContextManager[None]:
+        """The VM's operation lock (Busy after ``lock_timeout`` s)."""
+        return self.store.vm_lock(name, operation, self.lock_timeout)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -122,23 +130,143 @@ class VmService:
 
         return wait.wait(self, name, timeout, until)
 
+    # -- snapshots (vmctl.services.snapshots) ------------------------------------------------
+
+    def snapshot_create(self, name: str, snapshot: str, quiesce: bool = True) -> Snapshot:
+        from vmctl.services import snapshots
+
+        return snapshots.create(self, name, snapshot, quiesce)
+
+    def snapshot_list(self, name: str) -> list[Snapshot]:
+        from vmctl.services import snapshots
+
+        return snapshots.list_snapshots(self, name)
+
+    def snapshot_revert(self, name: str, snapshot: str) -> VmRecord:
+        from vmctl.services import snapshots
+
+        return snapshots.revert(self, name, snapshot)
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        from vmctl.services import snapshots
+
+        snapshots.delete(self, name, snapshot)
+
     def delete(self, name: str) -> None:
         """Remove the VM from the node its PostgreSQL row names (never from where a cache entry
-        says: a stale one would send the delete to a node without the domain), then the row."""
-        record = self.get(name)
+        says: a stale one would send the delete to a node without the domain), then the row.
+
+        When the node does not answer, the VM stays recorded as ``deleting`` (NodeUnreachable):
+        ``finish_deletes`` (run by watch-ip and `vmctl reconcile --fix`) completes it once the
+        node answers again."""
+        with self.locked(validation.name(name), "delete"):
+            record = self.get(name)
+            self.store.set_state(record.name, "deleting")
+            self._remove(record)
+
+    def finish_deletes(self) -> list[str]:
+        """Complete the deletes left ``deleting`` (a node that did not answer, a manager that
+        died): those no operation holds; the names done. Nodes that still do not answer are
+        left for the next time."""
+        done = []
+        for record in self.store.list(state="deleting"):
+            try:
+                with self.store.vm_lock(record.name, "finish-delete", 0):
+                    self._remove(self.get(record.name))
+            except (NodeUnreachable, NotFound):
+                continue
+            except Exception as exc:
+                self.progress(f"{record.name}: delete still not done: {exc}")
+                continue
+            done.append(record.name)
+        return done
+
+    def _remove(self, record: VmRecord) -> None:
         node = self.inventory.node(record.node)
-        self.store.set_state(record.name, "deleting")
+        detail: dict[str, Any] = {"actor": self.actor}
         try:
-            remove_from_node(self.connect(node), node, record)
+            remove_from_node(self.connect(node), node, record, self.store.installation_id())
+        except NodeUnreachable as exc:
+            self.store.add_event(
+                record.name,
+                node.name,
+                "delete",
+                "failed",
+                {**detail, "cause": str(exc), "pending": True},
+            )
+            raise NodeUnreachable(
+                f"{exc}; {record.name} stays recorded as deleting, and the delete completes when "
+                f"node {node.name} answers again (watch-ip, or `vmctl reconcile --fix`)"
+            ) from exc
         except Exception as exc:
             self.store.set_state(record.name, "error")
             self.store.add_event(
-                record.name, node.name, "delete", "failed", {"actor": self.actor, "cause": str(exc)}
+                record.name, node.name, "delete", "failed", {**detail, "cause": str(exc)}
             )
             raise
         self.cache.forget(record.name)
         self.store.delete(record.name)
-        self.store.add_event(record.name, node.name, "delete", "ok", {"actor": self.actor})
+        self.store.add_event(record.name, node.name, "delete", "ok", detail)
+
+    # -- day 2 -------------------------------------------------------------------------------
+
+    def start(self, name: str) -> VmRecord:
+        from vmctl.services import lifecycle
+
+        return lifecycle.start(self, name)
+
+    def stop(self, name: str, timeout: float = 60.0, force: bool = False) -> VmRecord:
+        from vmctl.services import lifecycle
+
+        return lifecycle.stop(self, name, timeout, force)
+
+    def reboot(self, name: str, force: bool = False) -> VmRecord:
+        from vmctl.services import lifecycle
+
+        return lifecycle.reboot(self, name, force)
+
+    def resize(
+        self, name: str, ram: object = None, cpu: object = None, disk: object = None
+    ) -> VmRecord:
+        from vmctl.services import lifecycle
+
+        return lifecycle.resize(self, name, ram=ram, cpu=cpu, disk=disk)
+
+    def console_log(self, name: str) -> str:
+        """What the VM's serial console has written so far (the last MiB)."""
+        vm = self.get(name)
+        node = self.inventory.node(vm.node)
+        return self.connect(node).console_log(vm.name, node.storage.directory)
+
+    def console_target(self, name: str) -> tuple[Node, str]:
+        """The node to reach the VM's serial console through, and the domain's name."""
+        vm = self.get(name)
+        return self.inventory.node(vm.node), vm.name
+
+    def events(
+        self, name: str | None = None, since: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The audit log, oldest first: of one VM (also after it was deleted), since an age
+        (`15m`, `2h`, `7d`) or an ISO time, the newest ``limit``."""
+        from datetime import UTC, datetime
+
+        vm = None if name is None else validation.name(name)
+        when = None if since is None else validation.since(since, datetime.now(UTC))
+        return self.store.events(vm, since=when, limit=limit)
+
+    # -- reconcile (vmctl.services.reconcile) ------------------------------------------------
+
+    def reconcile_report(self, node: str | None = None) -> Outcome:
+        """What differs between PostgreSQL, the nodes and Redis; changes nothing."""
+        from vmctl.services import reconcile
+
+        return reconcile.report(self, node)
+
+    def reconcile_fix(self, node: str | None = None) -> Outcome:
+        """Repair what is safe, then report what is left."""
+        from vmctl.services import reconcile
+
+        return reconcile.fix(self, node)
 
     # -- addresses ---------------------------------------------------------------------------
 
@@ -201,9 +329,10 @@ def placement_load(node: Node, usage: NodeUsage | None) -> placement.NodeLoad:
     )
 
 
-def remove_from_node(hv: Hypervisor, node: Node, vm: VmRecord) -> None:
-    """Domain, disks, seed and (managed networks) the DHCP reservation."""
+def remove_from_node(hv: Hypervisor, node: Node, vm: VmRecord, installation: str) -> None:
+    """Domain, disks, seed, staging leftovers and (managed networks) the DHCP reservation; a
+    VM directory marked by another installation is left alone."""
     if vm.reserved_ip is not None:
-        hv.delete(vm.name, node.storage.directory, node.network.name, vm.mac)
+        hv.delete(vm.name, node.storage.directory, node.network.name, vm.mac, installation)
     else:
-        hv.delete(vm.name, node.storage.directory)
+        hv.delete(vm.name, node.storage.directory, installation=installation)

@@ -88,6 +88,7 @@ def vm_service(
     tell: Callable[[str], None] | None = None,
     default_keys: Sequence[str] = (),
     shared_store: Store | None = None,
+    lock_timeout: float | None = None,
 ) -> VmService:
     """The VmService of one command (or of one API worker thread: ``inventory`` loaded once,
     one store, with its pool of connections, shared by every thread; progress to the log)."""
@@ -112,6 +113,7 @@ def vm_service(
         guest_key=settings.ssh_key,
         phone_home_base=settings.api_internal_url,
         default_keys=default_keys,
+        lock_timeout=settings.lock_timeout if lock_timeout is None else lock_timeout,
     )
 
 

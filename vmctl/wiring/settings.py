@@ -25,6 +25,7 @@ class Settings:
     known_hosts: Path = HOME / ".ssh" / "known_hosts"  # node host keys; guests' are added here
     guest_ssh_keys: tuple[Path, ...] = ()  # public keys put into guests; default: ssh_key + .pub
     api_internal_url: str | None = None  # where guests phone home (the internal HAProxy)
+    lock_timeout: float = 30.0  # seconds an operation waits while another holds the VM
 
     @property
     def authorized_key_files(self) -> tuple[Path, ...]:
@@ -47,6 +48,14 @@ def _convert(name: str, value: object, source: str) -> object:
         if not isinstance(items, list | tuple):
             raise ConfigError(f"{source}: guest_ssh_keys must be a list of paths")
         return tuple(Path(os.path.expanduser(str(i).strip())) for i in items if str(i).strip())
+    if name == "lock_timeout":
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            seconds = -1.0
+        if not 0 <= seconds < 86400:
+            raise ConfigError(f"{source}: lock_timeout must be seconds (0 or more), not {value!r}")
+        return seconds
     if not isinstance(value, str):
         raise ConfigError(f"{source}: {name} must be a string")
     return value

@@ -3,7 +3,8 @@
 ``PgStore`` implements ``vmctl.services.ports.Store``. It holds a pool of connections (opened on
 first use; each method runs in its own transaction) and may be shared by threads. Its parts, one
 module each: ``base`` (connections, transactions), ``vms``, ``addresses``, ``tokens``,
-``heartbeats`` and ``events``. The schema is made by ``vmctl.adapters.db.upgrade``.
+``heartbeats``, ``events``, ``locks`` and ``snapshots``. The schema is made by
+``vmctl.adapters.db.upgrade``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,23 @@ from vmctl.adapters.store.addresses import AddressesMixin
 from vmctl.adapters.store.base import MAX_SIZE
 from vmctl.adapters.store.events import EventsMixin
 from vmctl.adapters.store.heartbeats import HeartbeatsMixin
+from vmctl.adapters.store.locks import LocksMixin
+from vmctl.adapters.store.snapshots import SnapshotsMixin
 from vmctl.adapters.store.tokens import TokensMixin
 from vmctl.adapters.store.vms import VmsMixin
 
 __all__ = ["MAX_SIZE", "PgStore"]
 
 
-class PgStore(VmsMixin, AddressesMixin, TokensMixin, HeartbeatsMixin, EventsMixin):
+class PgStore(
+    VmsMixin,
+    AddressesMixin,
+    TokensMixin,
+    HeartbeatsMixin,
+    EventsMixin,
+    LocksMixin,
+    SnapshotsMixin,
+):
     """All of PostgreSQL that vmctl uses: ``PgStore(url, actor=None, max_size=MAX_SIZE)``."""
 
 

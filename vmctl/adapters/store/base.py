@@ -50,6 +50,12 @@ def vm_record(row: dict[str, Any]) -> VmRecord:
     return VmRecord(**fields)
 
 
+def _shutting_down(error: psycopg.Error) -> bool:
+    """The server ended the session (SQLSTATE class 57P: shut down, crashed, starting up): the
+    connection is as good as dead, even before psycopg marks it broken."""
+    return (error.sqlstate or "").startswith("57P")
+
+
 class _ConnectAttempts:
     """What the pool's attempts to connect came to: its workers report, waiting calls look."""
 
@@ -189,7 +195,7 @@ class StoreBase:
                         committing = True
                     return result
                 except psycopg.OperationalError as e:
-                    if not (conn.closed or conn.broken):
+                    if not (conn.closed or conn.broken or _shutting_down(e)):
                         raise  # e.g. a deadlock or a cancelled query: the server is there
                     if committing or retry:
                         raise db.unreachable(self._url, e) from e

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -27,14 +28,20 @@ class EventsMixin(StoreBase):
         assert row is not None
         return int(row["id"])
 
-    def events(self, vm: str) -> list[dict[str, Any]]:
-        """The events of one VM, oldest first: dicts of id, at (UTC), vm, node, actor, action,
-        result, detail."""
+    def events(
+        self, vm: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Events oldest first (of one VM, at or after ``since``; the newest ``limit`` of them):
+        dicts of id, at (UTC), vm, node, actor, action, result, detail."""
         rows = self._run(
             lambda c: c.execute(
-                """SELECT id, at, vm, node, actor, action, result, detail FROM events
-                   WHERE vm = %s ORDER BY at, id""",
-                (vm,),
+                """SELECT * FROM (
+                       SELECT id, at, vm, node, actor, action, result, detail FROM events
+                       WHERE (%(vm)s::text IS NULL OR vm = %(vm)s)
+                         AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)
+                       ORDER BY at DESC, id DESC LIMIT %(limit)s) newest
+                   ORDER BY at, id""",
+                {"vm": vm, "since": since, "limit": limit},
             ).fetchall()
         )
         return [{**row, "at": utc(row["at"])} for row in rows]

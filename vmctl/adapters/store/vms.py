@@ -182,6 +182,32 @@ class VmsMixin(StoreBase):
             raise ValueError(f"unknown VM state {state!r}")
         return self._update(name, "state = %(state)s", {"state": state})
 
+    def resize(
+        self,
+        name: str,
+        cpu: int,
+        ram_mb: int,
+        disk_gb: int,
+        check: Callable[[builtins.list[NodeUsage]], None],
+    ) -> VmRecord:
+        """Record new sizes for VM ``name`` once ``check`` accepts them: it sees every node's
+        usage under the claim lock (as claims do), so a resize and a create never both take the
+        last room of a node."""
+
+        def work(conn: Connection) -> VmRecord:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (db.CLAIM_LOCK_KEY,))
+            check(node_usage(conn))
+            row = conn.execute(
+                """UPDATE vms SET cpu = %s, ram_mb = %s, disk_gb = %s, updated_at = now()
+                   WHERE name = %s RETURNING *""",
+                (cpu, ram_mb, disk_gb, name),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no VM named {name}")
+            return vm_record(row)
+
+        return self._run(work)
+
     def set_ip(self, name: str, ip: str | None, ip_state: str | None) -> VmRecord:
         """Record the VM's address (both given) or forget it (both None)."""
         if (ip is None) != (ip_state is None) or (ip_state not in (*IP_STATES, None)):

@@ -1,0 +1,81 @@
+"""/api/v1/vm/{name}/snapshots: snapshots of a VM's disks (root and data together), one project
+per token (another project's VM is 404, as if it did not exist)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from vmctl.api.deps import Project, Svc
+from vmctl.api.errors import ERRORS
+from vmctl.api.models import VmDetail, vm_detail
+from vmctl.core.logfields import fields
+from vmctl.core.snapshots import Snapshot
+
+router = APIRouter(prefix="/api/v1/vm/{name}/snapshots", responses=ERRORS)
+log = logging.getLogger("vmctl.serve")
+
+
+class SnapshotIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(examples=["before-upgrade"], description="a VM name's rules")
+    quiesce: bool = Field(
+        True,
+        description="a running VM: fail when the guest agent cannot freeze its filesystems "
+        "(true), or take the snapshot unfrozen then (false)",
+    )
+
+
+class SnapshotOut(BaseModel):
+    vm: str
+    name: str
+    vm_state: str = Field(description="running or stopped when it was taken")
+    quiesced: bool = Field(description="whether the guest's filesystems were frozen for it")
+    created_at: str = Field(description="ISO-8601 UTC", examples=["2026-12-02T07:52:26.123Z"])
+    actor: str
+
+
+def snapshot_out(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "vm": snap.vm,
+        "name": snap.name,
+        "vm_state": snap.vm_state,
+        "quiesced": snap.quiesced,
+        "created_at": snap.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "actor": snap.actor,
+    }
+
+
+@router.get("", response_model=list[SnapshotOut])
+def list_snapshots(name: str, project: Project, svc: Svc) -> list[dict[str, Any]]:
+    vm = svc.vms.get_in_project(name, project)
+    return [snapshot_out(s) for s in svc.vms.snapshot_list(vm.name)]
+
+
+@router.post("", status_code=201, response_model=SnapshotOut)
+def create_snapshot(name: str, body: SnapshotIn, project: Project, svc: Svc) -> dict[str, Any]:
+    vm = svc.vms.get_in_project(name, project)
+    snap = svc.vms.snapshot_create(vm.name, body.name, body.quiesce)
+    log.info("snapshot taken", extra=fields(vm=vm.name, snapshot=snap.name, project=project))
+    return snapshot_out(snap)
+
+
+@router.post("/{snapshot}/revert", response_model=VmDetail)
+def revert_snapshot(name: str, snapshot: str, project: Project, svc: Svc) -> dict[str, Any]:
+    """Put the disks back to the snapshot; a running VM is powered off hard and started again."""
+    vm = svc.vms.get_in_project(name, project)
+    reverted = svc.vms.snapshot_revert(vm.name, snapshot)
+    log.info("snapshot reverted", extra=fields(vm=vm.name, snapshot=snapshot, project=project))
+    return vm_detail(reverted)
+
+
+@router.delete("/{snapshot}", status_code=204)
+def delete_snapshot(name: str, snapshot: str, project: Project, svc: Svc) -> Response:
+    vm = svc.vms.get_in_project(name, project)
+    svc.vms.snapshot_delete(vm.name, snapshot)
+    log.info("snapshot deleted", extra=fields(vm=vm.name, snapshot=snapshot, project=project))
+    return Response(status_code=204)
