@@ -4,7 +4,7 @@
 #
 # Usage: survey.sh --storage DIR [--network NET]
 #
-# Output: one record a line, fields separated by one TAB (vmctl.core.reconcile.parse_survey):
+# Output: one record a line, fields separated by one TAB (vmctl.core.survey.parse_survey):
 #   survey	1                                 first line: the format's version
 #   domain	NAME	STATE	METADATA              every libvirt domain; STATE as `virsh domstate`
 #                                             prints it; METADATA: vmctl's <vm> metadata element

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from tests.unit.fakes import INVENTORY, FakeCache, FakeStore, UnusedHypervisor
+from vmctl.core import drift as dr
 from vmctl.core import reconcile as rc
+from vmctl.core import survey as sv
 from vmctl.core.errors import NodeUnreachable, RemoteCommandFailed
 from vmctl.core.inventory import AddressPool, Inventory
 from vmctl.core.records import Mark, VmRecord
@@ -54,20 +56,20 @@ def row(name: str, state: str = "running", node: str = "kvm1", **kw: Any) -> VmR
     return VmRecord(**values)
 
 
-def dom(r: VmRecord, state: str = "running", installation: str = OURS) -> rc.Domain:
-    return rc.Domain(r.name, state, Mark(installation, r.id, r.name, "m1"))
+def dom(r: VmRecord, state: str = "running", installation: str = OURS) -> sv.Domain:
+    return sv.Domain(r.name, state, Mark(installation, r.id, r.name, "m1"))
 
 
-def vmdir(name: str, installation: str | None = OURS, record_id: int = 1) -> rc.VmDir:
+def vmdir(name: str, installation: str | None = OURS, record_id: int = 1) -> sv.VmDir:
     marker = "set" if installation else "none"
-    return rc.VmDir(name, marker, installation, record_id, ("root.qcow2", "seed.iso"))
+    return sv.VmDir(name, marker, installation, record_id, ("root.qcow2", "seed.iso"))
 
 
-def kinds(drift: list[rc.Drift]) -> set[tuple[str, str | None]]:
+def kinds(drift: list[dr.Drift]) -> set[tuple[str, str | None]]:
     return {(d.kind, d.vm) for d in drift}
 
 
-def compare(rows: list[VmRecord], survey: rc.NodeSurvey, **kw: Any) -> list[rc.Drift]:
+def compare(rows: list[VmRecord], survey: sv.NodeSurvey, **kw: Any) -> list[dr.Drift]:
     kw.setdefault("pools", {"kvm1": POOL})
     kw.setdefault("storage", {"kvm1": STORAGE})
     return rc.compare(rows, [survey], kw.pop("cache", {}), OURS, kw.pop("free", set()), **kw)
@@ -92,18 +94,18 @@ end
 
 
 def test_the_survey_is_parsed_and_virsh_metadata_without_namespace_gives_the_mark() -> None:
-    s = rc.parse_survey("kvm1", SURVEY)
+    s = sv.parse_survey("kvm1", SURVEY)
     assert s.domains == (
-        rc.Domain("web-1", "running", Mark(OURS, 7, "web-1", "m1")),
-        rc.Domain("hand", "shut off", None),
+        sv.Domain("web-1", "running", Mark(OURS, 7, "web-1", "m1")),
+        sv.Domain("hand", "shut off", None),
     )
-    assert s.dirs[0] == rc.VmDir(
+    assert s.dirs[0] == sv.VmDir(
         "web-1", "set", OURS, 7, (".vmctl", "console.log", "data.qcow2", "root.qcow2", "seed.iso")
     )
-    assert s.dirs[1] == rc.VmDir("old", "empty", None, None, (".vmctl",))
+    assert s.dirs[1] == sv.VmDir("old", "empty", None, None, (".vmctl",))
     assert s.dirs[2].marker == "none"
-    assert s.snapshots == (rc.DiskSnapshot("web-1", "root.qcow2", "before"),)
-    assert s.staging == (rc.Staging("web-2.0a1b2c3d", 42),)
+    assert s.snapshots == (sv.DiskSnapshot("web-1", "root.qcow2", "before"),)
+    assert s.staging == (sv.Staging("web-2.0a1b2c3d", 42),)
     assert s.staging[0].vm == "web-2"
     assert (s.network, s.network_state) == ("vmnet", "active")
     assert {h.mac for h in s.hosts} == {"52:54:00:aa:00:01"}
@@ -116,11 +118,11 @@ def test_the_survey_is_parsed_and_virsh_metadata_without_namespace_gives_the_mar
 )
 def test_an_incomplete_or_strange_survey_is_refused(text: str) -> None:
     with pytest.raises(RemoteCommandFailed):
-        rc.parse_survey("kvm1", text)
+        sv.parse_survey("kvm1", text)
 
 
 def test_repair_commands_take_only_what_vmctl_names() -> None:
-    assert rc.remove_staging_command(STORAGE, "web-1.0a1b2c3d") == [
+    assert sv.remove_staging_command(STORAGE, "web-1.0a1b2c3d") == [
         "rm",
         "-rf",
         "--",
@@ -128,12 +130,12 @@ def test_repair_commands_take_only_what_vmctl_names() -> None:
     ]
     for bad in ("../etc", "web-1", "web-1.0a1b2c3d/..", "Web.0a1b2c3d"):
         with pytest.raises(ValueError):
-            rc.remove_staging_command(STORAGE, bad)
-    argv = rc.unreserve_command("vmnet", "52:54:00:AA:00:01", "10.9.1.10")
+            sv.remove_staging_command(STORAGE, bad)
+    argv = sv.unreserve_command("vmnet", "52:54:00:AA:00:01", "10.9.1.10")
     assert argv[3:] == ["unreserve", "vmnet", "52:54:00:aa:00:01", "10.9.1.10"]
     with pytest.raises(ValueError):
-        rc.unreserve_command("vmnet", "52:54:00:aa:00:01", "10.9.1.10; reboot")
-    assert rc.survey_args(STORAGE, "vmnet") == ["--storage", STORAGE, "--network", "vmnet"]
+        sv.unreserve_command("vmnet", "52:54:00:aa:00:01", "10.9.1.10; reboot")
+    assert sv.survey_args(STORAGE, "vmnet") == ["--storage", STORAGE, "--network", "vmnet"]
 
 
 # -- compare: every kind ----------------------------------------------------------------------
@@ -141,48 +143,48 @@ def test_repair_commands_take_only_what_vmctl_names() -> None:
 
 def test_a_clean_node_has_no_drift() -> None:
     r = row("web-1", ip="10.9.1.10", reserved_ip="10.9.1.10", mac="52:54:00:aa:00:01")
-    s = rc.NodeSurvey(
+    s = sv.NodeSurvey(
         "kvm1",
         domains=(dom(r),),
         dirs=(vmdir("web-1", record_id=r.id),),
-        hosts=(rc.Host("live", "52:54:00:aa:00:01", "web-1", "10.9.1.10"),),
+        hosts=(sv.Host("live", "52:54:00:aa:00:01", "web-1", "10.9.1.10"),),
     )
     assert compare([r], s, cache={"vmctl:vm:web-1:node": "kvm1"}) == []
 
 
 def test_row_without_domain_is_fixed_by_marking_error_never_by_deleting() -> None:
-    (d,) = compare([row("web-1", "stopped")], rc.NodeSurvey("kvm1"))
-    assert (d.kind, d.vm, d.node) == (rc.ROW_WITHOUT_DOMAIN, "web-1", "kvm1")
+    (d,) = compare([row("web-1", "stopped")], sv.NodeSurvey("kvm1"))
+    assert (d.kind, d.vm, d.node) == (dr.ROW_WITHOUT_DOMAIN, "web-1", "kvm1")
     assert d.fix is not None and "error" in d.fix
 
 
 def test_a_domain_with_our_mark_and_no_row_is_drift_and_its_directory_goes_with_it() -> None:
     ghost = row("ghost")
-    s = rc.NodeSurvey("kvm1", domains=(dom(ghost, "shut off"),), dirs=(vmdir("ghost"),))
-    assert kinds(compare([], s)) == {(rc.DOMAIN_WITHOUT_ROW, "ghost")}
+    s = sv.NodeSurvey("kvm1", domains=(dom(ghost, "shut off"),), dirs=(vmdir("ghost"),))
+    assert kinds(compare([], s)) == {(dr.DOMAIN_WITHOUT_ROW, "ghost")}
     # recorded on the other node: this node's domain is still without its row
     (d,) = compare([row("ghost", node="kvm2")], replace(s, dirs=()))
-    assert d.kind == rc.DOMAIN_WITHOUT_ROW and "recorded on kvm2" in d.detail
+    assert d.kind == dr.DOMAIN_WITHOUT_ROW and "recorded on kvm2" in d.detail
 
 
 def test_a_marked_domain_whose_name_belongs_to_another_row_is_reported_not_fixed() -> None:
     old = row("web-1", id=3)
-    s = rc.NodeSurvey("kvm1", domains=(dom(old),))
+    s = sv.NodeSurvey("kvm1", domains=(dom(old),))
     (d,) = compare([row("web-1", id=9)], s)
-    assert d.kind == rc.DOMAIN_WITHOUT_ROW and d.fix is None
+    assert d.kind == dr.DOMAIN_WITHOUT_ROW and d.fix is None
 
 
 def test_unmarked_and_other_installations_things_are_foreign_never_drift() -> None:
     theirs = row("theirs")
-    s = rc.NodeSurvey(
+    s = sv.NodeSurvey(
         "kvm1",
-        domains=(rc.Domain("hand", "running", None), dom(theirs, installation=OTHER)),
-        dirs=(vmdir("stuff", None), vmdir("theirs", OTHER), rc.VmDir("old", "empty", None, None)),
-        staging=(rc.Staging("not-ours", 5),),
-        hosts=(rc.Host("live", "52:54:00:ff:00:01", "lan", "10.9.1.200"),),  # outside the pool
+        domains=(sv.Domain("hand", "running", None), dom(theirs, installation=OTHER)),
+        dirs=(vmdir("stuff", None), vmdir("theirs", OTHER), sv.VmDir("old", "empty", None, None)),
+        staging=(sv.Staging("not-ours", 5),),
+        hosts=(sv.Host("live", "52:54:00:ff:00:01", "lan", "10.9.1.200"),),  # outside the pool
     )
     found = compare([], s)
-    assert {d.kind for d in found} == {rc.FOREIGN}
+    assert {d.kind for d in found} == {dr.FOREIGN}
     assert all(d.info and d.fix is None for d in found)
     assert {d.subject for d in found} == {
         "domain hand",
@@ -194,23 +196,23 @@ def test_unmarked_and_other_installations_things_are_foreign_never_drift() -> No
 
 
 def test_orphan_dir_staging_and_reservation() -> None:
-    s = rc.NodeSurvey(
+    s = sv.NodeSurvey(
         "kvm1",
         dirs=(vmdir("gone"),),
-        staging=(rc.Staging("gone.0a1b2c3d", 600),),
+        staging=(sv.Staging("gone.0a1b2c3d", 600),),
         hosts=(
-            rc.Host("live", "52:54:00:aa:00:09", "gone", "10.9.1.42"),
-            rc.Host("config", "52:54:00:aa:00:09", "gone", "10.9.1.42"),
+            sv.Host("live", "52:54:00:aa:00:09", "gone", "10.9.1.42"),
+            sv.Host("config", "52:54:00:aa:00:09", "gone", "10.9.1.42"),
         ),
         network="vmnet",
     )
     found = compare([], s)
     assert kinds(found) == {
-        (rc.ORPHAN_DIR, "gone"),
-        (rc.ORPHAN_STAGING, "gone"),
-        (rc.ORPHAN_RESERVATION, "gone"),
+        (dr.ORPHAN_DIR, "gone"),
+        (dr.ORPHAN_STAGING, "gone"),
+        (dr.ORPHAN_RESERVATION, "gone"),
     }
-    res = next(d for d in found if d.kind == rc.ORPHAN_RESERVATION)
+    res = next(d for d in found if d.kind == dr.ORPHAN_RESERVATION)
     assert dict(res.data) == {"network": "vmnet", "mac": "52:54:00:aa:00:09", "ip": "10.9.1.42"}
     assert "live+config" in res.detail  # one item for both scopes
     # a row with that MAC or that address: not an orphan; a staging dir of a create at work: fine
@@ -220,12 +222,12 @@ def test_orphan_dir_staging_and_reservation() -> None:
 
 def test_wrong_state_follows_libvirt() -> None:
     r = row("web-1", "running")
-    (d,) = compare([r], rc.NodeSurvey("kvm1", domains=(dom(r, "shut off"),)))
-    assert (d.kind, d.data["state"]) == (rc.WRONG_STATE, "stopped")
+    (d,) = compare([r], sv.NodeSurvey("kvm1", domains=(dom(r, "shut off"),)))
+    assert (d.kind, d.data["state"]) == (dr.WRONG_STATE, "stopped")
     s = row("web-2", "stopped")
-    (d,) = compare([s], rc.NodeSurvey("kvm1", domains=(dom(s, "running"),)))
-    assert (d.kind, d.data["state"]) == (rc.WRONG_STATE, "running")
-    assert compare([r], rc.NodeSurvey("kvm1", domains=(dom(r, "paused"),))) == []
+    (d,) = compare([s], sv.NodeSurvey("kvm1", domains=(dom(s, "running"),)))
+    assert (d.kind, d.data["state"]) == (dr.WRONG_STATE, "running")
+    assert compare([r], sv.NodeSurvey("kvm1", domains=(dom(r, "paused"),))) == []
 
 
 def test_stale_cache_keys() -> None:
@@ -236,39 +238,39 @@ def test_stale_cache_keys() -> None:
         "vmctl:other": None,
     }
     rows = [row("web-1"), row("web-2")]
-    survey = rc.NodeSurvey("kvm1", domains=tuple(dom(r) for r in rows))
+    survey = sv.NodeSurvey("kvm1", domains=tuple(dom(r) for r in rows))
     found = compare(rows, survey, cache=cache)
-    assert kinds(found) == {(rc.STALE_CACHE, "nobody"), (rc.STALE_CACHE, "web-1")}
+    assert kinds(found) == {(dr.STALE_CACHE, "nobody"), (dr.STALE_CACHE, "web-1")}
 
 
 def test_stuck_rows_only_when_no_process_holds_them() -> None:
     rows = [row("new", "creating"), row("old", "deleting")]
-    assert compare(rows, rc.NodeSurvey("kvm1")) == []  # held: at work
-    found = compare(rows, rc.NodeSurvey("kvm1"), free={"new", "old"})
-    assert kinds(found) == {(rc.STUCK_CREATING, "new"), (rc.STUCK_DELETING, "old")}
+    assert compare(rows, sv.NodeSurvey("kvm1")) == []  # held: at work
+    found = compare(rows, sv.NodeSurvey("kvm1"), free={"new", "old"})
+    assert kinds(found) == {(dr.STUCK_CREATING, "new"), (dr.STUCK_DELETING, "old")}
 
 
 def test_rows_on_a_node_not_surveyed_are_not_judged() -> None:
-    assert rc.compare([row("web-1", node="kvm2")], [rc.NodeSurvey("kvm1")], {}, OURS, set()) == []
+    assert rc.compare([row("web-1", node="kvm2")], [sv.NodeSurvey("kvm1")], {}, OURS, set()) == []
 
 
 def test_snapshots_on_disk_and_in_postgresql() -> None:
     r = row("web-1")
-    s = rc.NodeSurvey(
+    s = sv.NodeSurvey(
         "kvm1",
         domains=(dom(r),),
-        dirs=(rc.VmDir("web-1", "set", OURS, r.id, ("data.qcow2", "root.qcow2")),),
+        dirs=(sv.VmDir("web-1", "set", OURS, r.id, ("data.qcow2", "root.qcow2")),),
         snapshots=(
-            rc.DiskSnapshot("web-1", "root.qcow2", "a"),
-            rc.DiskSnapshot("web-1", "data.qcow2", "a"),
-            rc.DiskSnapshot("web-1", "root.qcow2", "half"),
-            rc.DiskSnapshot("web-1", "root.qcow2", "stray"),
+            sv.DiskSnapshot("web-1", "root.qcow2", "a"),
+            sv.DiskSnapshot("web-1", "data.qcow2", "a"),
+            sv.DiskSnapshot("web-1", "root.qcow2", "half"),
+            sv.DiskSnapshot("web-1", "root.qcow2", "stray"),
         ),
     )
     found = compare([r], s, snapshots={"web-1": ["a", "half"]})
     assert {(d.kind, d.subject) for d in found} == {
-        (rc.SNAPSHOT_WITHOUT_ROW, "snapshot web-1/stray"),
-        (rc.ROW_WITHOUT_SNAPSHOT, "snapshot web-1/half"),
+        (dr.SNAPSHOT_WITHOUT_ROW, "snapshot web-1/stray"),
+        (dr.ROW_WITHOUT_SNAPSHOT, "snapshot web-1/half"),
     }
     assert all(d.fix is None for d in found)
 
@@ -284,11 +286,11 @@ class Store(FakeStore):
 class Node(UnusedHypervisor):
     """A node as the survey sees it; repairs change it."""
 
-    def __init__(self, survey: rc.NodeSurvey) -> None:
+    def __init__(self, survey: sv.NodeSurvey) -> None:
         self.now = survey
         self.done: list[str] = []
 
-    def survey(self, storage_dir: str, network: str | None = None) -> rc.NodeSurvey:
+    def survey(self, storage_dir: str, network: str | None = None) -> sv.NodeSurvey:
         return self.now
 
     def state(self, name: str) -> str | None:
@@ -319,7 +321,7 @@ class Node(UnusedHypervisor):
         self.now = replace(self.now, hosts=tuple(h for h in self.now.hosts if h.mac != mac))
 
 
-def setup(survey: rc.NodeSurvey, rows: list[VmRecord]) -> tuple[Reconciler, Store, FakeCache, Node]:
+def setup(survey: sv.NodeSurvey, rows: list[VmRecord]) -> tuple[Reconciler, Store, FakeCache, Node]:
     inventory = Inventory.model_validate(INVENTORY)
     nodes = {"kvm1": Node(survey)}
     store, cache = Store(), FakeCache()
@@ -335,24 +337,24 @@ def setup(survey: rc.NodeSurvey, rows: list[VmRecord]) -> tuple[Reconciler, Stor
 
 def test_fix_repairs_what_is_safe_and_a_second_report_is_clean_on_that_node() -> None:
     r_state, r_nodom, r_stuck = row("st"), row("nodom", "stopped"), row("stuck", "creating")
-    hand = rc.Domain("hand", "running", None)
-    survey = rc.NodeSurvey(
+    hand = sv.Domain("hand", "running", None)
+    survey = sv.NodeSurvey(
         "kvm1",
         domains=(dom(r_state, "shut off"), dom(row("ghost")), hand),
         dirs=(vmdir("orphan"), vmdir("stuff", None)),
-        staging=(rc.Staging("late.0a1b2c3d", 9),),
+        staging=(sv.Staging("late.0a1b2c3d", 9),),
     )
     rec, store, cache, node = setup(survey, [r_state, r_nodom, r_stuck])
     cache.set_node("nobody", "kvm1")
     first = rec.report("kvm1")
     assert {d.kind for d in first.drift} == {
-        rc.WRONG_STATE,
-        rc.ROW_WITHOUT_DOMAIN,
-        rc.STUCK_CREATING,
-        rc.DOMAIN_WITHOUT_ROW,
-        rc.ORPHAN_DIR,
-        rc.ORPHAN_STAGING,
-        rc.STALE_CACHE,
+        dr.WRONG_STATE,
+        dr.ROW_WITHOUT_DOMAIN,
+        dr.STUCK_CREATING,
+        dr.DOMAIN_WITHOUT_ROW,
+        dr.ORPHAN_DIR,
+        dr.ORPHAN_STAGING,
+        dr.STALE_CACHE,
     }
     assert [d.subject for d in first.foreign] == ["domain hand", f"{STORAGE}/stuff"]
     out = rec.fix("kvm1")
@@ -370,7 +372,7 @@ def test_fix_repairs_what_is_safe_and_a_second_report_is_clean_on_that_node() ->
 
 def test_a_busy_vm_is_skipped_and_a_node_that_does_not_answer_is_reported() -> None:
     stuck = row("stuck", "creating")
-    rec, store, _cache, _node = setup(rc.NodeSurvey("kvm1"), [stuck])
+    rec, store, _cache, _node = setup(sv.NodeSurvey("kvm1"), [stuck])
     found = rec.report()
     assert set(found.unreachable) == {"kvm2"}
     (item,) = found.drift
@@ -381,7 +383,7 @@ def test_a_busy_vm_is_skipped_and_a_node_that_does_not_answer_is_reported() -> N
 
 
 def test_watch_ip_records_each_new_drift_once_and_finishes_pending_deletes() -> None:
-    survey = rc.NodeSurvey("kvm1", dirs=(vmdir("orphan"),))
+    survey = sv.NodeSurvey("kvm1", dirs=(vmdir("orphan"),))
     rec, store, cache, node = setup(survey, [row("leaving", "deleting")])
     inventory = Inventory.model_validate(INVENTORY)
     watcher = Watcher(
@@ -392,12 +394,12 @@ def test_watch_ip_records_each_new_drift_once_and_finishes_pending_deletes() -> 
         logging.getLogger("test-reconcile"),
     )
     watcher.reconcile_periodically(300)
-    assert sorted(watcher.reconcile_pass()) == [rc.ORPHAN_DIR, rc.STUCK_DELETING]
+    assert sorted(watcher.reconcile_pass()) == [dr.ORPHAN_DIR, dr.STUCK_DELETING]
     assert "leaving" not in store.vms  # the pending delete was finished
     assert watcher.reconcile_pass() == []  # the orphan persists: not recorded again
     drift_events = [e for e in store.logged if e[2] == "drift"]
     assert [(e[0], e[4]["kind"]) for e in drift_events] == [
-        ("leaving", rc.STUCK_DELETING),
-        ("orphan", rc.ORPHAN_DIR),
+        ("leaving", dr.STUCK_DELETING),
+        ("orphan", dr.ORPHAN_DIR),
     ]
     assert "delete orphan" not in node.done  # report mode: only pending deletes are finished

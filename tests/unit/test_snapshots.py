@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import REPO
 from tests.unit.fakes import NOW, FakeHypervisor, FakeStore, World, world
 from vmctl.core import snapshots as snap
 from vmctl.core.errors import (
@@ -186,19 +188,28 @@ def test_parse_list_output_maps_each_disk_to_its_snapshots() -> None:
 
 def test_node_commands_pass_values_as_arguments_never_in_the_script() -> None:
     command = snap.list_command([ROOT, DATA])
-    assert command[:2] == ["bash", "-c"] and command[3:] == ["snapshot-list", ROOT, DATA]
+    assert command[:2] == ["bash", "-c"] and command[3:] == ["snapshot.sh", "list", ROOT, DATA]
     assert "-U" in command[2]
-    assert snap.create_stopped_command("s1", [ROOT])[3:] == ["snapshot-create", "s1", ROOT]
-    assert snap.revert_command("s1", [ROOT, DATA])[3:] == ["snapshot-revert", "s1", ROOT, DATA]
-    assert snap.delete_stopped_command("s1", [ROOT])[3:] == ["snapshot-delete", "s1", ROOT]
+    assert snap.create_stopped_command("s1", [ROOT])[4:] == ["create-stopped", "s1", ROOT]
+    assert snap.revert_command("s1", [ROOT, DATA])[4:] == ["revert", "s1", ROOT, DATA]
+    assert snap.delete_stopped_command("s1", [ROOT])[4:] == ["delete-stopped", "s1", ROOT]
     running = snap.create_running_command("web-1", "s1", [ROOT], '{"execute":"x"}', "yes")
-    assert running[3:] == ["snapshot-create", "web-1", "yes", '{"execute":"x"}', "s1", ROOT]
+    assert running[4:] == ["create-running", "web-1", "yes", '{"execute":"x"}', "s1", ROOT]
     assert "web-1" not in running[2] and "s1" not in running[2]
     assert snap.monitor_command("web-1", snap.QUERY_BLOCK)[-3:] == [
         "qemu-monitor-command",
         "web-1",
         '{"execute":"query-block"}',
     ]
+
+
+def test_the_script_documents_and_uses_the_exit_codes_of_the_python_constants() -> None:
+    text = (REPO / "scripts" / "snapshot.sh").read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    for name, value in (("EXISTS", snap.EXISTS), ("NO_FREEZE", snap.NO_FREEZE)):
+        documented = re.search(rf"\b(\d+) \({name}\)", header)  # "Exit codes: ... 4 (EXISTS)"
+        assigned = re.search(rf"^{name}=(\d+)$", text, re.M)  # what the script exits with
+        assert documented and assigned and documented[1] == assigned[1] == str(value), name
 
 
 def test_create_running_command_refuses_an_unknown_quiesce() -> None:

@@ -5,7 +5,8 @@ A snapshot is a qcow2 *internal* snapshot of the same name in each of the VM's d
 VM's disks are changed with ``qemu-img snapshot``; a running VM's through QEMU's monitor (QMP):
 one ``transaction`` of ``blockdev-snapshot-internal-sync`` actions, so both disks are taken at
 the same instant, between the guest agent's fs-freeze and fs-thaw. Here: the record, the QMP
-commands, the parsers of ``query-block`` and ``qemu-img snapshot -l``, and the node commands.
+commands, the parsers of ``query-block`` and ``qemu-img snapshot -l``, and the node commands
+(most run scripts/snapshot.sh, whose header says what each guarantees).
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ from datetime import datetime
 from typing import Any
 
 from vmctl.core.errors import RemoteCommandFailed
-from vmctl.core.nodecmd import VIRSH
+from vmctl.core.nodecmd import VIRSH, script_command
 
 DISKS = ("root.qcow2", "data.qcow2")  # the order of their targets, vda and vdb
 TARGETS = {"root.qcow2": "vda", "data.qcow2": "vdb"}
 ACTIONS = ("snapshot-create", "snapshot-revert", "snapshot-delete")
 
-# The exit status of SNAPSHOT_RUNNING when the guest agent did not freeze the filesystems.
+# scripts/snapshot.sh's exit status (documented there, and equal: a unit test checks) when the
+# guest agent did not freeze the filesystems (create-running) ...
 NO_FREEZE = 10
-# ... and of both create commands when a disk has a snapshot of that name already.
+# ... and when a disk has a snapshot of that name already (create-stopped, create-running).
 EXISTS = 4
 
 
@@ -151,18 +153,9 @@ def parse_snapshot_list(output: str) -> list[str]:
     return names
 
 
-_LIST = """set -u
-for f in "$@"; do
-  [ -f "$f" ] || continue
-  echo "== $f"
-  qemu-img snapshot -l -U "$f" || exit 1
-done
-"""
-
-
 def list_command(paths: Sequence[str]) -> list[str]:
     """`qemu-img snapshot -l -U` of each of ``paths`` that exists (-U: images in use too)."""
-    return ["bash", "-c", _LIST, "snapshot-list", *paths]
+    return script_command("snapshot.sh", ["list", *paths])
 
 
 def parse_list_output(output: str) -> dict[str, list[str]]:
@@ -177,89 +170,10 @@ def parse_list_output(output: str) -> dict[str, list[str]]:
     return found
 
 
-# Refuses (exit EXISTS) when a disk has a snapshot of that name already: qemu-img would add a
-# second one of the same name, and QMP would fail.
-_CHECK_NEW = (
-    """has() {
-  local list
-  list=$(qemu-img snapshot -l -U "$2") || exit 1
-  awk -v s="$1" '$1 ~ /^[0-9]+$/ && $2 == s {found=1} END {exit !found}' <<<"$list"
-}
-for f in "$@"; do
-  if has "$snap" "$f"; then
-    echo "snapshot-create: $f has a snapshot named $snap already" >&2
-    exit @EXISTS@
-  fi
-done
-"""
-).replace("@EXISTS@", str(EXISTS))
-
-# A stopped VM: the snapshot goes into each disk in turn; when one fails, those done are undone
-# (no disk keeps a snapshot the others lack).
-_CREATE_STOPPED = (
-    """set -u
-snap=$1; shift
-"""
-    + _CHECK_NEW
-    + """done_=()
-for f in "$@"; do
-  if ! qemu-img snapshot -c "$snap" "$f"; then
-    for d in "${done_[@]}"; do qemu-img snapshot -d "$snap" "$d" || true; done
-    echo "snapshot-create: qemu-img snapshot -c $snap $f failed" >&2
-    exit 1
-  fi
-  done_+=("$f")
-done
-"""
-)
-
-
 def create_stopped_command(snapshot: str, paths: Sequence[str]) -> list[str]:
-    return ["bash", "-c", _CREATE_STOPPED, "snapshot-create", snapshot, *paths]
-
-
-# A running VM: freeze the guest's filesystems (guest agent), take every disk's snapshot in one
-# QMP transaction, thaw. The thaw is in an EXIT trap, so it runs whatever happens (a failed
-# transaction, a signal, the manager's SSH connection dropped): the guest is never left frozen.
-# A freeze that fails exits NO_FREEZE unless quiesce is "try": then the snapshot is taken
-# without it. Prints "quiesced=1" or "quiesced=0".
-_CREATE_RUNNING = (
-    """set -u
-name=$1 quiesce=$2 command=$3 snap=$4; shift 4
-"""
-    + _CHECK_NEW
-    + """v() { virsh -q -c qemu:///system "$@"; }
-vt() { timeout --foreground "$1" virsh -q -c qemu:///system "${@:2}"; }  # agent calls may hang
-attempted=0 quiesced=0
-thaw() {
-  if [ "$attempted" = 1 ]; then
-    attempted=0
-    vt 60 domfsthaw "$name" >/dev/null 2>&1 \\
-      || [ "$quiesced" = 0 ] || echo "snapshot-create: domfsthaw $name failed" >&2
-  fi
-}
-trap thaw EXIT
-trap 'exit 1' HUP INT TERM PIPE
-if [ "$quiesce" != no ]; then
-  attempted=1
-  if err=$(vt 30 domfsfreeze "$name" 2>&1 >/dev/null); then
-    quiesced=1
-  elif [ "$quiesce" = try ]; then
-    echo "snapshot-create: no fs-freeze, taking it unfrozen: ${err//$'\\n'/ }" >&2
-  else
-    echo "snapshot-create: the guest agent did not freeze the filesystems: ${err//$'\\n'/ }" >&2
-    exit @NO_FREEZE@
-  fi
-fi
-out=$(v qemu-monitor-command "$name" "$command") || { echo "$out" >&2; exit 1; }
-case $out in
-  *'"return"'*) ;;
-  *) echo "snapshot-create: QMP: $out" >&2; exit 1 ;;
-esac
-thaw
-echo "quiesced=$quiesced"
-"""
-).replace("@NO_FREEZE@", str(NO_FREEZE))
+    """Take the snapshot in each disk of a stopped VM with qemu-img, all or none. Exit EXISTS
+    when a disk has ``snapshot`` already."""
+    return script_command("snapshot.sh", ["create-stopped", snapshot, *paths])
 
 
 def create_running_command(
@@ -270,17 +184,8 @@ def create_running_command(
     can) or "no" (do not freeze). Exit EXISTS when a disk has ``snapshot`` already."""
     if quiesce not in ("yes", "try", "no"):
         raise ValueError(f"quiesce must be yes, try or no, not {quiesce!r}")
-    return [
-        "bash",
-        "-c",
-        _CREATE_RUNNING,
-        "snapshot-create",
-        name,
-        quiesce,
-        transaction,
-        snapshot,
-        *paths,
-    ]
+    args = ["create-running", name, quiesce, transaction, snapshot, *paths]
+    return script_command("snapshot.sh", args)
 
 
 def parse_quiesced(output: str) -> bool:
@@ -298,33 +203,12 @@ def monitor_command(name: str, command: str) -> list[str]:
 def revert_command(snapshot: str, paths: Sequence[str]) -> list[str]:
     """Apply the snapshot to each disk (the disks must not be in use): each disk is checked to
     hold it before any is changed, so a missing one changes none."""
-    return ["bash", "-c", _REVERT, "snapshot-revert", snapshot, *paths]
-
-
-_REVERT = """set -u
-snap=$1; shift
-for f in "$@"; do
-  list=$(qemu-img snapshot -l "$f") || exit 1
-  awk -v s="$snap" '$1 ~ /^[0-9]+$/ && $2 == s {found=1} END {exit !found}' <<<"$list" \\
-    || { echo "snapshot-revert: $f has no snapshot $snap" >&2; exit 3; }
-done
-for f in "$@"; do
-  qemu-img snapshot -a "$snap" "$f" || exit 1
-done
-"""
+    return script_command("snapshot.sh", ["revert", snapshot, *paths])
 
 
 def delete_stopped_command(snapshot: str, paths: Sequence[str]) -> list[str]:
     """Delete the snapshot from each disk (of a stopped VM) in one command."""
-    return ["bash", "-c", _DELETE_STOPPED, "snapshot-delete", snapshot, *paths]
-
-
-_DELETE_STOPPED = """set -u
-snap=$1; shift
-rc=0
-for f in "$@"; do qemu-img snapshot -d "$snap" "$f" || rc=1; done
-exit $rc
-"""
+    return script_command("snapshot.sh", ["delete-stopped", snapshot, *paths])
 
 
 def check_qmp(node: str, what: str, output: str) -> None:

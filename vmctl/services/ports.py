@@ -21,9 +21,9 @@ if TYPE_CHECKING:  # annotations only: importing the ports costs next to nothing
     from vmctl.core.domainxml import GuestSpec
     from vmctl.core.inventory import AddressPool, Node
     from vmctl.core.nodecmd import Disks, Reservation
-    from vmctl.core.reconcile import NodeSurvey
     from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
     from vmctl.core.snapshots import Snapshot
+    from vmctl.core.survey import NodeSurvey
 
 # -- a node -----------------------------------------------------------------------------------
 

@@ -14,9 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from vmctl.core import drift as dr
 from vmctl.core import reconcile as rc
 from vmctl.core.errors import Busy, NotFound, VmctlError
 from vmctl.core.records import VmRecord, default_actor
+from vmctl.core.survey import NodeSurvey
 from vmctl.services.ports import Cache, Connect, Store
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ class Action:
     """What ``--fix`` did about one drift item: ``fixed``, ``skipped`` (busy, or no longer
     so when looked at again) or ``failed``."""
 
-    drift: rc.Drift
+    drift: dr.Drift
     result: str
     detail: str
 
@@ -50,8 +52,8 @@ class Outcome:
     """One reconcile: the drift found (after ``--fix``: what is left), what is not vmctl's
     (``foreign``, information), the nodes that could not be surveyed, and what was done."""
 
-    drift: list[rc.Drift]
-    foreign: list[rc.Drift] = field(default_factory=list)
+    drift: list[dr.Drift]
+    foreign: list[dr.Drift] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)
     actions: list[Action] = field(default_factory=list)
 
@@ -134,8 +136,8 @@ class Reconciler:
             unreachable=unreachable,
         )
 
-    def _survey(self, nodes: Sequence[Node]) -> tuple[list[rc.NodeSurvey], dict[str, str]]:
-        def one(node: Node) -> rc.NodeSurvey:
+    def _survey(self, nodes: Sequence[Node]) -> tuple[list[NodeSurvey], dict[str, str]]:
+        def one(node: Node) -> NodeSurvey:
             return self.connect(node).survey(node.storage.directory, node.network.name)
 
         surveys, unreachable = [], {}
@@ -168,9 +170,9 @@ class Reconciler:
         after.actions = actions
         return after
 
-    def apply(self, drift: Iterable[rc.Drift]) -> list[Action]:
+    def apply(self, drift: Iterable[dr.Drift]) -> list[Action]:
         """Repair each fixable item, each under its VM's lock (taken with timeout 0)."""
-        order = {kind: i for i, kind in enumerate(rc.KINDS)}
+        order = {kind: i for i, kind in enumerate(dr.KINDS)}
         actions = []
         for item in sorted(drift, key=lambda d: order.get(d.kind, len(order))):
             if item.fix is None:
@@ -192,7 +194,7 @@ class Reconciler:
             self.progress(f"{item.kind} {item.subject}: {actions[-1].result}: {actions[-1].detail}")
         return actions
 
-    def _event(self, item: rc.Drift, result: str, detail: str) -> None:
+    def _event(self, item: dr.Drift, result: str, detail: str) -> None:
         info = {"actor": self.actor, "kind": item.kind, "subject": item.subject, "did": detail}
         try:
             self.store.add_event(item.vm, item.node, "reconcile", result, info)
@@ -205,10 +207,10 @@ class Reconciler:
         except NotFound:
             return None
 
-    def _repair(self, item: rc.Drift) -> str:
+    def _repair(self, item: dr.Drift) -> str:
         """Look again, then repair; what was done. _Gone when it is not so any more."""
         name = item.vm or ""
-        if item.kind == rc.STALE_CACHE:
+        if item.kind == dr.STALE_CACHE:
             row, now = self._row(name), self.cache.get_node(name)
             if now is None:
                 raise _Gone("the key is gone")
@@ -220,10 +222,10 @@ class Reconciler:
         hv = self.connect(node)
         storage = node.storage.directory
         installation = self.store.installation_id()
-        if item.kind in (rc.STUCK_CREATING, rc.STUCK_DELETING):
+        if item.kind in (dr.STUCK_CREATING, dr.STUCK_DELETING):
             from vmctl.services.vms import remove_from_node
 
-            state = "creating" if item.kind == rc.STUCK_CREATING else "deleting"
+            state = "creating" if item.kind == dr.STUCK_CREATING else "deleting"
             row = self._row(name)
             if row is None or row.state != state or row.node != node.name:
                 raise _Gone(f"{name} is not recorded as {state} on {node.name}")
@@ -232,42 +234,42 @@ class Reconciler:
             self.store.delete(name)
             verb = "rolled back the create" if state == "creating" else "finished the delete"
             return f"{verb}: removed {name} from {node.name}, forgot its cache key, deleted its row"
-        if item.kind in (rc.DOMAIN_WITHOUT_ROW, rc.ORPHAN_DIR):
+        if item.kind in (dr.DOMAIN_WITHOUT_ROW, dr.ORPHAN_DIR):
             row = self._row(name)
             if row is not None and row.node == node.name:
                 raise _Gone(f"{name} is recorded on {node.name} now")
             domain = hv.state(name)
-            if item.kind == rc.DOMAIN_WITHOUT_ROW and domain is None:
+            if item.kind == dr.DOMAIN_WITHOUT_ROW and domain is None:
                 raise _Gone(f"no domain {name} on {node.name}")
-            if item.kind == rc.ORPHAN_DIR and domain is not None:
+            if item.kind == dr.ORPHAN_DIR and domain is not None:
                 raise _Gone(f"a domain {name} exists on {node.name}")
             hv.delete(name, storage, installation=installation)
             what = f"domain {name} ({domain}) and " if domain else ""
             return f"removed {what}{storage}/{name} on {node.name}"
-        if item.kind == rc.ORPHAN_STAGING:
+        if item.kind == dr.ORPHAN_STAGING:
             row = self._row(name)
             if row is not None and row.node == node.name and row.state == "creating":
                 raise _Gone(f"{name} is being created on {node.name}")
             hv.remove_staging(storage, item.data["entry"])
             return f"removed {item.subject} on {node.name}"
-        if item.kind == rc.ORPHAN_RESERVATION:
+        if item.kind == dr.ORPHAN_RESERVATION:
             mac, ip, network = item.data["mac"], item.data["ip"], item.data["network"]
             for r in self.store.list(node=node.name):
                 if r.mac.lower() == mac or ip in (r.reserved_ip, r.ip):
                     raise _Gone(f"{r.name} has its MAC or address now")
             hv.unreserve(network, mac, ip)
             return f"deleted the reservation of {ip} for {mac} from {network} on {node.name}"
-        if item.kind in (rc.ROW_WITHOUT_DOMAIN, rc.WRONG_STATE):
+        if item.kind in (dr.ROW_WITHOUT_DOMAIN, dr.WRONG_STATE):
             row = self._row(name)
             if row is None or row.node != node.name or row.state not in ("running", "stopped"):
                 raise _Gone(f"{name} is not recorded as running or stopped on {node.name}")
             domain = hv.state(name)
-            if item.kind == rc.ROW_WITHOUT_DOMAIN:
+            if item.kind == dr.ROW_WITHOUT_DOMAIN:
                 if domain is not None:
                     raise _Gone(f"domain {name} exists ({domain})")
                 self.store.set_state(name, "error")
                 return f"recorded {name} as error (was {row.state}; the row is kept)"
-            want = rc.RECORDED_STATE.get(domain or "")
+            want = dr.RECORDED_STATE.get(domain or "")
             if want is None or want == row.state:
                 raise _Gone(f"libvirt says {domain}, recorded {row.state}")
             self.store.set_state(name, want)

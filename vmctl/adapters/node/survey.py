@@ -4,7 +4,7 @@ repairs that are not a VM's delete (a staging directory, a DHCP reservation)."""
 from __future__ import annotations
 
 from vmctl.core.nodecmd import script_command
-from vmctl.core.reconcile import (
+from vmctl.core.survey import (
     NodeSurvey,
     parse_survey,
     remove_staging_command,

@@ -122,7 +122,7 @@ class Watcher:
     def reconcile_pass(self) -> list[str]:
         """One report: record the drift not seen in the previous pass as ``drift`` events,
         finish the deletes left ``deleting``; the kinds recorded."""
-        from vmctl.core.reconcile import STUCK_DELETING
+        from vmctl.core.drift import STUCK_DELETING
         from vmctl.services.reconcile import Reconciler
 
         reconciler = Reconciler(
