@@ -171,9 +171,9 @@ def rollback(
     failure (PostgreSQL down, say) hides ``cause``: the problems are reported and returned.
 
     When the node could not be cleaned (it stopped answering), the row stays, as ``deleting``:
-    it keeps the capacity the leftovers take, and ``VmService.finish_deletes`` removes them
-    when the node answers again. Nothing is ever left recorded as running."""
-    from vmctl.services.vms import remove_from_node
+    it keeps the capacity the leftovers take, and `vmctl watch-ip` (or `reconcile --fix`)
+    removes them when the node answers again. Nothing is ever left recorded as running."""
+    from vmctl.services.delete import remove_from_node
 
     name = record.name
     svc.progress(f"{name}: failed ({cause or type(cause).__name__}); removing what was made")

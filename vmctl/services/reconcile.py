@@ -223,7 +223,7 @@ class Reconciler:
         storage = node.storage.directory
         installation = self.store.installation_id()
         if item.kind in (dr.STUCK_CREATING, dr.STUCK_DELETING):
-            from vmctl.services.vms import remove_from_node
+            from vmctl.services.delete import remove_from_node
 
             state = "creating" if item.kind == dr.STUCK_CREATING else "deleting"
             row = self._row(name)

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from vmctl.core import placement, tokens, validation
 from vmctl.core.addressing import SOURCES
-from vmctl.core.errors import Forbidden, NodeUnreachable, NotFound, Unavailable
+from vmctl.core.errors import Forbidden, NotFound, Unavailable
 from vmctl.core.records import NewVm, NodeUsage, VmRecord, default_actor
 from vmctl.core.requests import CreateRequest
-from vmctl.services.ports import Cache, Connect, GuestProbe, Hypervisor, Store
+from vmctl.services.ports import Cache, Connect, GuestProbe, Store
 
 if TYPE_CHECKING:
     from vmctl.core.inventory import Inventory, Node
@@ -153,60 +153,9 @@ class VmService:
         snapshots.delete(self, name, snapshot)
 
     def delete(self, name: str) -> None:
-        """Remove the VM from the node its PostgreSQL row names (never from where a cache entry
-        says: a stale one would send the delete to a node without the domain), then the row.
+        from vmctl.services import delete
 
-        When the node does not answer, the VM stays recorded as ``deleting`` (NodeUnreachable):
-        ``finish_deletes`` (run by watch-ip and `vmctl reconcile --fix`) completes it once the
-        node answers again."""
-        with self.locked(validation.name(name), "delete"):
-            record = self.get(name)
-            self.store.set_state(record.name, "deleting")
-            self._remove(record)
-
-    def finish_deletes(self) -> list[str]:
-        """Complete the deletes left ``deleting`` (a node that did not answer, a manager that
-        died): those no operation holds; the names done. Nodes that still do not answer are
-        left for the next time."""
-        done = []
-        for record in self.store.list(state="deleting"):
-            try:
-                with self.store.vm_lock(record.name, "finish-delete", 0):
-                    self._remove(self.get(record.name))
-            except (NodeUnreachable, NotFound):
-                continue
-            except Exception as exc:
-                self.progress(f"{record.name}: delete still not done: {exc}")
-                continue
-            done.append(record.name)
-        return done
-
-    def _remove(self, record: VmRecord) -> None:
-        node = self.inventory.node(record.node)
-        detail: dict[str, Any] = {"actor": self.actor}
-        try:
-            remove_from_node(self.connect(node), node, record, self.store.installation_id())
-        except NodeUnreachable as exc:
-            self.store.add_event(
-                record.name,
-                node.name,
-                "delete",
-                "failed",
-                {**detail, "cause": str(exc), "pending": True},
-            )
-            raise NodeUnreachable(
-                f"{exc}; {record.name} stays recorded as deleting, and the delete completes when "
-                f"node {node.name} answers again (watch-ip, or `vmctl reconcile --fix`)"
-            ) from exc
-        except Exception as exc:
-            self.store.set_state(record.name, "error")
-            self.store.add_event(
-                record.name, node.name, "delete", "failed", {**detail, "cause": str(exc)}
-            )
-            raise
-        self.cache.forget(record.name)
-        self.store.delete(record.name)
-        self.store.add_event(record.name, node.name, "delete", "ok", detail)
+        delete.delete(self, name)
 
     # -- day 2 -------------------------------------------------------------------------------
 
@@ -327,12 +276,3 @@ def placement_load(node: Node, usage: NodeUsage | None) -> placement.NodeLoad:
         used=placement.Resources(usage.cpu, usage.ram_mb, usage.disk_gb) if usage else none,
         groups=usage.groups if usage else frozenset(),
     )
-
-
-def remove_from_node(hv: Hypervisor, node: Node, vm: VmRecord, installation: str) -> None:
-    """Domain, disks, seed, staging leftovers and (managed networks) the DHCP reservation; a
-    VM directory marked by another installation is left alone."""
-    if vm.reserved_ip is not None:
-        hv.delete(vm.name, node.storage.directory, node.network.name, vm.mac, installation)
-    else:
-        hv.delete(vm.name, node.storage.directory, installation=installation)

@@ -5,6 +5,7 @@ over every node (``Watcher.once``)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -19,6 +20,7 @@ from vmctl.core.logfields import fields
 from vmctl.core.records import IpChange, VmRecord
 from vmctl.services.ports import Cache, Connect, Store
 from vmctl.services.watcher.discovery import Found, discover, record
+from vmctl.services.watcher.drift import DriftWatch
 from vmctl.services.watcher.node import NodeWatch
 from vmctl.services.watcher.shared import Shared
 from vmctl.services.watcher.timing import DEFAULT_TIMING, Timing
@@ -27,7 +29,6 @@ if TYPE_CHECKING:
     from vmctl.core.inventory import Inventory
 
 KIND = "watch-ip"  # the heartbeat kind
-PENDING_DELETES_S = 10.0  # how often the reconcile thread looks for deletes waiting for a node
 WATCHED_STATES = ("creating", "running")
 
 
@@ -61,8 +62,7 @@ class Watcher:
         self.timing = timing
         self.process = process
         self.reconcile_every = 0.0  # seconds between reconcile reports; 0: none
-        self.connect_reconcile: Connect | None = None
-        self._drift_known: set[tuple[str, str | None, str]] = set()
+        self.drift: DriftWatch | None = None
         self._shared = Shared(n.name for n in inventory.nodes)
         self._unsaved: dict[str, Found] = {}
         self._store_down = False
@@ -110,70 +110,22 @@ class Watcher:
                     rows.append(_row(f, change))
         return rows, problems
 
-    # -- the periodic reconcile report ------------------------------------------------------
+    # -- the periodic reconcile report (watcher/drift.py) ------------------------------------
 
     def reconcile_periodically(self, every: float, connect: Connect | None = None) -> None:
         """While running, every ``every`` s (0: never): `vmctl reconcile` in report mode in a
         thread of its own (over ``connect``'s connections, so address learning never waits for
         it); each new drift item becomes an event, and pending deletes are completed."""
+        self.drift = DriftWatch(
+            self.inventory, self.store, self.cache, connect or self.connect, self.log, self.process
+        )
         self.reconcile_every = every
-        self.connect_reconcile = connect
 
     def reconcile_pass(self) -> list[str]:
-        """One report: record the drift not seen in the previous pass as ``drift`` events,
-        finish the deletes left ``deleting``; the kinds recorded."""
-        from vmctl.core.drift import STUCK_DELETING
-        from vmctl.services.reconcile import Reconciler
-
-        reconciler = Reconciler(
-            self.inventory,
-            self.store,
-            self.cache,
-            self.connect_reconcile or self.connect,
-            actor=self.process,
-        )
-        outcome = reconciler.report()
-        known = {k for k in self._drift_known if k[1] in outcome.unreachable}  # not judged now
-        recorded = []
-        for item in outcome.drift:
-            known.add(item.key)
-            if item.key in self._drift_known:
-                continue
-            detail = {
-                "kind": item.kind,
-                "subject": item.subject,
-                "detail": item.detail,
-                "fix": item.fix,
-            }
-            self.store.add_event(item.vm, item.node, "drift", "failed", detail)
-            self.log.warning("drift", extra=fields(kind=item.kind, node=item.node, vm=item.vm))
-            recorded.append(item.kind)
-        self._drift_known = known
-        for node, error in outcome.unreachable.items():
-            self.log.warning("reconcile: node not surveyed", extra=fields(node=node, error=error))
-        pending = [d for d in outcome.drift if d.kind == STUCK_DELETING]
-        for action in reconciler.apply(pending):
-            self.log.info(
-                "pending delete",
-                extra=fields(vm=action.drift.vm, result=action.result, detail=action.detail),
-            )
-        return recorded
-
-    def _reconcile_loop(self, stop: threading.Event) -> None:
-        """A report every ``reconcile_every`` s; in between, every PENDING_DELETES_S, a pass
-        as soon as a delete waits for its node (so it completes within seconds of the node
-        answering again)."""
-        next_report = time.monotonic()
-        while not stop.is_set():
-            due = time.monotonic() >= next_report
-            try:
-                if due or self.store.list(state="deleting"):
-                    self.reconcile_pass()
-                    if due:
-                        next_report = time.monotonic() + self.reconcile_every
-            except Exception as exc:  # a pass that fails is logged; the next one runs
-                self.log.warning("reconcile failed", extra=fields(error=str(exc)))
-            stop.wait(min(PENDING_DELETES_S, self.reconcile_every))
+        """One report now (``reconcile_periodically`` first); the kinds of new drift."""
+        if self.drift is None:
+            raise RuntimeError("reconcile_periodically() was not called")
+        return self.drift.report_once()
 
     # -- the service ----------------------------------------------------------------------------
 
@@ -227,11 +179,10 @@ class Watcher:
                 threading.Thread(target=loop, args=(stop,), name=f"watch-{node.name}", daemon=True)
                 for loop in loops
             ]
-        if self.reconcile_every > 0:
+        if self.drift is not None and self.reconcile_every > 0:
+            loop = functools.partial(self.drift.loop, every=self.reconcile_every)
             workers.append(
-                threading.Thread(
-                    target=self._reconcile_loop, args=(stop,), name="reconcile", daemon=True
-                )
+                threading.Thread(target=loop, args=(stop,), name="reconcile", daemon=True)
             )
         return workers
 

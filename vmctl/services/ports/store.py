@@ -1,0 +1,134 @@
+"""The ports of PostgreSQL: the VM rows, locks, addresses, events, tokens, heartbeats and
+snapshots, and ``Store``, all of them."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from vmctl.core.inventory import AddressPool
+    from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
+    from vmctl.core.snapshots import Snapshot
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+class VmReader(Protocol):
+    def get(self, name: str) -> VmRecord:
+        """NotFound if there is no such VM."""
+        ...
+
+
+class VmLocks(Protocol):
+    def vm_lock(self, name: str, operation: str, timeout: float) -> AbstractContextManager[None]:
+        """Hold the VM's operation lock while the block runs (on any manager, one holder at a
+        time; let go when the holder dies); Busy after ``timeout`` s of waiting."""
+        ...
+
+    def installation_id(self) -> str:
+        """The id of this vmctl installation, in the ownership mark of what it makes."""
+        ...
+
+
+class VmStore(VmReader, Protocol):
+    def claim(
+        self,
+        vm: NewVm,
+        choose: Callable[[builtins.list[NodeUsage]], str],
+        host_key: str | None = None,
+        pool_of: Callable[[str], AddressPool | None] = ...,
+    ) -> VmRecord: ...
+
+    def list(
+        self, node: str | None = None, state: str | None = None, project: str | None = None
+    ) -> builtins.list[VmRecord]: ...
+
+    def list_contract_json(
+        self, project: str, node: str | None = None, state: str | None = None
+    ) -> str: ...
+
+    def set_state(self, name: str, state: str) -> VmRecord: ...
+
+    def resize(
+        self,
+        name: str,
+        cpu: int,
+        ram_mb: int,
+        disk_gb: int,
+        check: Callable[[builtins.list[NodeUsage]], None],
+    ) -> VmRecord:
+        """Record new sizes; ``check`` sees every node's usage (this VM's old sizes included)
+        under the claim lock that create takes, and raises (CapacityError) to refuse."""
+        ...
+
+    def delete(self, name: str) -> bool: ...
+
+    def usage(self) -> builtins.list[NodeUsage]: ...
+
+
+class AddressStore(Protocol):
+    def record_ip(self, name: str, mac: str, ip: str, source: str) -> IpChange | None: ...
+
+    def record_phone_home(self, name: str, secret_hash: str, ip: str) -> IpChange | None: ...
+
+
+class EventLog(Protocol):
+    def add_event(
+        self, vm: str | None, node: str | None, action: str, result: str, detail: dict[str, Any]
+    ) -> int: ...
+
+    def events(
+        self, vm: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> builtins.list[dict[str, Any]]: ...
+
+
+class TokenStore(Protocol):
+    def create_token(self, project: str, token_hash: str, name: str = "") -> int: ...
+
+    def token_project(self, token_hash: str) -> str | None: ...
+
+    def tokens(self) -> builtins.list[dict[str, Any]]: ...
+
+    def revoke_token(self, token_id: int) -> None: ...
+
+
+class Heartbeats(Protocol):
+    def heartbeat(self, process: str, kind: str, detail: dict[str, Any]) -> None: ...
+
+    def forget_heartbeat(self, process: str) -> None: ...
+
+    def alive(self, kind: str, within_s: float) -> builtins.list[str]: ...
+
+
+class SnapshotStore(Protocol):
+    def add_snapshot(self, vm: str, name: str, vm_state: str, quiesced: bool) -> Snapshot:
+        """Conflict when the VM has a snapshot of that name already."""
+        ...
+
+    def snapshots(self, vm: str) -> builtins.list[Snapshot]: ...
+
+    def get_snapshot(self, vm: str, name: str) -> Snapshot:
+        """NotFound if there is no such snapshot."""
+        ...
+
+    def delete_snapshot(self, vm: str, name: str) -> bool: ...
+
+
+class Store(
+    VmStore,
+    VmLocks,
+    AddressStore,
+    EventLog,
+    TokenStore,
+    Heartbeats,
+    SnapshotStore,
+    Protocol,
+):
+    """All of PostgreSQL that vmctl uses."""
+
+    def ping(self) -> None: ...
