@@ -29,11 +29,15 @@ def _state(env: dict[str, str], name: str) -> str | None:
 
 def _gone_by_itself(env: dict[str, str], name: str, timeout: float = 90) -> None:
     """The lab's `vmctl watch-ip` completes a delete its node held up, within seconds of the
-    node answering again (it looks every 10 s); no command is needed."""
+    node answering again (it looks every 10 s); no command is needed. Then reconcile has
+    nothing to say about the VM."""
     deadline = time.monotonic() + timeout
     while _state(env, name) is not None:
         assert time.monotonic() < deadline, f"{name} is still {_state(env, name)}"
         time.sleep(2)
+    report = run_vmctl(env, "reconcile", "--node", "node2", "-o", "json")
+    assert report.returncode in (0, 4), report.stderr
+    assert [d for d in json.loads(report.stdout)["drift"] if d["vm"] == name] == []
 
 
 def test_sshd_stopped_during_a_create_then_during_a_delete(

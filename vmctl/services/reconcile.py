@@ -147,8 +147,7 @@ class Reconciler:
             try:
                 surveys.append(future.result())
             except VmctlError as exc:
-                unreachable[name] = str(exc)
-                self.progress(f"node {name} could not be surveyed: {exc}")
+                unreachable[name] = str(exc)  # the caller says so (the CLI, watch-ip's log)
         return surveys, unreachable
 
     def _free(self, name: str) -> bool:
