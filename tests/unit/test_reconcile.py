@@ -5,6 +5,7 @@ and watch-ip's periodic report."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
@@ -403,3 +404,44 @@ def test_watch_ip_records_each_new_drift_once_and_finishes_pending_deletes() -> 
         ("orphan", dr.ORPHAN_DIR),
     ]
     assert "delete orphan" not in node.done  # report mode: only pending deletes are finished
+
+
+def test_between_reports_a_pending_delete_is_finished_within_the_pending_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from vmctl.services.watcher import drift as drift_mod
+    from vmctl.services.watcher.drift import DriftWatch
+
+    monkeypatch.setattr(drift_mod, "PENDING_DELETES_S", 0.05)
+    rec, store, cache, _node = setup(sv.NodeSurvey("kvm1"), [row("kept", "running")])
+    watch = DriftWatch(
+        Inventory.model_validate(INVENTORY),
+        store,  # type: ignore[arg-type]
+        cache,
+        rec.connect,
+        logging.getLogger("test-reconcile"),
+        "watch-ip@test",
+    )
+    passes: list[int] = []
+    real = watch.report_once
+    monkeypatch.setattr(watch, "report_once", lambda: passes.append(1) or real())
+    stop = threading.Event()
+    thread = threading.Thread(target=watch.loop, args=(stop,), kwargs={"every": 3600})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not passes:  # the first report runs at once
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert len(passes) == 1  # nothing pending: no pass until the next report is due
+        store.vms["leaving"] = row("leaving", "deleting")  # a delete that waited for its node
+        while "leaving" in store.vms:
+            assert time.monotonic() < deadline, "the pending delete was not finished"
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert len(passes) >= 2

@@ -39,3 +39,13 @@ def test_unknown_key_in_config_file_is_named(tmp_path: Path) -> None:
 def test_missing_database_url_says_how_to_set_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="VMCTL_DATABASE_URL"):
         settings.load({}, {}, tmp_path / "none.toml").require_database()
+
+
+def test_the_lock_timeout_is_seconds_from_env_or_file(tmp_path: Path) -> None:
+    none = tmp_path / "none.toml"
+    assert settings.load(environ={}, config_file=none).lock_timeout == 30.0
+    env = {"VMCTL_LOCK_TIMEOUT": "2.5"}
+    assert settings.load(environ=env, config_file=none).lock_timeout == 2.5
+    for bad in ("soon", "-1", "nan"):
+        with pytest.raises(ConfigError, match="VMCTL_LOCK_TIMEOUT: lock_timeout"):
+            settings.load(environ={"VMCTL_LOCK_TIMEOUT": bad}, config_file=none)

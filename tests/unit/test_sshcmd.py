@@ -34,3 +34,13 @@ def test_no_percent_reaches_ssh_token_expansion() -> None:
     # KnownHostsCommand expands %-tokens: a key line (base64 and a name) never holds one
     argv = ssh_argv(Path("/k/id"), "web-1", "debian", "10.0.0.5", KEY, [])
     assert "%" not in options(argv)["KnownHostsCommand"]
+
+
+def test_the_console_goes_through_the_node_with_its_host_key_checked() -> None:
+    from vmctl.core.sshcmd import console_argv
+
+    argv = console_argv(Path("/k"), Path("/kh"), "root", "10.0.0.11", 2222, "web-1")
+    assert argv[:2] == ["ssh", "-t"]  # a terminal: virsh console is interactive
+    assert "StrictHostKeyChecking=yes" in argv and "UserKnownHostsFile=/kh" in argv
+    assert argv[argv.index("-p") + 1] == "2222"
+    assert argv[-6:] == ["root@10.0.0.11", "virsh", "-c", "qemu:///system", "console", "web-1"]
