@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff format --check vmctl lab tests bench
 .venv/bin/mypy
 .venv/bin/lint-imports
-if lab/lab status --json 2>/dev/null | grep -q '"running": true'; then
+# (the status is read whole first: `grep -q` ending the pipe early would fail it under pipefail)
+status=$(lab/lab status --json 2>/dev/null || true)
+if [[ $status == *'"running": true'* ]]; then
   echo "run-tests: the lab is up already: using it and keeping it (lab/lab down removes it)" >&2
   export VMCTL_LAB_KEEP=1
 else

@@ -263,11 +263,11 @@ def api_checks(env: dict[str, str]) -> None:
     tokens = wiring.token_service(settings)
     token_id, token = tokens.create(PROJECT, "snapshot e2e")
     try:
-        made: list[Any] = []
+        opened: list[Any] = []
 
         def services() -> Any:
-            made.append(wiring.services(settings))
-            return made[-1]
+            opened.append(wiring.services(settings))
+            return opened[-1]
 
         app = create_app(services, logging.getLogger("snap-e2e"))
         client = TestClient(app)
@@ -287,5 +287,5 @@ def api_checks(env: dict[str, str]) -> None:
         assert {"get", "post"} <= set(paths["/api/v1/vm/{name}/snapshots"])
     finally:
         tokens.revoke(token_id)
-        for svc in made:
+        for svc in opened:
             svc.vms.store.close()  # type: ignore[attr-defined]

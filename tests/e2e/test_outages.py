@@ -124,8 +124,11 @@ def test_two_operations_on_one_vm_never_interleave(
     lab: dict,  # type: ignore[type-arg]
     vmctl_env: dict[str, str],
 ) -> None:
+    from datetime import UTC, datetime
+
     name = "e2e-locks"
     run_vmctl(vmctl_env, "delete", "--yes", name)  # left by an interrupted run, if any
+    began = datetime.now(UTC).isoformat()  # events outlive VMs: an earlier run's are older
     made = run_vmctl(vmctl_env, "create", name, "--ram", "384", "--disk", "1")
     assert made.returncode == 0, made.stderr
     try:
@@ -146,7 +149,9 @@ def test_two_operations_on_one_vm_never_interleave(
         start = run_vmctl(vmctl_env, "start", name, "--lock-timeout", "60")
         assert stop.wait(timeout=60) == 0, stop.stderr.read() if stop.stderr else ""
         assert start.returncode == 0, start.stderr
-        events = json.loads(run_vmctl(vmctl_env, "events", name, "-o", "json").stdout)
+        events = json.loads(
+            run_vmctl(vmctl_env, "events", name, "--since", began, "-o", "json").stdout
+        )
         steps = [(e["action"], e["result"]) for e in events if e["action"] in ("stop", "start")]
         assert steps == [("stop", "ok"), ("start", "ok")]
         assert _state(vmctl_env, name) == "running"

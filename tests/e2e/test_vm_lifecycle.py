@@ -179,13 +179,21 @@ def test_ten_concurrent_creates_for_room_for_five(
     vmctl_env: dict[str, str],
     tmp_path: Path,  # type: ignore[type-arg]
 ) -> None:
-    # 256 MiB each: node1 has room for 3, node2 for 2.
+    # 256 MiB each: node1 has room for 3, node2 for 2, on top of what a used lab holds already
+    # (someone's own VMs take their share of each node's capacity).
+    used = {n["name"]: n for n in json.loads(run_vmctl(vmctl_env, "nodes", "-o", "json").stdout)}
     small = _inventory_with(
         Path(vmctl_env["VMCTL_INVENTORY"]),
         tmp_path,
         {
-            "node1": {"capacity": {"cpu": 8, "ram_mb": 768, "disk_gb": 100}},
-            "node2": {"capacity": {"cpu": 8, "ram_mb": 512, "disk_gb": 100}},
+            name: {
+                "capacity": {
+                    "cpu": used[name]["cpu_used"] + 8,
+                    "ram_mb": used[name]["ram_mb_used"] + room,
+                    "disk_gb": used[name]["disk_gb_used"] + 100,
+                }
+            }
+            for name, room in (("node1", 768), ("node2", 512))
         },
     )
     env = {**vmctl_env, "VMCTL_INVENTORY": str(small)}
