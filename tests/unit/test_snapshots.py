@@ -569,7 +569,7 @@ def test_a_paused_or_missing_domain_is_refused() -> None:
     with pytest.raises(WrongState, match="paused"):
         w.svc.snapshot_create("web-1", "s1")
     hv.defined.discard("web-1")
-    with pytest.raises(Exception, match="no domain"):
+    with pytest.raises(NotFound, match="no such domain there"):
         w.svc.snapshot_create("web-1", "s1")
 
 

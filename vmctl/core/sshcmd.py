@@ -1,10 +1,16 @@
-"""The OpenSSH command line of `vmctl ssh`: a pure function, the VM's host key pinned."""
+"""The OpenSSH command lines of `vmctl ssh` (the VM's host key pinned) and `vmctl console`
+(through the node): pure functions."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from vmctl.core import hostkeys
+
+
+def _key_only(key_file: Path) -> list[str]:
+    """Log in with this key alone, and never accept a host key that is not known."""
+    return ["-i", str(key_file), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes"]
 
 
 def ssh_argv(
@@ -17,12 +23,7 @@ def ssh_argv(
     line = hostkeys.known_hosts_line(alias, host_key)
     return [
         "ssh",
-        "-i",
-        str(key_file),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
+        *_key_only(key_file),
         "-o",
         "UserKnownHostsFile=/dev/null",
         "-o",
@@ -45,12 +46,7 @@ def console_argv(
     return [
         "ssh",
         "-t",
-        "-i",
-        str(key_file),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
+        *_key_only(key_file),
         "-o",
         f"UserKnownHostsFile={known_hosts}",
         "-p",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vmctl.core import validation
-from vmctl.core.errors import Conflict, NotFound, VmctlError, WrongState
+from vmctl.core.errors import Conflict, NotFound, WrongState
 from vmctl.core.snapshots import Snapshot, disk_paths
 
 if TYPE_CHECKING:
@@ -41,19 +41,20 @@ class _Target:
 
 
 def _target(svc: VmService, name: str) -> _Target:
-    vm = svc.get(name)
-    node = svc.inventory.node(vm.node)
-    hv = svc.connect(node)
-    libvirt_state = hv.state(vm.name)
-    if libvirt_state is None:
-        raise VmctlError(f"{vm.name} has no domain on node {node.name} (see `vmctl reconcile`)")
+    """The VM on its node (refused while it is being created or deleted; NotFound without its
+    domain), in a state a snapshot can be taken in."""
+    from vmctl.services.lifecycle import on_node
+
+    found = on_node(svc, name)
+    vm, node = found.record, found.node
+    libvirt_state = found.state()
     if libvirt_state not in _STATES:
         raise WrongState(
             f"{vm.name} is {libvirt_state} on node {node.name}: snapshots need it running or "
             "shut off"
         )
     paths = disk_paths(node.storage.directory, vm.name, data_disk=vm.disk_gb > 0)
-    return _Target(vm, node, hv, _STATES[libvirt_state], paths)
+    return _Target(vm, node, found.hv, _STATES[libvirt_state], paths)
 
 
 @contextmanager
