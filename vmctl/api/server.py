@@ -27,7 +27,12 @@ def build(settings: Settings, log: logging.Logger) -> FastAPI:
     shared = wiring.store(settings, max_size=POOL_SIZE)
     return create_app(
         lambda: wiring.services(
-            settings, inventory=inventory, tell=log.info, default_keys=keys, shared_store=shared
+            settings,
+            inventory=inventory,
+            tell=log.info,
+            default_keys=keys,
+            shared_store=shared,
+            log=log,  # what a look for an address (POST /api/v1/ip/) finds is logged here
         ),
         log,
     )

@@ -53,6 +53,7 @@ class VmService:
     phone_home_base: str | None = None  # the internal API's URL guests call home to, if any
     default_keys: Sequence[str] = ()  # public keys for guests made without any
     lock_timeout: float = 30.0  # how long an operation waits for another one on the same VM
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("vmctl"))
 
     def locked(self, name: str, operation: str) -> AbstractContextManager[None]:
         """The VM's operation lock (Busy after ``lock_timeout`` s)."""
@@ -224,8 +225,9 @@ class VmService:
         from vmctl.services.watcher import Watcher
 
         vm = self.get(name)
-        log = logging.getLogger("vmctl.ip")
-        finder = Watcher(self.inventory, self.store, self.cache, self.connect, log, self.sources)
+        finder = Watcher(
+            self.inventory, self.store, self.cache, self.connect, self.log, self.sources
+        )
         _rows, problems = finder.once([vm.name])
         if problems:
             raise Unavailable("; ".join(problems))

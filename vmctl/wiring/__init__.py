@@ -89,6 +89,7 @@ def vm_service(
     default_keys: Sequence[str] = (),
     shared_store: Store | None = None,
     lock_timeout: float | None = None,
+    log: logging.Logger | None = None,
 ) -> VmService:
     """The VmService of one command (or of one API worker thread: ``inventory`` loaded once,
     one store, with its pool of connections, shared by every thread; progress to the log)."""
@@ -114,6 +115,7 @@ def vm_service(
         phone_home_base=settings.api_internal_url,
         default_keys=default_keys,
         lock_timeout=settings.lock_timeout if lock_timeout is None else lock_timeout,
+        log=log or logging.getLogger("vmctl"),
     )
 
 
@@ -123,6 +125,7 @@ def services(
     tell: Callable[[str], None] | None = None,
     default_keys: Sequence[str] = (),
     shared_store: Store | None = None,
+    log: logging.Logger | None = None,
 ) -> Services:
     vms = vm_service(
         settings,
@@ -130,6 +133,7 @@ def services(
         tell=tell,
         default_keys=default_keys,
         shared_store=shared_store,
+        log=log,
     )
     return Services(vms=vms, tokens=TokenService(vms.store))
 
