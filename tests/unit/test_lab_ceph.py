@@ -88,3 +88,22 @@ def test_summarize_status() -> None:
     }
     empty = ceph.summarize({"status": "HEALTH_OK"}, {"pools": [], "osds": []})
     assert empty["pool"] is None and empty["pool_size"] is None and empty["checks"] == []
+
+
+def test_ready_needs_health_ok_every_osd_up_and_every_pg_active() -> None:
+    def status(health: str, *states: tuple[str, int]) -> dict[str, object]:
+        pgs = [{"state_name": n, "count": c} for n, c in states]
+        return {
+            "health": {"status": health},
+            "pgmap": {"pgs_by_state": pgs, "num_pgs": sum(c for _, c in states)},
+            "osdmap": {"num_osds": 2, "num_up_osds": 2, "num_in_osds": 2},
+        }
+
+    assert ceph.ready(status("HEALTH_OK", ("active+clean", 33)))
+    # HEALTH_OK is reported while a new pool's PG is still peering: not ready yet
+    assert not ceph.ready(status("HEALTH_OK", ("active+clean", 32), ("creating+peering", 1)))
+    assert not ceph.ready(status("HEALTH_WARN", ("active+clean", 33)))
+    assert not ceph.ready(status("HEALTH_OK"))  # no PGs: the pool is not there yet
+    restarted = status("HEALTH_OK", ("active+clean", 33))
+    restarted["osdmap"] = {"num_osds": 2, "num_up_osds": 1, "num_in_osds": 2}
+    assert not ceph.ready(restarted)  # an OSD restarted and not yet up
