@@ -10,6 +10,7 @@ APT_PACKAGES=(
   dnsmasq-base dnsmasq-utils iptables openssh-server openssh-client postgresql redis-server
   mmdebstrap genisoimage parted e2fsprogs iproute2 procps psmisc util-linux
   python3-venv python3-libvirt ca-certificates haproxy openssl curl
+  ceph-mon ceph-mgr ceph-osd ceph-common
 )
 
 missing=()

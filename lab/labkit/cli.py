@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import api, config, inventory, net, nodes, procs, services, snapshot, watcher
+from . import api, ceph, config, inventory, net, nodes, procs, services, snapshot, watcher
 from .sh import LabError, log, run
 
 
@@ -80,13 +80,15 @@ def up(count: int) -> None:
     config.KNOWN_HOSTS.write_text("\n".join(host_keys) + "\n")
     services.ensure_postgres()
     services.ensure_redis()
+    ceph.ensure(lab_nodes)
     config.INVENTORY.write_text(inventory.render(lab_nodes))
     _migrate()
     _start_vmctl()
     new_state = {"node_count": count, "prefix": config.PREFIX, "image_dir": str(image_dir)}
     if new_state != state:
         config.STATE_FILE.write_text(json.dumps(new_state, indent=2) + "\n")
-    log(f"up: {count} nodes, PostgreSQL and Redis ready in {time.monotonic() - started:.1f} s")
+    elapsed = time.monotonic() - started
+    log(f"up: {count} nodes, PostgreSQL, Redis and Ceph ready in {elapsed:.1f} s")
 
 
 def _migrate() -> None:
@@ -109,6 +111,7 @@ def _stop_vmctl() -> None:
 
 def down() -> None:
     _stop_vmctl()
+    ceph.stop()
     state = _load_state() or {}
     count = int(state.get("node_count", 0))  # type: ignore[call-overload]
     known = {n.netns: n for n in config.nodes(count)}
@@ -133,7 +136,13 @@ def down() -> None:
 def status() -> dict[str, object]:
     state = _load_state()
     if state is None:
-        return {"running": False, "nodes": [], "postgres": {"up": False}, "redis": {"up": False}}
+        return {
+            "running": False,
+            "nodes": [],
+            "postgres": {"up": False},
+            "redis": {"up": False},
+            "ceph": {"up": False},
+        }
     lab_nodes = config.nodes(int(state["node_count"]))  # type: ignore[call-overload]
     node_info = []
     for node in lab_nodes:
@@ -143,13 +152,15 @@ def status() -> dict[str, object]:
         node_info.append(info)
     pg_up = services.postgres_pid() is not None and services.postgres_answers()
     redis_up = services.redis_pid() is not None and services.redis_answers()
+    ceph_info = ceph.status()
     return {
-        "running": all(n["up"] for n in node_info) and pg_up and redis_up,
+        "running": all(n["up"] for n in node_info) and pg_up and redis_up and ceph_info["up"],
         "prefix": config.PREFIX,
         "bridge": {"name": config.BRIDGE, "address": config.bridge_address()},
         "nodes": node_info,
         "postgres": {"up": pg_up, "url": services.postgres_url(), "port": config.PG_PORT},
         "redis": {"up": redis_up, "url": services.redis_url(), "port": config.REDIS_PORT},
+        "ceph": ceph_info,
         "image": {
             "name": config.IMAGE_NAME,
             "dir": state["image_dir"],
@@ -189,6 +200,7 @@ def env_lines() -> list[str]:
         "LAB_SSH_KEY": str(config.SSH_KEY),
         "LAB_KNOWN_HOSTS": str(config.KNOWN_HOSTS),
         "LAB_GUEST_USER": config.GUEST_USER,
+        "CEPH_CONF": str(ceph.CONF),  # `ceph health` as client.admin
     }
     return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
 
@@ -250,6 +262,11 @@ def _print_status(info: dict[str, object]) -> None:
     for svc in ("postgres", "redis"):
         s = info[svc]
         print(f"{svc:8} 127.0.0.1:{s['port']:<6} {'up' if s['up'] else 'DOWN'}")  # type: ignore[index]
+    c = info["ceph"]
+    print(
+        f"ceph     {c['monitor']:15} {'up' if c['up'] else 'DOWN':5} "  # type: ignore[index]
+        f"{c.get('health') or '-'}, pool {c.get('pool') or '-'}, conf {c['conf']}"  # type: ignore[attr-defined,index]
+    )
     a = info["api"]
     replicas = " ".join(
         f"{r['url']}({'up' if r['up'] else 'DOWN'})"

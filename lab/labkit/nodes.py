@@ -1,8 +1,9 @@
 """Virtualization nodes: per node a namespace running its own virtlogd, libvirtd and sshd.
 
 Inside `ip netns exec NODE unshare --mount --uts` each node gets its own hostname, a tmpfs over /run
-and bind mounts of private directories over /etc/libvirt, /var/lib/libvirt, /var/log/libvirt and
-/var/cache/libvirt. The daemons keep those namespaces alive; `stop` ends them by PID.
+and bind mounts of private directories over /etc/libvirt, /var/lib/libvirt, /var/log/libvirt,
+/var/cache/libvirt and /etc/ceph (the node's Ceph client files). The daemons keep those namespaces
+alive; `stop` ends them by PID.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ BIND_MOUNTS = {
     "lib": "/var/lib/libvirt",
     "log": "/var/log/libvirt",
     "cache": "/var/cache/libvirt",
+    "etc-ceph": "/etc/ceph",  # the node's Ceph client conf and keyring (labkit.ceph)
 }
 QEMU_CONF = """
 # vmctl lab: several libvirtds on one machine, no udev, no systemd
@@ -49,6 +51,11 @@ def _pid(node: Node, daemon: str) -> int | None:
 
 def is_running(node: Node) -> bool:
     return all(_pid(node, d) for d in ("virtlogd", "libvirtd", "sshd"))
+
+
+def node_pid(node: Node) -> int | None:
+    """The node's libvirtd: its namespaces are the node's."""
+    return _pid(node, "libvirtd")
 
 
 def node_exec(node: Node, args: list[str], **kw: object) -> object:

@@ -16,7 +16,8 @@ def _lines(args: list[str]) -> list[str]:
 
 
 def machine_state() -> dict[str, list[str]]:
-    """Namespaces, links, routes, mounts and process ids of the root namespace, sorted."""
+    """Namespaces, links, routes, mounts and process ids of the root namespace, and the files in
+    Ceph's default directories; sorted."""
     return {
         "netns": _lines(["ip", "netns", "list"]),
         "links": sorted(net.links()),
@@ -24,7 +25,20 @@ def machine_state() -> dict[str, list[str]]:
         "mounts": sorted(" ".join(line.split()[1:3]) for line in net.mount_points()),
         "iptables": _iptables(),
         "pids": sorted(p for p in os.listdir("/proc") if p.isdigit()),
+        "ceph_files": ceph_files(),
     }
+
+
+CEPH_PATHS = ("/etc/ceph", "/var/lib/ceph", "/var/log/ceph", "/run/ceph")
+
+
+def ceph_files() -> list[str]:
+    """Everything in Ceph's default directories (the lab keeps its cluster elsewhere)."""
+    found = []
+    for top in CEPH_PATHS:
+        for root, dirs, files in os.walk(top):
+            found += [os.path.join(root, name) for name in dirs + files]
+    return sorted(found)
 
 
 def _iptables() -> list[str]:

@@ -214,6 +214,9 @@ LAB_DAEMONS = (
     "qemu-system",
     "postgres",
     "redis-server",
+    "ceph-mon",
+    "ceph-mgr",
+    "ceph-osd",
     "/var/lib/vmctl-lab",
 )
 
@@ -227,6 +230,7 @@ def _lab_pids(lab: dict) -> set[int]:  # type: ignore[type-arg]
             ["ip", "netns", "pids", node["netns"]], capture_output=True, text=True
         ).stdout
         pids |= {int(p) for p in out.split()}
+    pids |= {int(p) for p in lab["ceph"]["pids"].values()}  # ceph-mon, ceph-mgr, ceph-osd
     for main in (services.postgres_pid(), services.redis_pid()):
         if main:
             pids.add(main)
@@ -252,7 +256,8 @@ def test_up_is_idempotent_and_down_restores_the_machine(lab: dict) -> None:  # t
     from labkit import config, snapshot
 
     def daemon_pids() -> list[str]:
-        return sorted(p.read_text() for p in config.NODES_DIR.glob("*/*.pid"))
+        ceph_pids = (config.LAB_DIR / "ceph" / "daemons").glob("*.pid")
+        return sorted(p.read_text() for p in [*config.NODES_DIR.glob("*/*.pid"), *ceph_pids])
 
     pids = daemon_pids()
     subprocess.run([str(LAB), "up"], check=True)
@@ -263,13 +268,15 @@ def test_up_is_idempotent_and_down_restores_the_machine(lab: dict) -> None:  # t
     assert len(lab_pids) >= 3 * len(lab["nodes"]) + 2  # virtlogd, libvirtd, sshd per node; services
     subprocess.run([str(LAB), "down"], check=True)
     after = snapshot.machine_state()
-    for key in ("netns", "links", "routes", "mounts", "iptables"):
+    for key in ("netns", "links", "routes", "mounts", "iptables", "ceph_files"):
         assert after[key] == before[key], key
     assert [p for p in lab_pids if Path(f"/proc/{p}").exists()] == []
     new = set(after["pids"]) - set(before["pids"])
     stray = [c for c in map(_cmdline, new) if any(d in c for d in LAB_DAEMONS)]
     assert stray == []
-    assert not config.LAB_DIR.exists()
+    ceph_daemons = subprocess.run(["pgrep", "-a", "^ceph-(mon|mgr|osd)$"], capture_output=True)
+    assert ceph_daemons.returncode == 1, ceph_daemons.stdout  # no Ceph daemon at all
+    assert not config.LAB_DIR.exists()  # the cluster's conf, keyrings, data, logs, sockets
     # Safe to run twice.
     subprocess.run([str(LAB), "down"], check=True)
 
