@@ -29,8 +29,8 @@ app.registered_commands += (
     vms.app.registered_commands
     + lifecycle.app.registered_commands
     + daemons.app.registered_commands
+    + reconcile.app.registered_commands
 )
-app.registered_commands += reconcile.app.registered_commands
 app.add_typer(daemons.db_app, name="db")
 app.add_typer(tokens.app, name="token")
 app.add_typer(snapshots.app, name="snapshot")

@@ -39,7 +39,6 @@ KINDS = (
 create removes its domain, directory and reservation too)."""
 
 # libvirt's power state -> the state vmctl records for it (others are passing: not judged)
-RECORDED_STATE = {"running": "running", "shut off": "stopped"}
 
 
 # -- drift -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
 from vmctl.core import drift as dr
-from vmctl.core.records import VmRecord
+from vmctl.core.records import RECORDED_STATES, VmRecord
 from vmctl.core.survey import NodeSurvey
 
 if TYPE_CHECKING:
@@ -132,8 +132,8 @@ def _compare_node(
                 f"row {r.name}",
                 f"domain {r.name} on {node} belongs to installation {dom.mark.installation}",
             )
-        elif dom.state in dr.RECORDED_STATE and dr.RECORDED_STATE[dom.state] != r.state:
-            want = dr.RECORDED_STATE[dom.state]
+        elif dom.state in RECORDED_STATES and RECORDED_STATES[dom.state] != r.state:
+            want = RECORDED_STATES[dom.state]
             drift.append(
                 dr.Drift(
                     dr.WRONG_STATE,

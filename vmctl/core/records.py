@@ -9,6 +9,8 @@ from datetime import datetime
 
 STATES = ("creating", "running", "stopped", "deleting", "error")
 IP_STATES = ("expected", "confirmed")
+# libvirt's domain states in which what vmctl records is definite: running or stopped
+RECORDED_STATES = {"running": "running", "shut off": "stopped"}
 RESULTS = ("ok", "failed", "started")
 
 

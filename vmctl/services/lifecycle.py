@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from vmctl.core import placement, validation
 from vmctl.core.errors import InvalidInput, NotFound, Timeout, WrongState
-from vmctl.core.records import VmRecord
+from vmctl.core.records import RECORDED_STATES, VmRecord
 
 if TYPE_CHECKING:
     from vmctl.core.inventory import Node
     from vmctl.services.ports import Hypervisor
     from vmctl.services.vms import VmService
 
-# libvirt's domain states as vmctl records them
-RECORDED = {"running": "running", "paused": "running", "shut off": "stopped", "crashed": "error"}
+# libvirt's domain states as vmctl records them after an operation: a paused VM still runs;
+# anything else (crashed, ...) is an error
+RECORDED = {**RECORDED_STATES, "paused": "running"}
 POLL_S = 1.0
 
 

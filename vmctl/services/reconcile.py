@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from vmctl.core import drift as dr
 from vmctl.core import reconcile as rc
 from vmctl.core.errors import Busy, NotFound, VmctlError
-from vmctl.core.records import VmRecord, default_actor
+from vmctl.core.records import RECORDED_STATES, VmRecord, default_actor
 from vmctl.core.survey import NodeSurvey
 from vmctl.services.ports import Cache, Connect, Store
 
@@ -268,7 +268,7 @@ class Reconciler:
                     raise _Gone(f"domain {name} exists ({domain})")
                 self.store.set_state(name, "error")
                 return f"recorded {name} as error (was {row.state}; the row is kept)"
-            want = dr.RECORDED_STATE.get(domain or "")
+            want = RECORDED_STATES.get(domain or "")
             if want is None or want == row.state:
                 raise _Gone(f"libvirt says {domain}, recorded {row.state}")
             self.store.set_state(name, want)

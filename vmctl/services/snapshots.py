@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmctl.core import validation
 from vmctl.core.errors import Conflict, NotFound, WrongState
+from vmctl.core.records import RECORDED_STATES
 from vmctl.core.snapshots import Snapshot, disk_paths
 
 if TYPE_CHECKING:
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
     from vmctl.services.ports import Hypervisor
     from vmctl.services.vms import VmService
 
-# libvirt's domain states a snapshot can be taken in, and how vmctl records them
-_STATES = {"running": "running", "shut off": "stopped"}
+# libvirt's domain states a snapshot can be taken in (running or stopped), as vmctl records them
+_STATES = RECORDED_STATES
 
 
 @dataclass
