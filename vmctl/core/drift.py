@@ -38,9 +38,6 @@ KINDS = (
 """Every kind of drift, in the order ``--fix`` repairs them (rows first: rolling back a stuck
 create removes its domain, directory and reservation too)."""
 
-# libvirt's power state -> the state vmctl records for it (others are passing: not judged)
-
-
 # -- drift -------------------------------------------------------------------------------------
 
 
