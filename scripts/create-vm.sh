@@ -6,9 +6,14 @@
 #   STAGING/user-data STAGING/meta-data [STAGING/network-config]   NoCloud seed contents
 # and creates STORAGE/NAME/{root.qcow2 (copy-on-write overlay of BASE), data.qcow2, seed.iso},
 # then defines and starts the domain.
+# With the RBD options of scripts/lib/rbd.sh (--rbd-pool POOL ...), the disks are images in POOL
+# instead: vmctl.NAME.root (a clone of BASE@base, BASE then being an image of POOL, grown to
+# --root-gb), vmctl.NAME.data and vmctl.NAME.seed, each marked (image-meta vmctl.mark); STORAGE/NAME
+# keeps only the VM's local files (console log, .vmctl). Images of ours left by a run that died
+# are replaced; an image of that name without our mark is another's (exit 4).
 #
-# Usage: create-vm.sh --name NAME --base BASE_QCOW2 --root-gb N --data-gb N
-#                     --storage DIR --staging DIR [--no-start]
+# Usage: create-vm.sh --name NAME --base BASE_QCOW2|BASE_IMAGE --root-gb N --data-gb N
+#                     --storage DIR --staging DIR [--no-start] [RBD options]
 #                     [--network NET --mac MAC --ip IPV4] [--installation UUID --record-id N]
 #
 # STORAGE/NAME/.vmctl marks the VM directory as vmctl's; with --installation/--record-id it holds
@@ -32,6 +37,9 @@
 set -Eeuo pipefail  # -E: the ERR trap (cleanup) also fires inside functions such as virsh()
 
 die() { local code=$1; shift; echo "create-vm.sh: $*" >&2; exit "$code"; }
+# rbd_option, rbd_check, rbdc...: scripts/lib/rbd.sh (vmctl sends it ahead of this script).
+# shellcheck source=lib/rbd.sh
+[[ $(type -t rbd_option) == function ]] || source "$(dirname "${BASH_SOURCE[0]}")/lib/rbd.sh"
 
 name='' base='' root_gb='' data_gb='' storage='' staging='' start=1 installation='' record_id=''
 net='' mac='' ip='' net_set=0 mac_set=0 ip_set=0
@@ -49,7 +57,7 @@ while (($#)); do
     --installation) installation=${2-} ;;
     --record-id) record_id=${2-} ;;
     --no-start) start=0; shift; continue ;;
-    *) die 2 "unknown argument: $1" ;;
+    *) rbd_option "$1" "${2-}" || die 2 "unknown argument: $1" ;;
   esac
   (($# >= 2)) || die 2 "missing value after $1"
   shift 2
@@ -61,6 +69,7 @@ done
 [[ $storage == /* && $storage != *..* ]] || die 2 "invalid --storage '$storage' (an absolute path)"
 [[ $staging == /* && $staging != *..* && -d $staging ]] || die 2 "invalid --staging '$staging' (an existing directory)"
 [[ -z $installation || $installation =~ ^[0-9a-f-]{36}$ ]] || die 2 "invalid --installation '$installation' (a UUID)"
+rbd_check create-vm.sh
 [[ -z $record_id || $record_id =~ ^[1-9][0-9]{0,18}$ ]] || die 2 "invalid --record-id '$record_id'"
 if ((net_set + mac_set + ip_set)); then
   missing=''
@@ -77,7 +86,13 @@ fi
 for f in domain.xml user-data meta-data; do
   [[ -f $staging/$f ]] || die 2 "missing $staging/$f"
 done
-[[ -f $base ]] || die 3 "base image $base does not exist on $(hostname)"
+if rbd_used; then
+  [[ $base =~ ^[a-z][a-z0-9.-]{0,62}$ ]] || die 2 "invalid --base '$base' (an image name)"
+  rbdc snap ls "$rbd_pool/$base" 2>/dev/null | awk '$2 == "base" {found=1} END {exit !found}' \
+    || die 3 "base image $rbd_pool/$base@base does not exist (vmctl images import puts it there)"
+else
+  [[ -f $base ]] || die 3 "base image $base does not exist on $(hostname)"
+fi
 
 vmdir=$storage/$name
 marker=$vmdir/.vmctl
@@ -164,6 +179,7 @@ fi
 [[ ! -e $vmdir || -f $marker ]] || die 4 "$vmdir exists and was not made by vmctl"
 
 made_dir=0 defined=0
+made_images=()
 cleanup() {
   local status=$? scope
   trap - ERR
@@ -174,6 +190,9 @@ cleanup() {
     virsh undefine "$name" --nvram >/dev/null 2>&1 || virsh undefine "$name" >/dev/null 2>&1 || true
   fi
   ((made_dir)) && rm -rf -- "$vmdir"
+  for image in "${made_images[@]}"; do
+    rbd_remove "$image" || echo "create-vm.sh: could not remove $image" >&2
+  done
   for scope in "${added[@]}"; do
     virsh net-update --network "$net" --command delete --section ip-dhcp-host \
       --xml "<host mac='$mac' ip='$ip'/>" "--$scope" >/dev/null || true
@@ -195,17 +214,59 @@ if [[ -n $installation ]]; then
 else
   touch -- "$marker"
 fi
-qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$vmdir/root.qcow2" "${root_gb}G"
-if ((data_gb > 0)); then
-  qemu-img create -q -f qcow2 "$vmdir/data.qcow2" "${data_gb}G"
-fi
 seed_files=("$staging/user-data" "$staging/meta-data")
 [[ -f $staging/network-config ]] && seed_files+=("$staging/network-config")
-genisoimage -quiet -output "$vmdir/seed.iso" -volid cidata -joliet -rock "${seed_files[@]}"
-chmod 0600 -- "$vmdir/seed.iso"  # holds the guest's SSH host key
+if rbd_used; then
+  mark="installation=$installation id=$record_id"
+  # Images of ours by these names were left by a create that died: they go; others' stay.
+  for kind in root data seed; do
+    rbd_vm_image "$name" "$kind"
+    image=$REPLY
+    rbd_image_exists "$image" || continue
+    rbd_mark "$image"
+    if [[ -z $REPLY || ( -n $installation && $REPLY != "installation=$installation "* ) ]]; then
+      ((made_dir)) && rm -rf -- "$vmdir"
+      die 4 "RBD image $image exists and was not made by this vmctl; left alone"
+    fi
+    echo "create-vm.sh: removing $image, left by a create that did not finish" >&2
+    rbd_remove "$image"
+  done
+  rbd_new() { rbd_vm_image "$name" "$1"; }
+  rbd_new root
+  root=$REPLY
+  rbdc clone "$rbd_pool/$base@base" "$root"
+  made_images+=("$root")
+  rbdc image-meta set "$root" vmctl.mark "$mark"
+  size=$(rbdc info --format json "$root" | sed -n 's/.*"size":\([0-9]*\).*/\1/p')
+  if ((size < root_gb * 1073741824)); then
+    rbdc resize --no-progress --size "${root_gb}G" "$root"
+  fi
+  if ((data_gb > 0)); then
+    rbd_new data
+    rbdc create --size "${data_gb}G" "$REPLY"
+    made_images+=("$REPLY")
+    rbdc image-meta set "$REPLY" vmctl.mark "$mark"
+  fi
+  genisoimage -quiet -output "$staging/seed.iso" -volid cidata -joliet -rock "${seed_files[@]}"
+  rbd_new seed
+  rbdc import --no-progress "$staging/seed.iso" "$REPLY"
+  made_images+=("$REPLY")
+  rbdc image-meta set "$REPLY" vmctl.mark "$mark"
+else
+  qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$vmdir/root.qcow2" "${root_gb}G"
+  if ((data_gb > 0)); then
+    qemu-img create -q -f qcow2 "$vmdir/data.qcow2" "${data_gb}G"
+  fi
+  genisoimage -quiet -output "$vmdir/seed.iso" -volid cidata -joliet -rock "${seed_files[@]}"
+  chmod 0600 -- "$vmdir/seed.iso"  # holds the guest's SSH host key
+fi
 virsh define "$staging/domain.xml" >/dev/null
 defined=1
 if ((start)); then
   virsh start "$name" >/dev/null
 fi
-echo "create-vm.sh: $name created in $vmdir" >&2
+if rbd_used; then
+  echo "create-vm.sh: $name created in pool $rbd_pool" >&2
+else
+  echo "create-vm.sh: $name created in $vmdir" >&2
+fi

@@ -2,7 +2,7 @@
 # survey.sh — runs ON a virtualization node (vmctl sends it over SSH: `bash -c SCRIPT survey.sh ARGS`).
 # Read-only: prints what the node holds, for `vmctl reconcile` to compare with PostgreSQL.
 #
-# Usage: survey.sh --storage DIR [--network NET]
+# Usage: survey.sh --storage DIR [--network NET] [RBD options of scripts/lib/rbd.sh]
 #
 # Output: one record a line, fields separated by one TAB (vmctl.core.survey.parse_survey):
 #   survey	1                                 first line: the format's version
@@ -18,24 +18,33 @@
 #   staging	ENTRY	AGE_S                       every entry of DIR/.staging and its age in seconds
 #   network	NET	STATE                         STATE: active, inactive or absent
 #   host	SCOPE	MAC	NAME	IP                    every DHCP <host> of NET; SCOPE live or config
+#   image	NAME	MARK                            (RBD options) every image of the pool named
+#                                             as vmctl names VM images (vmctl.VM.KIND); MARK its
+#                                             vmctl.mark ("installation=UUID id=N"), or empty
+#   rbdsnap	NAME	SNAP                          each snapshot of each such image
 #   end                                       last line: the survey is complete
 # Exit codes: 0 surveyed, 2 bad arguments, 1 libvirt does not answer (nothing printed after it).
 set -uo pipefail
 
 die() { local code=$1; shift; echo "survey.sh: $*" >&2; exit "$code"; }
 
+# rbd_option, rbd_check, rbdc...: scripts/lib/rbd.sh (vmctl sends it ahead of this script).
+# shellcheck source=lib/rbd.sh
+[[ $(type -t rbd_option) == function ]] || source "$(dirname "${BASH_SOURCE[0]}")/lib/rbd.sh"
+
 storage='' net=''
 while (($#)); do
   case $1 in
     --storage) storage=${2-} ;;
     --network) net=${2-} ;;
-    *) die 2 "unknown argument: $1" ;;
+    *) rbd_option "$1" "${2-}" || die 2 "unknown argument: $1" ;;
   esac
   (($# >= 2)) || die 2 "missing value after $1"
   shift 2
 done
 [[ $storage == /* && $storage != *..* ]] || die 2 "invalid --storage '$storage' (an absolute path)"
 [[ -z $net || $net =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || die 2 "invalid --network '$net'"
+rbd_check survey.sh
 
 virsh() { command virsh -q -c qemu:///system "$@"; }
 # dhcp_hosts: scripts/lib/dhcp.sh (vmctl sends it ahead of this script).
@@ -112,5 +121,15 @@ if [[ -n $net ]]; then
       done
     done
   fi
+fi
+if rbd_used; then
+  images=$(rbdc ls "$rbd_pool") || die 1 "rbd ls $rbd_pool failed on $(hostname)"
+  while IFS= read -r image; do
+    [[ $image =~ ^vmctl\.[a-z0-9-]+\.(root|data|seed)$ ]] || continue
+    rbd_mark "$rbd_pool/$image"
+    oneline "$REPLY"
+    printf 'image\t%s\t%s\n' "$image" "$REPLY"
+    rbdc snap ls "$rbd_pool/$image" 2>/dev/null | awk -v i="$image" '$1 ~ /^[0-9]+$/ {print "rbdsnap\t" i "\t" $2}'
+  done <<<"$images"
 fi
 echo "end"

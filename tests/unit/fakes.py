@@ -18,6 +18,7 @@ from vmctl.core.inventory import AddressPool, Inventory
 from vmctl.core.nodecmd import Disks, Reservation
 from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
 from vmctl.services.ports import CloudInit, Subscription
+from vmctl.services.ports.storage import PoolSpace
 from vmctl.services.vms import VmService
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1lMgjO1GQ0e7oE5hSVbQK4R3V0iZyv9u3Ds1m8dXj test"
@@ -306,7 +307,11 @@ class UnusedHypervisor:
     def set_resources(self, name: str, cpu: int, ram_mb: int) -> None:
         raise NotImplementedError
 
-    def grow_disk(self, name: str, storage_dir: str, data_gb: int) -> None:
+    def space(self) -> PoolSpace | None:
+        self._call("space")
+        return self.storage.space(None)
+
+    def grow_disk(self, name: str, data_gb: int) -> None:
         raise NotImplementedError
 
     def observe(self, network: str, timeout: float = 15.0) -> Observation:
@@ -325,11 +330,32 @@ class UnusedHypervisor:
     ) -> list[tuple[str, str]]:
         raise NotImplementedError
 
-    def console_log(self, name: str, storage_dir: str, max_bytes: int = 1 << 20) -> str:
+    def console_log(self, name: str, max_bytes: int = 1 << 20) -> str:
         raise NotImplementedError
 
     def close(self) -> None:
         raise NotImplementedError
+
+
+class FakeStorage:
+    """Storage as the services see it: node-local unless ``shared`` names a pool."""
+
+    kind = "dir"
+
+    def __init__(self, local_dir: str = "/srv/vms", shared: str | None = None) -> None:
+        self.local_dir = local_dir
+        self.shared = shared
+        self.kind = "rbd" if shared else "dir"
+        self.space_bytes: tuple[int, int] | None = None  # (free, stored) when shared
+
+    def describe(self) -> str:
+        return f"rbd pool {self.shared}" if self.shared else f"dir {self.local_dir}"
+
+    def space(self, runner: Any) -> PoolSpace | None:
+        if not self.shared or self.space_bytes is None:
+            return None
+        free, stored = self.space_bytes
+        return PoolSpace(self.shared, self.describe(), free, stored, 1.0)
 
 
 class FakeHypervisor(Failing, UnusedHypervisor):
@@ -338,6 +364,8 @@ class FakeHypervisor(Failing, UnusedHypervisor):
     def __init__(self, node: str, observation: Observation | None = None) -> None:
         super().__init__()
         self.node = node
+        self.storage = FakeStorage()
+        self.kept_disks: list[str] = []  # VMs deleted with keep_disks (moved away)
         self.defined: set[str] = set()
         self.states: dict[str, str] = {}
         self.sizes: dict[str, tuple[int, int]] = {}  # name -> (cpu, ram_mb) set by resize
@@ -370,7 +398,11 @@ class FakeHypervisor(Failing, UnusedHypervisor):
         self._call("set_resources")
         self.sizes[name] = (cpu, ram_mb)
 
-    def grow_disk(self, name: str, storage_dir: str, data_gb: int) -> None:
+    def space(self) -> PoolSpace | None:
+        self._call("space")
+        return self.storage.space(None)
+
+    def grow_disk(self, name: str, data_gb: int) -> None:
         self._call("grow_disk")
         self.disks[name] = data_gb
 
@@ -388,12 +420,14 @@ class FakeHypervisor(Failing, UnusedHypervisor):
     def delete(
         self,
         name: str,
-        storage_dir: str,
         network: str | None = None,
         mac: str | None = None,
         installation: str | None = None,
+        keep_disks: bool = False,
     ) -> None:
         self._call("delete")
+        if keep_disks:
+            self.kept_disks.append(name)
         self.defined.discard(name)  # delete-vm.sh: no such domain is not an error
 
     def observe(self, network: str, timeout: float = 15.0) -> Observation:
@@ -408,7 +442,7 @@ class FakeHypervisor(Failing, UnusedHypervisor):
     ) -> list[tuple[str, str]]:
         return []
 
-    def console_log(self, name: str, storage_dir: str, max_bytes: int = 1 << 20) -> str:
+    def console_log(self, name: str, max_bytes: int = 1 << 20) -> str:
         return "debian login: " if name in self.defined else ""
 
     def close(self) -> None:

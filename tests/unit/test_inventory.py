@@ -91,9 +91,35 @@ def test_integer_overcommit_ratio_is_accepted(tmp_path: Path) -> None:
     assert load_inventory(write(tmp_path, data)).node("kvm1").overcommit.cpu == 4.0
 
 
-def test_rbd_storage_needs_a_pool_only(tmp_path: Path) -> None:
-    data = mutated(lambda d: d["nodes"][0].update(storage={"type": "rbd", "pool": "vms"}))
-    assert load_inventory(write(tmp_path, data)).node("kvm1").storage.pool == "vms"
+RBD = {
+    "type": "rbd",
+    "pool": "vms",
+    "monitors": ["10.0.0.1", "10.0.0.2:3300"],
+    "user": "libvirt",
+    "secret_uuid": "3c1b9a52-6f0e-4c55-9a8e-7a6c2f1d0b11",
+}
+
+
+def test_rbd_storage_names_pool_cluster_and_credentials(tmp_path: Path) -> None:
+    data = mutated(lambda d: d["nodes"][0].update(storage=dict(RBD)))
+    storage = load_inventory(write(tmp_path, data)).node("kvm1").storage
+    assert storage.pool == "vms"
+    assert storage.keyring_path == "/etc/ceph/ceph.client.libvirt.keyring"
+    assert storage.directory == "/var/lib/libvirt/images/vmctl"  # local files: console log
+    assert storage.pool_key == "vms@10.0.0.1,10.0.0.2:3300"
+    assert storage.ratio == 1.0
+
+
+def test_rbd_storage_refuses_a_bad_secret_uuid(tmp_path: Path) -> None:
+    data = mutated(lambda d: d["nodes"][0].update(storage={**RBD, "secret_uuid": "nope"}))
+    with pytest.raises(ConfigError, match=r"node 'kvm1': storage\.secret_uuid"):
+        load_inventory(write(tmp_path, data))
+
+
+def test_dir_storage_refuses_rbd_keys(tmp_path: Path) -> None:
+    data = mutated(lambda d: d["nodes"][0]["storage"].update(pool="vms"))
+    with pytest.raises(ConfigError, match=r"type: dir takes only path \(not pool\)"):
+        load_inventory(write(tmp_path, data))
 
 
 def test_unknown_node_and_image_name_the_known_ones(tmp_path: Path) -> None:
@@ -209,7 +235,7 @@ BROKEN = [
     ("dir storage without path", _drop("nodes.0.storage.path"),
      ["node 'kvm1': storage: type: dir needs a path"]),
     ("rbd storage without pool", _set("nodes.0.storage.type", "rbd"),
-     ["node 'kvm1': storage: type: rbd needs a pool"]),
+     ["node 'kvm1': storage: type: rbd needs monitors, pool, secret_uuid, user"]),
     ("relative storage path", _set("nodes.1.storage.path", "vms"),
      ["node 'kvm2': storage.path: must be an absolute path (got 'vms')"]),
     ("addresses on an unmanaged network", _managed(addresses=_range("10.20.1.100", "10.20.1.199")),

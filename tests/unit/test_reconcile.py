@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.fakes import INVENTORY, FakeCache, FakeStore, UnusedHypervisor
+from tests.unit.fakes import INVENTORY, FakeCache, FakeStorage, FakeStore, UnusedHypervisor
 from vmctl.core import drift as dr
 from vmctl.core import reconcile as rc
 from vmctl.core import survey as sv
@@ -287,12 +287,15 @@ class Store(FakeStore):
 class Node(UnusedHypervisor):
     """A node as the survey sees it; repairs change it."""
 
-    def __init__(self, survey: sv.NodeSurvey) -> None:
+    def __init__(self, survey: sv.NodeSurvey, shared: str | None = None) -> None:
         self.now = survey
         self.done: list[str] = []
+        self.storage = FakeStorage(shared=shared)
+        self.listed_images: list[bool] = []
 
-    def survey(self, storage_dir: str, network: str | None = None) -> sv.NodeSurvey:
-        return self.now
+    def survey(self, network: str | None = None, images: bool = True) -> sv.NodeSurvey:
+        self.listed_images.append(images)
+        return self.now if images else replace(self.now, images=())
 
     def state(self, name: str) -> str | None:
         return next((d.state for d in self.now.domains if d.name == name), None)
@@ -300,20 +303,23 @@ class Node(UnusedHypervisor):
     def delete(  # type: ignore[override]
         self,
         name: str,
-        storage_dir: str,
         network: str | None = None,
         mac: str | None = None,
         installation: str | None = None,
+        keep_disks: bool = False,
     ) -> None:
-        self.done.append(f"delete {name}")
+        self.done.append(f"delete {name}" + (" keep-disks" if keep_disks else ""))
         self.now = replace(
             self.now,
             domains=tuple(d for d in self.now.domains if d.name != name),
             dirs=tuple(d for d in self.now.dirs if d.name != name),
             staging=tuple(s for s in self.now.staging if s.vm != name),
+            images=self.now.images
+            if keep_disks
+            else tuple(i for i in self.now.images if i.vm != name),
         )
 
-    def remove_staging(self, storage_dir: str, entry: str) -> None:
+    def remove_staging(self, entry: str) -> None:
         self.done.append(f"rm {entry}")
         self.now = replace(self.now, staging=tuple(s for s in self.now.staging if s.entry != entry))
 

@@ -13,7 +13,6 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -466,31 +465,34 @@ class SnapHypervisor(FakeHypervisor):
         self.agent = True
         self.reverted: list[tuple[str, list[str]]] = []
 
-    def snapshots(self, name: str, storage_dir: str) -> dict[str, list[str]]:
+    def snapshots(self, name: str) -> dict[str, list[str]]:
         self._call("snapshots")
         return {path: list(t) for path, t in self.tags.items() if f"/{name}/" in path}
 
     def snapshot_create(
-        self, name: str, paths: Any, snapshot: str, running: bool, quiesce: str = "yes"
+        self, name: str, data_disk: bool, snapshot: str, running: bool, quiesce: str = "yes"
     ) -> bool:
         self._call(f"snapshot_create:{'running' if running else 'stopped'}")
+        paths = snap.disk_paths("/srv/vms", name, data_disk)
         if running and not self.agent and quiesce == "yes":
             raise Unavailable(f"{name}: the guest agent did not freeze the filesystems")
         for path in paths:
             self.tags.setdefault(path, []).append(snapshot)
         return running and self.agent and quiesce != "no"
 
-    def snapshot_revert(self, name: str, paths: Any, snapshot: str) -> None:
+    def snapshot_revert(self, name: str, data_disk: bool, snapshot: str) -> None:
         self._call("snapshot_revert")
+        paths = snap.disk_paths("/srv/vms", name, data_disk)
         assert self.states.get(name) == "shut off", "reverted a running domain"
         if any(snapshot not in self.tags.get(p, []) for p in paths):
             raise NotFound(f"{name}: a disk has no snapshot {snapshot}")
         self.reverted.append((snapshot, list(paths)))
 
-    def snapshot_delete(self, name: str, paths: Any, snapshot: str, running: bool) -> None:
+    def snapshot_delete(self, name: str, data_disk: bool, snapshot: str, running: bool) -> None:
         self._call("snapshot_delete")
-        for path in paths:
-            self.tags[path].remove(snapshot)
+        for path in snap.disk_paths("/srv/vms", name, data_disk):
+            if snapshot in self.tags.get(path, []):
+                self.tags[path].remove(snapshot)
 
 
 def snap_world(state: str = "running") -> tuple[World, SnapStore, SnapHypervisor]:

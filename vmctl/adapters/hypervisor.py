@@ -9,10 +9,13 @@ import contextlib
 import secrets
 import threading
 from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from vmctl.adapters.node.power import PowerMixin
 from vmctl.adapters.node.snapshots import SnapshotsMixin
 from vmctl.adapters.node.survey import SurveyMixin
+from vmctl.adapters.storage import storage_for
 from vmctl.core.addressing import Lease, Observation
 from vmctl.core.domainxml import GuestSpec
 from vmctl.core.domainxml import render as render_domain
@@ -31,16 +34,29 @@ from vmctl.core.nodecmd import (
     script_command,
 )
 from vmctl.services.ports import Runner
+from vmctl.services.ports.storage import PoolSpace, Storage
+
+if TYPE_CHECKING:
+    from vmctl.core.inventory import Node
 
 CONSOLE_LOG_BYTES = 1 << 20
 
 
 class LibvirtOverSsh(PowerMixin, SnapshotsMixin, SurveyMixin):
     """One node's libvirt, reached through a Runner (the Hypervisor port): create, delete and
-    addresses here; power and size in ``vmctl.adapters.node``."""
+    addresses here; power and size in ``vmctl.adapters.node``. Its VM disks are where
+    ``storage`` (the Storage port) keeps them."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, storage: Storage) -> None:
         self.runner = runner
+        self.storage = storage
+
+    @classmethod
+    def of(cls, node: Node, runner: Runner) -> LibvirtOverSsh:
+        return cls(runner, storage_for(node))
+
+    def space(self) -> PoolSpace | None:
+        return self.storage.space(self.runner)
 
     def create(
         self,
@@ -51,6 +67,8 @@ class LibvirtOverSsh(PowerMixin, SnapshotsMixin, SurveyMixin):
         reservation: Reservation | None = None,
     ) -> None:
         """Upload the domain XML and seed, then run create-vm.sh (which cleans up on failure)."""
+        spec = replace(spec, disks=self.storage.disks(spec.name, spec.data_disk))
+        disks = replace(disks, base_image=self.storage.base(disks.base_image, spec.image))
         staging = f"{spec.storage_dir}/.staging/{spec.name}.{secrets.token_hex(4)}"
         self.runner.run(["mkdir", "-p", "-m", "0700", staging])
         try:
@@ -59,7 +77,11 @@ class LibvirtOverSsh(PowerMixin, SnapshotsMixin, SurveyMixin):
                 self.runner.put(text.encode(), f"{staging}/{name}")
             self.runner.run(
                 script_command(
-                    "create-vm.sh", create_args(spec, disks, staging, start, reservation)
+                    "create-vm.sh",
+                    [
+                        *create_args(spec, disks, staging, start, reservation),
+                        *self.storage.node_args(),
+                    ],
                 )
             )
         finally:  # the script removes it too, except when it refuses its arguments
@@ -69,14 +91,18 @@ class LibvirtOverSsh(PowerMixin, SnapshotsMixin, SurveyMixin):
     def delete(
         self,
         name: str,
-        storage_dir: str,
         network: str | None = None,
         mac: str | None = None,
         installation: str | None = None,
+        keep_disks: bool = False,
     ) -> None:
         """Remove the VM (and its DHCP reservation in ``network``, when given); with
-        ``installation``, only if its directory's mark names that installation."""
-        args = delete_args(name, storage_dir, network, mac, installation)
+        ``installation``, only if its mark names that installation. ``keep_disks``: only the
+        domain and the node's local files (the disks are shared, and the VM moved)."""
+        args = delete_args(name, self.storage.local_dir, network, mac, installation)
+        args += self.storage.node_args()
+        if keep_disks:
+            args.append("--keep-disks")
         self.runner.run(script_command("delete-vm.sh", args))
 
     def observe(self, network: str, timeout: float = 15.0) -> Observation:
@@ -120,7 +146,7 @@ class LibvirtOverSsh(PowerMixin, SnapshotsMixin, SurveyMixin):
     def close(self) -> None:
         self.runner.close()
 
-    def console_log(self, name: str, storage_dir: str, max_bytes: int = CONSOLE_LOG_BYTES) -> str:
-        path = f"{storage_dir}/{name}/console.log"
+    def console_log(self, name: str, max_bytes: int = CONSOLE_LOG_BYTES) -> str:
+        path = f"{self.storage.local_dir}/{name}/console.log"
         command = ["tail", "-c", str(max_bytes), path]
         return self.runner.run(command, check=False).stdout

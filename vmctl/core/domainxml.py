@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from vmctl.core.records import Mark
+from vmctl.core.storage import Disk, FileDisk, GuestDisks, RbdDisk
 
 METADATA_NS = "https://github.com/vmctl/vmctl/xmlns/1"
 
@@ -19,7 +20,7 @@ class GuestSpec:
     name: str
     ram_mb: int
     cpu: int
-    storage_dir: str  # the VM's directory is storage_dir/name
+    storage_dir: str  # the VM's node-local directory is storage_dir/name (console log)
     network: str
     mac: str
     image: str
@@ -30,10 +31,25 @@ class GuestSpec:
     cmdline: str | None = None
     tcg_tb_cache_mb: int = 128
     mark: Mark | None = None  # vmctl's ownership mark, in the domain's metadata
+    disks: GuestDisks | None = None  # None: qcow2 files in vm_dir (see ``guest_disks``)
 
     @property
     def vm_dir(self) -> str:
         return f"{self.storage_dir}/{self.name}"
+
+    def guest_disks(self) -> GuestDisks:
+        if self.disks is not None:
+            return self.disks
+        return local_disks(self.vm_dir, self.data_disk)
+
+
+def local_disks(vm_dir: str, data_disk: bool) -> GuestDisks:
+    """The files of a VM kept in a node directory: root.qcow2, data.qcow2, seed.iso."""
+    return GuestDisks(
+        root=FileDisk(f"{vm_dir}/root.qcow2"),
+        data=FileDisk(f"{vm_dir}/data.qcow2") if data_disk else None,
+        seed=FileDisk(f"{vm_dir}/seed.iso", "raw"),
+    )
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
@@ -43,12 +59,25 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -
     return el
 
 
-def _disk(devices: ET.Element, path: str, fmt: str, target: str, readonly: bool = False) -> None:
-    disk = _sub(devices, "disk", type="file", device="disk")
+def _disk(devices: ET.Element, source: Disk, target: str, readonly: bool = False) -> None:
+    if isinstance(source, RbdDisk):
+        disk = _sub(devices, "disk", type="network", device="disk")
+    else:
+        disk = _sub(devices, "disk", type="file", device="disk")
     if readonly:  # the seed: never part of a snapshot
         disk.set("snapshot", "no")
-    _sub(disk, "driver", name="qemu", type=fmt, discard="unmap" if not readonly else "ignore")
-    _sub(disk, "source", file=path)
+    driver = {"discard": "unmap" if not readonly else "ignore"}
+    if isinstance(source, RbdDisk):
+        driver["cache"] = "writeback"  # librbd's cache; flushes reach Ceph as the guest asks
+    _sub(disk, "driver", name="qemu", type=source.format, **driver)
+    if isinstance(source, RbdDisk):
+        auth = _sub(disk, "auth", username=source.user)
+        _sub(auth, "secret", type="ceph", uuid=source.secret_uuid)
+        src = _sub(disk, "source", protocol="rbd", name=f"{source.pool}/{source.image}")
+        for host, port in source.hosts():
+            _sub(src, "host", name=host, port=port)
+    else:
+        _sub(disk, "source", file=source.path)
     _sub(disk, "target", dev=target, bus="virtio")
     if readonly:
         _sub(disk, "readonly")
@@ -118,11 +147,12 @@ def render(spec: GuestSpec) -> str:
     _sub(dom, "on_reboot", "restart")
     _sub(dom, "on_crash", "destroy")
     devices = _sub(dom, "devices")
-    _disk(devices, f"{spec.vm_dir}/root.qcow2", "qcow2", "vda")
-    if spec.data_disk:
-        _disk(devices, f"{spec.vm_dir}/data.qcow2", "qcow2", "vdb")
+    disks = spec.guest_disks()
+    _disk(devices, disks.root, "vda")
+    if disks.data is not None:
+        _disk(devices, disks.data, "vdb")
     # The seed on a virtio disk: cloud kernels lack the SATA/AHCI driver a cdrom would need.
-    _disk(devices, f"{spec.vm_dir}/seed.iso", "raw", "vdz", readonly=True)
+    _disk(devices, disks.seed, "vdz", readonly=True)
     nic = _sub(devices, "interface", type="network")
     _sub(nic, "source", network=spec.network)
     _sub(nic, "mac", address=spec.mac)

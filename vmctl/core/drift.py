@@ -12,6 +12,7 @@ from typing import Any
 ROW_WITHOUT_DOMAIN = "row-without-domain"
 DOMAIN_WITHOUT_ROW = "domain-without-row"
 ORPHAN_DIR = "orphan-dir"  # a VM directory: disks, seed, console log
+ORPHAN_IMAGE = "orphan-image"  # an image of shared storage (RBD) named as a VM's, no row
 ORPHAN_STAGING = "orphan-staging"
 ORPHAN_RESERVATION = "orphan-reservation"
 WRONG_STATE = "wrong-state"
@@ -27,6 +28,7 @@ KINDS = (
     STUCK_DELETING,
     DOMAIN_WITHOUT_ROW,
     ORPHAN_DIR,
+    ORPHAN_IMAGE,
     ORPHAN_STAGING,
     ORPHAN_RESERVATION,
     ROW_WITHOUT_DOMAIN,

@@ -135,27 +135,65 @@ class Overcommit(_Model):
     disk: Ratio = 1.0
 
 
+LOCAL_DIR = "/var/lib/libvirt/images/vmctl"  # default node-local directory of each VM
+Monitor = Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9_.:\[\]-]{1,255}$")]
+Uuid = Annotated[
+    str, Strict(), Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+]
+PoolName = Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")]
+CephUser = Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")]
+
+
 class Storage(_Model):
-    """Where a node keeps VM disks: a directory (`path`) or a Ceph RBD pool (`pool`)."""
+    """Where a node keeps VM disks: qcow2 files in a directory (`type: dir`, `path`), or images
+    in a Ceph RBD pool (`type: rbd`) that several nodes may share.
+
+    RBD: `pool`, the cluster's `monitors` (host or host:port), the cephx `user` (without
+    `client.`), the UUID of the libvirt secret of type ceph on the node that holds the user's key
+    (`secret_uuid`), and the keyring the node's `rbd` command reads (`keyring`, by default
+    /etc/ceph/ceph.client.USER.keyring). `path` is then where the node keeps each VM's local
+    files (its console log); `ratio` is how far beyond the pool's free space its disks may be
+    provisioned (clones are thin)."""
 
     type: Literal["dir", "rbd"] = "dir"
     path: AbsolutePath | None = None
-    pool: Text | None = None
+    pool: PoolName | None = None
+    monitors: Annotated[list[Monitor], Field(min_length=1)] | None = None
+    user: CephUser | None = None
+    secret_uuid: Uuid | None = None
+    keyring: AbsolutePath | None = None
+    ratio: Ratio = 1.0
 
     @model_validator(mode="after")
     def _location(self) -> Storage:
-        if self.type == "dir" and (self.path is None or self.pool is not None):
-            _fail("type: dir needs a path (and no pool)")
-        if self.type == "rbd" and (self.pool is None or self.path is not None):
-            _fail("type: rbd needs a pool (and no path)")
+        rbd_keys = {"pool", "monitors", "user", "secret_uuid", "keyring"}
+        given = {key for key in rbd_keys if getattr(self, key) is not None}
+        if self.type == "dir":
+            if self.path is None:
+                _fail("type: dir needs a path")
+            if given or "ratio" in self.model_fields_set:
+                _fail(f"type: dir takes only path (not {', '.join(sorted(given) or ['ratio'])})")
+        if self.type == "rbd":
+            missing = {"pool", "monitors", "user", "secret_uuid"} - given
+            if missing:
+                _fail(f"type: rbd needs {', '.join(sorted(missing))}")
         return self
 
     @property
     def directory(self) -> str:
-        """Where the node keeps each VM's files (disks, seed, console log)."""
-        if self.path is None:
-            raise ConfigError("storage type rbd is not supported by this version of vmctl yet")
-        return self.path
+        """Where the node keeps each VM's local files (disks of `dir`, console log)."""
+        return self.path or LOCAL_DIR
+
+    @property
+    def keyring_path(self) -> str:
+        return self.keyring or f"/etc/ceph/ceph.client.{self.user}.keyring"
+
+    @property
+    def pool_key(self) -> str | None:
+        """Names the RBD pool (cluster and pool) nodes share capacity in; None for `dir`."""
+        if self.type != "rbd":
+            return None
+        return f"{self.pool}@{','.join(sorted(self.monitors or []))}"
 
 
 class AddressRange(_Model):

@@ -67,6 +67,7 @@ def compare(
     for s in surveys:
         drift += _compare_node(s, rows, installation, locked_free, pools.get(s.node), storage)
         drift += _compare_snapshots(s, rows, installation, snapshots or {})
+        drift += _compare_images(s, rows, installation, locked_free)
     for key, node in sorted(cache_keys.items()):
         name = cache_name(key)
         if name is None:
@@ -248,6 +249,44 @@ def _compare_node(
     return drift
 
 
+def _compare_images(
+    s: NodeSurvey, rows: list[VmRecord], installation: str, locked_free: Collection[str]
+) -> list[dr.Drift]:
+    """Images of shared storage (listed by one node of each pool) against the rows: an image of
+    ours whose VM has no row anywhere is an orphan; unmarked or others' are foreign."""
+    by_name = {r.name: r for r in rows}
+    drift: list[dr.Drift] = []
+    for image in s.images:
+        row = by_name.get(image.vm)
+        if image.installation != installation:
+            if row is None:
+                whose = (
+                    f"marked by installation {image.installation}"
+                    if image.installation
+                    else "no vmctl mark"
+                )
+                drift.append(
+                    dr.Drift(
+                        dr.FOREIGN, s.node, None, f"image {image.name}", f"{whose}; left alone"
+                    )
+                )
+            continue
+        if row is not None:
+            continue  # the row's (a stuck create or delete removes it with the VM)
+        drift.append(
+            dr.Drift(
+                dr.ORPHAN_IMAGE,
+                s.node,
+                image.vm,
+                f"image {image.name}",
+                f"marked as row {image.record_id}, no VM {image.vm} is recorded"
+                + (f"; snapshots {', '.join(image.snapshots)}" if image.snapshots else ""),
+                "remove the VM's images (and their snapshots) from the pool",
+            )
+        )
+    return drift
+
+
 def _compare_snapshots(
     s: NodeSurvey,
     rows: list[VmRecord],
@@ -256,18 +295,26 @@ def _compare_snapshots(
 ) -> list[dr.Drift]:
     """The snapshots of each running or stopped VM's disks against its snapshot rows."""
     dirs = {d.name: d for d in s.dirs if d.installation == installation}
+    images: dict[str, dict[str, set[str]]] = {}
+    for image in s.images:
+        if image.installation == installation and image.kind != "seed":
+            images.setdefault(image.vm, {})[image.name] = set(image.snapshots)
     drift: list[dr.Drift] = []
     for r in rows:
+        if r.state not in ("running", "stopped") or r.name not in recorded:
+            continue
         d = dirs.get(r.name)
-        if r.node != s.node or r.state not in ("running", "stopped") or d is None:
+        on_disk: dict[str, set[str]]
+        if r.name in images:  # in shared storage: whichever node listed the pool judges it
+            on_disk = images[r.name]
+        elif r.node == s.node and d is not None:
+            on_disk = {f: set() for f in d.files if f.endswith(".qcow2")}
+            for snap in s.snapshots:
+                if snap.vm == r.name:
+                    on_disk.setdefault(snap.file, set()).add(snap.tag)
+        else:
             continue
-        if r.name not in recorded:
-            continue
-        disks = sorted(f for f in d.files if f.endswith(".qcow2"))
-        on_disk: dict[str, set[str]] = {f: set() for f in disks}
-        for snap in s.snapshots:
-            if snap.vm == r.name:
-                on_disk.setdefault(snap.file, set()).add(snap.tag)
+        disks = sorted(on_disk)
         names = set(recorded[r.name])
         for tag in sorted(set().union(*on_disk.values()) - names):
             files = ", ".join(f for f in disks if tag in on_disk[f])

@@ -29,6 +29,8 @@ ACTIONS = ("snapshot-create", "snapshot-revert", "snapshot-delete")
 NO_FREEZE = 10
 # ... and when a disk has a snapshot of that name already (create-stopped, create-running).
 EXISTS = 4
+# exit status of a revert when a disk lacks the snapshot (no disk changed)
+MISSING = 3
 
 
 @dataclass(frozen=True)

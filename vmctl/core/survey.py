@@ -12,12 +12,13 @@ vmctl writes to) and DHCP reservations inside the network's vmctl address range.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from vmctl.core.domainxml import parse_mark
 from vmctl.core.errors import RemoteCommandFailed
 from vmctl.core.records import Mark
+from vmctl.core.storage import parse_rbd_image
 
 STAGING_RE = re.compile(r"(?P<vm>[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?)\.[0-9a-f]{8}")
 MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
@@ -75,6 +76,25 @@ class Host:
 
 
 @dataclass(frozen=True)
+class PoolImage:
+    """An image of shared storage named as vmctl names VM images (vmctl.VM.KIND)."""
+
+    name: str
+    vm: str
+    kind: str  # root, data or seed
+    installation: str | None  # from its vmctl.mark; None: no mark
+    record_id: int | None
+    snapshots: tuple[str, ...] = ()
+
+
+def parse_image_mark(mark: str) -> tuple[str | None, int | None]:
+    """ "installation=UUID id=N" -> (UUID, N); missing parts are None."""
+    fields = dict(part.partition("=")[::2] for part in mark.split())
+    record = fields.get("id", "")
+    return fields.get("installation") or None, int(record) if record.isdigit() else None
+
+
+@dataclass(frozen=True)
 class NodeSurvey:
     node: str
     domains: tuple[Domain, ...] = ()
@@ -84,6 +104,7 @@ class NodeSurvey:
     network: str | None = None
     network_state: str | None = None  # "active", "inactive", "absent"; None when not asked
     snapshots: tuple[DiskSnapshot, ...] = ()
+    images: tuple[PoolImage, ...] = ()  # of shared storage, when this node listed them
 
 
 def survey_args(storage_dir: str, network: str | None) -> list[str]:
@@ -106,6 +127,8 @@ def parse_survey(node: str, output: str) -> NodeSurvey:
     if lines[-1] != "end":
         raise RemoteCommandFailed(node, "survey.sh", 0, "the survey output is incomplete")
     domains, dirs, staging, hosts, snapshots = [], [], [], [], []
+    images: dict[str, PoolImage] = {}
+    image_snaps: dict[str, list[str]] = {}
     network = network_state = None
     for line in lines[1:-1]:
         kind, *f = line.split("\t")
@@ -123,6 +146,11 @@ def parse_survey(node: str, output: str) -> NodeSurvey:
             network, network_state = f[0], f[1]
         elif kind == "host" and len(f) == 4:
             hosts.append(Host(f[0], f[1].lower(), f[2], f[3]))
+        elif kind == "image" and len(f) == 2 and (named := parse_rbd_image(f[0])):
+            installation, record_id = parse_image_mark(f[1])
+            images[f[0]] = PoolImage(f[0], named[0], named[1], installation, record_id)
+        elif kind == "rbdsnap" and len(f) == 2:
+            image_snaps.setdefault(f[0], []).append(f[1])
         else:
             raise RemoteCommandFailed(node, "survey.sh", 0, f"cannot read the line {line!r}")
     return NodeSurvey(
@@ -134,6 +162,10 @@ def parse_survey(node: str, output: str) -> NodeSurvey:
         network,
         network_state,
         tuple(snapshots),
+        tuple(
+            replace(image, snapshots=tuple(image_snaps.get(name, ())))
+            for name, image in sorted(images.items())
+        ),
     )
 
 

@@ -46,10 +46,13 @@ def delete(svc: VmService, name: str) -> None:
         svc.store.add_event(record.name, node.name, "delete", "ok", detail)
 
 
-def remove_from_node(hv: Hypervisor, node: Node, vm: VmRecord, installation: str) -> None:
+def remove_from_node(
+    hv: Hypervisor, node: Node, vm: VmRecord, installation: str, keep_disks: bool = False
+) -> None:
     """Domain, disks, seed, staging leftovers and (managed networks) the DHCP reservation; a
-    VM directory marked by another installation is left alone."""
+    VM marked by another installation is left alone. ``keep_disks``: the disks stay (shared
+    storage: the VM lives on in another node)."""
     if vm.reserved_ip is not None:
-        hv.delete(vm.name, node.storage.directory, node.network.name, vm.mac, installation)
+        hv.delete(vm.name, node.network.name, vm.mac, installation, keep_disks=keep_disks)
     else:
-        hv.delete(vm.name, node.storage.directory, installation=installation)
+        hv.delete(vm.name, installation=installation, keep_disks=keep_disks)

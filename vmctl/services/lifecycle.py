@@ -199,7 +199,7 @@ def _apply(svc: VmService, vm: OnNode, old: Sizes, new: Sizes) -> None:
     keep = lambda _usages: None  # noqa: E731 - giving back room needs no check
     try:
         if new.disk_gb != old.disk_gb:
-            vm.hv.grow_disk(name, vm.node.storage.directory, new.disk_gb)
+            vm.hv.grow_disk(name, new.disk_gb)
     except Exception as exc:
         svc.store.resize(name, old.cpu, old.ram_mb, old.disk_gb, keep)
         event(svc, vm, "resize", "failed", cause=str(exc), before=old.describe())

@@ -138,8 +138,16 @@ class Reconciler:
 
     def _survey(self, nodes: Sequence[Node]) -> tuple[list[NodeSurvey], dict[str, str]]:
         def one(node: Node) -> NodeSurvey:
-            return self.connect(node).survey(node.storage.directory, node.network.name)
+            hv = self.connect(node)
+            shared = hv.storage.shared
+            return hv.survey(node.network.name, images=lister.get(shared) == node.name)
 
+        lister: dict[str | None, str] = {}  # shared storage -> the one node that lists it
+        for node in nodes:
+            try:
+                lister.setdefault(self.connect(node).storage.shared, node.name)
+            except VmctlError:
+                continue  # one() says why
         surveys, unreachable = [], {}
         with ThreadPoolExecutor(max(1, len(nodes))) as pool:
             futures = {node.name: pool.submit(one, node) for node in nodes}
@@ -219,7 +227,7 @@ class Reconciler:
             return f"forgot {item.subject}"
         node = self.inventory.node(item.node or "")
         hv = self.connect(node)
-        storage = node.storage.directory
+        storage = hv.storage.local_dir
         installation = self.store.installation_id()
         if item.kind in (dr.STUCK_CREATING, dr.STUCK_DELETING):
             from vmctl.services.delete import remove_from_node
@@ -242,15 +250,23 @@ class Reconciler:
                 raise _Gone(f"no domain {name} on {node.name}")
             if item.kind == dr.ORPHAN_DIR and domain is not None:
                 raise _Gone(f"a domain {name} exists on {node.name}")
-            hv.delete(name, storage, installation=installation)
+            # a row elsewhere (the VM moved): its disks in shared storage are that row's
+            hv.delete(name, installation=installation, keep_disks=row is not None)
             what = f"domain {name} ({domain}) and " if domain else ""
             return f"removed {what}{storage}/{name} on {node.name}"
         if item.kind == dr.ORPHAN_STAGING:
             row = self._row(name)
             if row is not None and row.node == node.name and row.state == "creating":
                 raise _Gone(f"{name} is being created on {node.name}")
-            hv.remove_staging(storage, item.data["entry"])
+            hv.remove_staging(item.data["entry"])
             return f"removed {item.subject} on {node.name}"
+        if item.kind == dr.ORPHAN_IMAGE:
+            if self._row(name) is not None:
+                raise _Gone(f"{name} is recorded now")
+            if hv.state(name) is not None:
+                raise _Gone(f"a domain {name} exists on {node.name}")
+            hv.delete(name, installation=installation)
+            return f"removed the images of {name} from {hv.storage.describe()}"
         if item.kind == dr.ORPHAN_RESERVATION:
             mac, ip, network = item.data["mac"], item.data["ip"], item.data["network"]
             for r in self.store.list(node=node.name):

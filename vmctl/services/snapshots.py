@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from vmctl.core import validation
 from vmctl.core.errors import Conflict, NotFound, WrongState
 from vmctl.core.records import RECORDED_STATES
-from vmctl.core.snapshots import Snapshot, disk_paths
+from vmctl.core.snapshots import Snapshot
 
 if TYPE_CHECKING:
     from vmctl.core.inventory import Node
@@ -38,7 +38,7 @@ class _Target:
     node: Node
     hv: Hypervisor
     state: str  # "running" or "stopped"
-    paths: list[str]
+    data_disk: bool
 
 
 def _target(svc: VmService, name: str) -> _Target:
@@ -54,8 +54,7 @@ def _target(svc: VmService, name: str) -> _Target:
             f"{vm.name} is {libvirt_state} on node {node.name}: snapshots need it running or "
             "shut off"
         )
-    paths = disk_paths(node.storage.directory, vm.name, data_disk=vm.disk_gb > 0)
-    return _Target(vm, node, found.hv, _STATES[libvirt_state], paths)
+    return _Target(vm, node, found.hv, _STATES[libvirt_state], data_disk=vm.disk_gb > 0)
 
 
 @contextmanager
@@ -92,14 +91,14 @@ def create(svc: VmService, name: str, snapshot: str, quiesce: bool = True) -> Sn
             detail["vm_state"] = t.state
             svc.progress(f"{vm.name}: taking snapshot {snapshot} ({t.state}) on {t.node.name}")
             quiesced = t.hv.snapshot_create(
-                vm.name, t.paths, snapshot, running, "yes" if quiesce else "try"
+                vm.name, t.data_disk, snapshot, running, "yes" if quiesce else "try"
             )
             detail["quiesced"] = quiesced
             try:
                 return svc.store.add_snapshot(vm.name, snapshot, t.state, quiesced)
             except Exception:
                 with contextlib.suppress(Exception):  # not recorded: not kept either
-                    t.hv.snapshot_delete(vm.name, t.paths, snapshot, running)
+                    t.hv.snapshot_delete(vm.name, t.data_disk, snapshot, running)
                 raise
 
 
@@ -124,7 +123,7 @@ def revert(svc: VmService, name: str, snapshot: str) -> VmRecord:
                 svc.progress(f"{vm.name}: powering off to revert to {snapshot}")
                 t.hv.destroy(vm.name)
             try:
-                t.hv.snapshot_revert(vm.name, t.paths, snapshot)
+                t.hv.snapshot_revert(vm.name, t.data_disk, snapshot)
             except NotFound:  # no disk was changed: the VM goes on as it was
                 if t.state == "running":
                     t.hv.start(vm.name)
@@ -149,10 +148,10 @@ def delete(svc: VmService, name: str, snapshot: str) -> None:
             svc.store.get_snapshot(vm.name, snapshot)
             t = _target(svc, vm.name)
             detail["vm_state"] = t.state
-            on_node = t.hv.snapshots(vm.name, t.node.storage.directory)
-            holding = [p for p in t.paths if snapshot in on_node.get(p, [])]
-            if len(holding) < len(t.paths):
-                detail["missing_on_node"] = [p for p in t.paths if p not in holding]
-            if holding:
-                t.hv.snapshot_delete(vm.name, holding, snapshot, t.state == "running")
+            on_node = t.hv.snapshots(vm.name)
+            missing = sorted(disk for disk, names in on_node.items() if snapshot not in names)
+            if missing:
+                detail["missing_on_node"] = missing
+            if len(missing) < len(on_node):  # the storage deletes it where it is
+                t.hv.snapshot_delete(vm.name, t.data_disk, snapshot, t.state == "running")
             svc.store.delete_snapshot(vm.name, snapshot)

@@ -186,7 +186,7 @@ class VmService:
         """What the VM's serial console has written so far (the last MiB)."""
         vm = self.get(name)
         node = self.inventory.node(vm.node)
-        return self.connect(node).console_log(vm.name, node.storage.directory)
+        return self.connect(node).console_log(vm.name)
 
     def console_target(self, name: str) -> tuple[Node, str]:
         """The node to reach the VM's serial console through, and the domain's name."""

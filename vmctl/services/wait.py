@@ -30,7 +30,7 @@ def wait(svc: VmService, name: str, timeout: float, until: str = "cloud-init") -
     deadline = time.monotonic() + timeout
     record = svc.get(name)
     node = svc.inventory.node(record.node)
-    console = f"{node.storage.directory}/{name}/console.log"
+    console = f"{node.storage.directory}/{name}/console.log"  # node-local with every storage
 
     def timed_out(step: str, what: str) -> Timeout:
         return Timeout(stuck(name, step, timeout, node.name, console, what))

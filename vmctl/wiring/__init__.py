@@ -187,7 +187,7 @@ def connector(settings: Settings) -> Callable[[Node], Hypervisor]:
                 key_file=settings.ssh_key,
                 known_hosts=settings.known_hosts,
             )
-            connections[node.name] = LibvirtOverSsh(FabricRunner(target))
+            connections[node.name] = LibvirtOverSsh.of(node, FabricRunner(target))
         return connections[node.name]
 
     return connect

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from vmctl.core.errors import RemoteCommandFailed
-from vmctl.core.nodecmd import VIRSH, grow_disk_command, set_resources_command
+from vmctl.core.nodecmd import VIRSH, set_resources_command
 from vmctl.services.ports import Runner
+from vmctl.services.ports.storage import Storage
 
 _NO_DOMAIN = ("failed to get domain", "Domain not found")
 
 
 class PowerMixin:
     runner: Runner
+    storage: Storage
 
     def state(self, name: str) -> str | None:
         result = self.runner.run([*VIRSH, "domstate", name], check=False)
@@ -40,5 +42,5 @@ class PowerMixin:
     def set_resources(self, name: str, cpu: int, ram_mb: int) -> None:
         self.runner.run(set_resources_command(name, cpu, ram_mb))
 
-    def grow_disk(self, name: str, storage_dir: str, data_gb: int) -> None:
-        self.runner.run(grow_disk_command(f"{storage_dir}/{name}/data.qcow2", data_gb))
+    def grow_disk(self, name: str, data_gb: int) -> None:
+        self.storage.grow(self.runner, name, data_gb)

@@ -12,20 +12,26 @@ from vmctl.core.survey import (
     unreserve_command,
 )
 from vmctl.services.ports import Runner
+from vmctl.services.ports.storage import Storage
 
 SURVEY_TIMEOUT_S = 120.0
 
 
 class SurveyMixin:
     runner: Runner
+    storage: Storage
 
-    def survey(self, storage_dir: str, network: str | None = None) -> NodeSurvey:
-        command = script_command("survey.sh", survey_args(storage_dir, network))
+    def survey(self, network: str | None = None, images: bool = True) -> NodeSurvey:
+        """``images``: list the images of shared storage too (one node of each pool does)."""
+        args = survey_args(self.storage.local_dir, network)
+        if images:
+            args += self.storage.node_args()
+        command = script_command("survey.sh", args)
         out = self.runner.run(command, timeout=SURVEY_TIMEOUT_S).stdout
         return parse_survey(self.runner.node, out)
 
-    def remove_staging(self, storage_dir: str, entry: str) -> None:
-        self.runner.run(remove_staging_command(storage_dir, entry))
+    def remove_staging(self, entry: str) -> None:
+        self.runner.run(remove_staging_command(self.storage.local_dir, entry))
 
     def unreserve(self, network: str, mac: str, ip: str) -> None:
         self.runner.run(unreserve_command(network, mac, ip))

@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # annotations only: importing the ports costs next to nothing
     from vmctl.core.inventory import Node
     from vmctl.core.nodecmd import Disks, Reservation
     from vmctl.core.survey import NodeSurvey
+    from vmctl.services.ports.storage import PoolSpace, Storage
 
 # -- a node -----------------------------------------------------------------------------------
 
@@ -43,7 +44,13 @@ class Runner(Protocol):
 
 
 class Hypervisor(Protocol):
-    """One node's libvirt."""
+    """One node's libvirt, with its VM disks where ``storage`` keeps them."""
+
+    storage: Storage
+
+    def space(self) -> PoolSpace | None:
+        """Room in the node's shared storage (asked of the cluster); None: node-local."""
+        ...
 
     def create(
         self,
@@ -57,10 +64,10 @@ class Hypervisor(Protocol):
     def delete(
         self,
         name: str,
-        storage_dir: str,
         network: str | None = None,
         mac: str | None = None,
         installation: str | None = None,
+        keep_disks: bool = False,
     ) -> None: ...
 
     def observe(self, network: str, timeout: float = 15.0) -> Observation: ...
@@ -75,7 +82,7 @@ class Hypervisor(Protocol):
         self, name: str, source: str = "lease", timeout_s: int | None = None
     ) -> list[tuple[str, str]]: ...
 
-    def console_log(self, name: str, storage_dir: str, max_bytes: int = 1 << 20) -> str:
+    def console_log(self, name: str, max_bytes: int = 1 << 20) -> str:
         """What the VM's serial console has written so far (its boot log), the last
         ``max_bytes``."""
         ...
@@ -105,43 +112,43 @@ class Hypervisor(Protocol):
         """vCPUs and RAM of a shut-off domain's definition."""
         ...
 
-    def grow_disk(self, name: str, storage_dir: str, data_gb: int) -> None:
+    def grow_disk(self, name: str, data_gb: int) -> None:
         """Grow the data disk of a shut-off VM to ``data_gb`` GiB."""
         ...
 
     # -- snapshots (vmctl.adapters.node.snapshots) ---------------------------------------------
 
-    def snapshots(self, name: str, storage_dir: str) -> dict[str, list[str]]:
-        """Each of the VM's qcow2 disks on the node -> its internal snapshots' names."""
+    def snapshots(self, name: str) -> dict[str, list[str]]:
+        """Each of the VM's disks -> its snapshots' names."""
         ...
 
     def snapshot_create(
-        self, name: str, paths: Sequence[str], snapshot: str, running: bool, quiesce: str = "yes"
+        self, name: str, data_disk: bool, snapshot: str, running: bool, quiesce: str = "yes"
     ) -> bool:
-        """Internal snapshot ``snapshot`` of every disk in ``paths``, all or none (of a running
-        domain: one QMP transaction between fs-freeze and fs-thaw; ``quiesce`` "yes", "try" or
-        "no"); whether the filesystems were frozen. Unavailable: the agent did not freeze."""
+        """Snapshot ``snapshot`` of every disk, all or none (of a running domain: between
+        fs-freeze and fs-thaw; ``quiesce`` "yes", "try" or "no"); whether the filesystems were
+        frozen. Unavailable: the agent did not freeze."""
         ...
 
-    def snapshot_revert(self, name: str, paths: Sequence[str], snapshot: str) -> None:
+    def snapshot_revert(self, name: str, data_disk: bool, snapshot: str) -> None:
         """Put the disks of a domain that is not running back to ``snapshot`` (NotFound, and
         none changed, when one lacks it)."""
         ...
 
-    def snapshot_delete(
-        self, name: str, paths: Sequence[str], snapshot: str, running: bool
-    ) -> None: ...
+    def snapshot_delete(self, name: str, data_disk: bool, snapshot: str, running: bool) -> None:
+        """Delete ``snapshot`` from the disks that hold it."""
+        ...
 
     # -- reconcile (vmctl.adapters.node.survey) ------------------------------------------------
 
-    def survey(self, storage_dir: str, network: str | None = None) -> NodeSurvey:
+    def survey(self, network: str | None = None, images: bool = True) -> NodeSurvey:
         """Everything the node holds, in one read-only command (scripts/survey.sh): domains
         with their state and mark, VM directories with their mark, staging directories, the
-        network's DHCP reservations."""
+        network's DHCP reservations; ``images``: the VM images of its shared storage."""
         ...
 
-    def remove_staging(self, storage_dir: str, entry: str) -> None:
-        """Remove ``storage_dir/.staging/entry`` (a name vmctl gives: NAME.8 hex digits)."""
+    def remove_staging(self, entry: str) -> None:
+        """Remove ``LOCAL_DIR/.staging/entry`` (a name vmctl gives: NAME.8 hex digits)."""
         ...
 
     def unreserve(self, network: str, mac: str, ip: str) -> None:
