@@ -353,6 +353,26 @@ def ensure_node_client(node: Node, cluster: dict[str, str]) -> None:
             keyfile.unlink()
 
 
+def ensure_base_image(name: str, qcow2: Path) -> None:
+    """The base image in the pool as IMAGE with its snapshot IMAGE@base (what RBD VMs' root disks
+    are cloned from), unless it is there; written under a temporary name, snapshotted, then
+    renamed, so a bootstrap that dies leaves no half image under the real name."""
+    rbd = ["rbd", "-c", str(CONF)]
+    snaps = run([*rbd, "snap", "ls", f"{POOL}/{name}"], check=False).stdout.split()
+    if "base" in snaps:
+        return
+    started = time.monotonic()
+    temp = f"{name}.lab-import"
+    for image in (temp, name):  # leftovers of a bootstrap that died
+        run([*rbd, "snap", "purge", "--no-progress", f"{POOL}/{image}"], check=False)
+        run([*rbd, "rm", "--no-progress", f"{POOL}/{image}"], check=False)
+    target = f"rbd:{POOL}/{temp}:conf={CONF}:id=admin"
+    run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow2), target], timeout=600)
+    run([*rbd, "snap", "create", f"{POOL}/{temp}@base"])
+    run([*rbd, "rename", f"{POOL}/{temp}", f"{POOL}/{name}"])
+    log(f"ceph: base image {POOL}/{name}@base imported in {time.monotonic() - started:.1f} s")
+
+
 def stop() -> None:
     """OSDs first, then the manager, then the monitor; each by its PID."""
     for daemon in _daemons():

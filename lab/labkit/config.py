@@ -89,6 +89,12 @@ class Node:
     def dir(self) -> Path:
         return NODES_DIR / self.name
 
+    @property
+    def storage(self) -> str:
+        """Where the node keeps VM disks: node1 in a directory, the others in the lab's Ceph
+        pool (so both backends are tested, and RBD VMs can move between nodes 2 and 3)."""
+        return "dir" if self.index == 1 else "rbd"
+
     def describe(self) -> dict[str, object]:
         return {
             "name": self.name,
@@ -100,6 +106,7 @@ class Node:
             "guest_network": GUEST_NETWORK,
             "guest_subnet": self.guest_subnet,
             "guest_gateway": self.guest_gateway,
+            "storage": self.storage,
         }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import config
+from . import ceph, config
 from .config import Node
 from .nodes import base_image_path
 
@@ -35,9 +35,7 @@ def render(nodes: list[Node]) -> str:
             "    virt_type: qemu",
             "    capacity: {cpu: 2, ram_mb: 4096, disk_gb: 40}",
             "    overcommit: {cpu: 4.0, ram: 1.0, disk: 1.0}",
-            "    storage:",
-            "      type: dir",
-            "      path: /var/lib/libvirt/images/vmctl",
+            *_storage(node),
             "    network:",
             f"      name: {config.GUEST_NETWORK}",
             f"      subnet: {node.guest_subnet}",
@@ -47,3 +45,22 @@ def render(nodes: list[Node]) -> str:
             f"      addresses: {{first: {node.reserved_range[0]}, last: {node.reserved_range[1]}}}",
         ]
     return "\n".join(lines) + "\n"
+
+
+# Clones are thin: the lab's small memstore pool may hold ten times its size in VM disks.
+RBD_RATIO = 10.0
+
+
+def _storage(node: Node) -> list[str]:
+    if node.storage == "dir":
+        return ["    storage:", "      type: dir", "      path: /var/lib/libvirt/images/vmctl"]
+    return [
+        "    storage:",
+        "      type: rbd",
+        f"      pool: {ceph.POOL}",
+        f"      monitors: [{ceph.monitor()}]",
+        f"      user: {ceph.CLIENT.removeprefix('client.')}",
+        f"      secret_uuid: {ceph.SECRET_UUID}",
+        f"      keyring: /etc/ceph/ceph.{ceph.CLIENT}.keyring",
+        f"      ratio: {RBD_RATIO}",
+    ]

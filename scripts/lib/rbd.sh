@@ -25,7 +25,7 @@ rbd_check() {
   local what=''
   [[ $rbd_pool =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$ ]] || what+=" --rbd-pool '$rbd_pool'"
   [[ $rbd_user =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$ ]] || what+=" --rbd-user '$rbd_user'"
-  [[ $rbd_mons =~ ^[A-Za-z0-9_.:,\[\]-]{1,1000}$ ]] || what+=" --rbd-mons '$rbd_mons'"
+  [[ $rbd_mons =~ ^[][A-Za-z0-9_.:,-]+$ ]] || what+=" --rbd-mons '$rbd_mons'"
   [[ $rbd_keyring == /* && $rbd_keyring != *..* ]] || what+=" --rbd-keyring '$rbd_keyring'"
   if [[ -n $what ]]; then
     echo "$1: invalid or missing RBD option:$what" >&2

@@ -56,7 +56,7 @@ def test_each_node_answers_ssh_with_host_key_checking(lab: dict, tmp_path: Path)
 
 
 def test_status_and_env_describe_the_lab(lab: dict) -> None:  # type: ignore[type-arg]
-    assert len(lab["nodes"]) == 2
+    assert len(lab["nodes"]) == 3
     assert {"name", "address", "guest_subnet"} <= set(lab["nodes"][0])
     env = subprocess.run([str(LAB), "env"], capture_output=True, text=True, check=True).stdout
     exported = dict(line.removeprefix("export ").split("=", 1) for line in env.splitlines())
@@ -73,7 +73,7 @@ def test_status_and_env_describe_the_lab(lab: dict) -> None:  # type: ignore[typ
         assert key in exported
     assert Path(exported["LAB_SSH_KEY"]).exists()
     assert exported["LAB_GUEST_USER"] == "debian"
-    assert Path(exported["VMCTL_INVENTORY"]).read_text().count("- name: node") == 2
+    assert Path(exported["VMCTL_INVENTORY"]).read_text().count("- name: node") == 3
 
 
 def test_postgres_and_redis_answer(lab: dict) -> None:  # type: ignore[type-arg]
