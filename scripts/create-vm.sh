@@ -11,6 +11,9 @@
 # --root-gb), vmctl.NAME.data and vmctl.NAME.seed, each marked (image-meta vmctl.mark); STORAGE/NAME
 # keeps only the VM's local files (console log, .vmctl). Images of ours left by a run that died
 # are replaced; an image of that name without our mark is another's (exit 4).
+# --adopt (RBD only): the images exist already (the VM moves here from another node that shares
+# the pool): they must carry our mark (and --record-id's id), else exit 3 (missing) or 4; nothing
+# is made in the pool, and nothing in it is removed on failure. Only domain.xml is staged.
 #
 # Usage: create-vm.sh --name NAME --base BASE_QCOW2|BASE_IMAGE --root-gb N --data-gb N
 #                     --storage DIR --staging DIR [--no-start] [RBD options]
@@ -42,6 +45,7 @@ die() { local code=$1; shift; echo "create-vm.sh: $*" >&2; exit "$code"; }
 [[ $(type -t rbd_option) == function ]] || source "$(dirname "${BASH_SOURCE[0]}")/lib/rbd.sh"
 
 name='' base='' root_gb='' data_gb='' storage='' staging='' start=1 installation='' record_id=''
+adopt=0
 net='' mac='' ip='' net_set=0 mac_set=0 ip_set=0
 while (($#)); do
   case $1 in
@@ -57,6 +61,7 @@ while (($#)); do
     --installation) installation=${2-} ;;
     --record-id) record_id=${2-} ;;
     --no-start) start=0; shift; continue ;;
+    --adopt) adopt=1; shift; continue ;;
     *) rbd_option "$1" "${2-}" || die 2 "unknown argument: $1" ;;
   esac
   (($# >= 2)) || die 2 "missing value after $1"
@@ -83,10 +88,24 @@ if ((net_set + mac_set + ip_set)); then
   [[ $ip =~ ^$octet(\.$octet){3}$ ]] || die 2 "invalid --ip '$ip' (a dotted IPv4 address)"
   mac=${mac,,}  # libvirt and dnsmasq write MACs in lower case
 fi
-for f in domain.xml user-data meta-data; do
-  [[ -f $staging/$f ]] || die 2 "missing $staging/$f"
-done
-if rbd_used; then
+if ((adopt)); then
+  rbd_used || die 2 "--adopt needs the RBD options (disks in shared storage)"
+  [[ -f $staging/domain.xml ]] || die 2 "missing $staging/domain.xml"
+else
+  for f in domain.xml user-data meta-data; do
+    [[ -f $staging/$f ]] || die 2 "missing $staging/$f"
+  done
+fi
+if ((adopt)); then
+  for kind in root seed $( ((data_gb > 0)) && echo data); do
+    rbd_vm_image "$name" "$kind"
+    rbd_image_exists "$REPLY" || die 3 "RBD image $REPLY does not exist: nothing to adopt"
+    image=$REPLY
+    rbd_mark "$image"
+    [[ $REPLY == "installation=$installation id=$record_id" ]] \
+      || die 4 "RBD image $image is marked '$REPLY', not as row $record_id of installation $installation"
+  done
+elif rbd_used; then
   [[ $base =~ ^[a-z][a-z0-9.-]{0,62}$ ]] || die 2 "invalid --base '$base' (an image name)"
   rbdc snap ls "$rbd_pool/$base" 2>/dev/null | awk '$2 == "base" {found=1} END {exit !found}' \
     || die 3 "base image $rbd_pool/$base@base does not exist (vmctl images import puts it there)"
@@ -216,7 +235,9 @@ else
 fi
 seed_files=("$staging/user-data" "$staging/meta-data")
 [[ -f $staging/network-config ]] && seed_files+=("$staging/network-config")
-if rbd_used; then
+if ((adopt)); then
+  :  # the disks are in the pool already (checked above)
+elif rbd_used; then
   mark="installation=$installation id=$record_id"
   # Images of ours by these names were left by a create that died: they go; others' stay.
   for kind in root data seed; do

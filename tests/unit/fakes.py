@@ -98,6 +98,36 @@ class FakeStore(Failing):
         self.vms[name] = replace(self.get(name), cpu=cpu, ram_mb=ram_mb, disk_gb=disk_gb)
         return self.vms[name]
 
+    def begin_move(
+        self,
+        name: str,
+        node: str,
+        check: Callable[[list[NodeUsage]], None],
+        pool: AddressPool | None,
+    ) -> VmRecord:
+        self._call("begin_move")
+        check(self.usage())
+        ip = None if pool is None else str(pool.first + 50)
+        self.vms[name] = replace(
+            self.get(name), move_node=node, move_ip_pool=pool and pool.key, move_ip=ip
+        )
+        return self.vms[name]
+
+    def end_move(self, name: str, done: bool) -> VmRecord:
+        self._call("end_move")
+        vm = self.get(name)
+        if done and vm.move_node:
+            vm = replace(
+                vm,
+                node=vm.move_node,
+                ip_pool=vm.move_ip_pool,
+                reserved_ip=vm.move_ip,
+                ip=vm.move_ip,
+                ip_state="expected" if vm.move_ip else None,
+            )
+        self.vms[name] = replace(vm, move_node=None, move_ip_pool=None, move_ip=None)
+        return self.vms[name]
+
     def down(self) -> None:
         self.is_down = True
 
@@ -413,9 +443,12 @@ class FakeHypervisor(Failing, UnusedHypervisor):
         seed_files: dict[str, str],
         start: bool = True,
         reservation: Reservation | None = None,
+        adopt: bool = False,
     ) -> None:
-        self._call("create")
+        self._call("adopt" if adopt else "create")
         self.defined.add(spec.name)
+        if adopt or not start:
+            self.states[spec.name] = "shut off"
 
     def delete(
         self,

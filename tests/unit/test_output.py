@@ -37,7 +37,7 @@ def test_plain_tables_are_what_rich_writes_to_a_pipe(records: list[dict[str, obj
 
 def test_an_empty_list_is_its_header() -> None:
     assert plain_table([], NODE_COLUMNS) == rich([], NODE_COLUMNS)
-    assert plain_table([], NODE_COLUMNS).startswith("NODE  VMS  CPU USED")
+    assert plain_table([], NODE_COLUMNS).startswith("NODE  VMS  STORAGE  CPU USED")
 
 
 def test_wide_or_unicode_tables_go_to_rich() -> None:

@@ -65,8 +65,10 @@ class LibvirtOverSsh(PowerMixin, SnapshotsMixin, SurveyMixin):
         seed_files: dict[str, str],
         start: bool = True,
         reservation: Reservation | None = None,
+        adopt: bool = False,
     ) -> None:
-        """Upload the domain XML and seed, then run create-vm.sh (which cleans up on failure)."""
+        """Upload the domain XML and seed, then run create-vm.sh (which cleans up on failure).
+        ``adopt``: the disks exist in shared storage already (a move): define, do not start."""
         spec = replace(spec, disks=self.storage.disks(spec.name, spec.data_disk))
         disks = replace(disks, base_image=self.storage.base(disks.base_image, spec.image))
         staging = f"{spec.storage_dir}/.staging/{spec.name}.{secrets.token_hex(4)}"
@@ -79,8 +81,9 @@ class LibvirtOverSsh(PowerMixin, SnapshotsMixin, SurveyMixin):
                 script_command(
                     "create-vm.sh",
                     [
-                        *create_args(spec, disks, staging, start, reservation),
+                        *create_args(spec, disks, staging, start and not adopt, reservation),
                         *self.storage.node_args(),
+                        *(["--adopt"] if adopt else []),
                     ],
                 )
             )

@@ -38,6 +38,7 @@ SHOW_COLUMNS = [
 NODE_COLUMNS = [
     ("name", "NODE"),
     ("vms", "VMS"),
+    ("storage", "STORAGE"),
     ("cpu_used", "CPU USED"),
     ("cpu_free", "CPU FREE"),
     ("ram_mb_used", "RAM USED"),

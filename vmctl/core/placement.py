@@ -48,6 +48,7 @@ class NodeLoad:
     used: Resources
     groups: frozenset[str] = frozenset()  # the groups that have a VM on this node
     enabled: bool = True  # a disabled (drained) node takes no new VMs
+    disk_in: str | None = None  # where its VM disks are counted, when not on the node itself
 
 
 @dataclass(frozen=True)
@@ -137,13 +138,13 @@ def _pinned(request: Request, nodes: Sequence[NodeLoad]) -> str:
             f"node {node.name} already has a VM of group {request.group}: "
             f"anti-affinity keeps {request.name} off it"
         )
-    short = _shortfall(free(node), request.need)
+    short = _shortfall(free(node), request.need, node.disk_in)
     if short:
         raise CapacityError(f"node {node.name} has {'; '.join(short)}")
     return node.name
 
 
-def _shortfall(left: Resources, need: Resources) -> list[str]:
+def _shortfall(left: Resources, need: Resources, disk_in: str | None = None) -> list[str]:
     """What is short, e.g. `1536 MiB RAM free, 2048 MiB asked`."""
     short = []
     if need.cpu > left.cpu:
@@ -151,7 +152,8 @@ def _shortfall(left: Resources, need: Resources) -> list[str]:
     if need.ram_mb > left.ram_mb:
         short.append(f"{left.ram_mb} MiB RAM free, {need.ram_mb} MiB asked")
     if need.disk_gb > left.disk_gb:
-        short.append(f"{left.disk_gb} GiB disk free, {need.disk_gb} GiB asked")
+        where = f" in {disk_in}" if disk_in else ""
+        short.append(f"{left.disk_gb} GiB disk free{where}, {need.disk_gb} GiB asked")
     return short
 
 
@@ -187,7 +189,7 @@ def check_grow(node: NodeLoad, name: str, extra: Resources) -> None:
     (the message names the free room: the most the VM can grow by there)."""
     left = free(node)
     if not extra.fits_in(left):
-        short = "; ".join(_shortfall(left, extra))
+        short = "; ".join(_shortfall(left, extra, node.disk_in))
         raise CapacityError(
             f"node {node.name} has no room to grow {name}: {short} (free there: {left.describe()})"
         )

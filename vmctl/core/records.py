@@ -64,6 +64,9 @@ class VmRecord:
     ip_pool: str | None = None  # managed networks: the address space reserved_ip belongs to
     reserved_ip: str | None = None  # the address reserved for the VM's MAC in the DHCP
     phone_home_hash: str | None = None
+    move_node: str | None = None  # while `vmctl move` works: where the VM goes
+    move_ip_pool: str | None = None  # ... and the address it gets there
+    move_ip: str | None = None
 
 
 @dataclass(frozen=True)

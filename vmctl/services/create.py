@@ -91,9 +91,11 @@ def _create(svc: VmService, req: CreateRequest, new: NewVm) -> VmRecord:
     need = placement.Resources(new.cpu, new.ram_mb, new.disk_gb + new.root_gb)
     policy = cast(placement.Policy, req.policy)  # checked by check()
     want = placement.Request(new.name, need, node=req.node, group=req.group, policy=policy)
+    candidates = [svc.inventory.node(req.node)] if req.node else None
+    spaces = svc.pool_spaces(candidates)  # shared storage: its room, asked before the claim
     record = svc.store.claim(
         new,
-        lambda usages: placement.place(want, svc.loads(usages)),
+        lambda usages: placement.place(want, svc.loads(usages, spaces)),
         host_key=host_key.public,
         pool_of=lambda node: svc.inventory.node(node).network.pool(),
     )
@@ -141,27 +143,38 @@ def _build(
         phone_home_url=phone_home_url,
     )
     files = cloudinit.render(seed, extra_user_data=req.user_data)
+    spec = guest_spec(svc, node, record, mark)
+    reservation = None
+    if record.reserved_ip is not None:
+        reservation = Reservation(node.network.name, record.mac, record.reserved_ip)
+    svc.progress(f"{new.name}: creating disks and seed, starting the domain on {node.name}")
+    hv.create(spec, disks_of(svc, record), files, reservation=reservation)
+    svc.progress(f"{new.name}: domain started on {node.name}")
+
+
+def guest_spec(svc: VmService, node: Node, vm: VmRecord, mark: Mark) -> GuestSpec:
+    """The domain of VM ``vm`` on ``node`` (its disks: where the node's storage keeps them)."""
+    image = svc.inventory.image(vm.image)
     kernel_boot = image.boot == "kernel"
-    spec = GuestSpec(
-        name=new.name,
-        ram_mb=new.ram_mb,
-        cpu=new.cpu,
+    return GuestSpec(
+        name=vm.name,
+        ram_mb=vm.ram_mb,
+        cpu=vm.cpu,
         storage_dir=node.storage.directory,
         network=node.network.name,
-        mac=new.mac,
-        image=new.image,
+        mac=vm.mac,
+        image=vm.image,
         virt_type=node.virt_type,
+        data_disk=vm.disk_gb > 0,
         kernel=image.kernel if kernel_boot else None,
         initrd=image.initrd if kernel_boot else None,
         cmdline=image.cmdline if kernel_boot else None,
         mark=mark,
     )
-    reservation = None
-    if record.reserved_ip is not None:
-        reservation = Reservation(node.network.name, record.mac, record.reserved_ip)
-    svc.progress(f"{new.name}: creating disks and seed, starting the domain on {node.name}")
-    hv.create(spec, Disks(image.path, new.root_gb, new.disk_gb), files, reservation=reservation)
-    svc.progress(f"{new.name}: domain started on {node.name}")
+
+
+def disks_of(svc: VmService, vm: VmRecord) -> Disks:
+    return Disks(svc.inventory.image(vm.image).path, vm.root_gb, vm.disk_gb)
 
 
 def rollback(

@@ -169,11 +169,11 @@ def resize(
             max(0, new.cpu - old.cpu), max(0, new.ram_mb - old.ram_mb), new.disk_gb - old.disk_gb
         )
 
-        def fits(usages: list[Any]) -> None:
-            used = next((u for u in usages if u.node == vm.node.name), None)
-            from vmctl.services.vms import placement_load
+        spaces = svc.pool_spaces([vm.node]) if extra.disk_gb else {}
 
-            placement.check_grow(placement_load(vm.node, used), vm.record.name, extra)
+        def fits(usages: list[Any]) -> None:
+            load = next(x for x in svc.loads(usages, spaces) if x.name == vm.node.name)
+            placement.check_grow(load, vm.record.name, extra)  # no disk asked: 0 GiB fits
 
         svc.store.resize(vm.record.name, new.cpu, new.ram_mb, new.disk_gb, fits)
         _apply(svc, vm, old, new)

@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from vmctl.core import placement, tokens, validation
 from vmctl.core.addressing import SOURCES
-from vmctl.core.errors import Forbidden, NotFound, Unavailable
+from vmctl.core.errors import Forbidden, NotFound, Unavailable, VmctlError
 from vmctl.core.records import NewVm, NodeUsage, VmRecord, default_actor
 from vmctl.core.requests import CreateRequest
 from vmctl.services.ports import Cache, Connect, GuestProbe, Store
+from vmctl.services.ports.storage import PoolSpace, Storage
 
 if TYPE_CHECKING:
     from vmctl.core.inventory import Inventory, Node
     from vmctl.core.snapshots import Snapshot
+    from vmctl.services.move import DrainResult
     from vmctl.services.reconcile import Outcome
 
 Progress = Callable[[str], None]
@@ -54,6 +56,30 @@ class VmService:
     default_keys: Sequence[str] = ()  # public keys for guests made without any
     lock_timeout: float = 30.0  # how long an operation waits for another one on the same VM
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("vmctl"))
+    storage_of: Callable[[Node], Storage] | None = None  # None: ask the node's hypervisor
+
+    def storage(self, node: Node) -> Storage:
+        """Where ``node`` keeps VM disks (no connection is made)."""
+        if self.storage_of is not None:
+            return self.storage_of(node)
+        return self.connect(node).storage
+
+    def pool_spaces(self, nodes: Sequence[Node] | None = None) -> dict[str, PoolSpace | str]:
+        """Room in each storage that ``nodes`` (default: all) share, asked of its cluster
+        through the first of its nodes that answers; why it is unknown when none does."""
+        spaces: dict[str, PoolSpace | str] = {}
+        for node in self.inventory.nodes if nodes is None else nodes:
+            key = self.storage(node).shared
+            if key is None or isinstance(spaces.get(key), PoolSpace):
+                continue
+            try:
+                space = self.connect(node).space()
+            except VmctlError as exc:
+                spaces.setdefault(key, f"{node.name}: {exc}")
+                continue
+            if space is not None:
+                spaces[key] = space
+        return spaces
 
     def locked(self, name: str, operation: str) -> AbstractContextManager[None]:
         """The VM's operation lock (Busy after ``lock_timeout`` s)."""
@@ -88,12 +114,15 @@ class VmService:
 
     def nodes(self) -> list[dict[str, Any]]:
         usage = {u.node: u for u in self.store.usage()}
+        spaces = self.pool_spaces()
         rows = []
-        for load in self.loads(list(usage.values())):
+        for load in self.loads(list(usage.values()), spaces):
             free = placement.free(load)
+            node = self.inventory.node(load.name)
             rows.append(
                 {
                     "name": load.name,
+                    "storage": self.storage(node).describe(),
                     "vms": usage[load.name].vms if load.name in usage else 0,
                     "cpu_used": load.used.cpu,
                     "cpu_free": free.cpu,
@@ -182,6 +211,16 @@ class VmService:
 
         return lifecycle.resize(self, name, ram=ram, cpu=cpu, disk=disk)
 
+    def move(self, name: str, to: str, timeout: float = 120.0) -> VmRecord:
+        from vmctl.services import move
+
+        return move.move(self, name, to, timeout)
+
+    def drain(self, node: str, stop_local: bool = False, timeout: float = 120.0) -> DrainResult:
+        from vmctl.services import move
+
+        return move.drain(self, node, stop_local, timeout)
+
     def console_log(self, name: str) -> str:
         """What the VM's serial console has written so far (the last MiB)."""
         vm = self.get(name)
@@ -259,22 +298,62 @@ class VmService:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def loads(self, usages: Sequence[NodeUsage]) -> list[placement.NodeLoad]:
+    def loads(
+        self, usages: Sequence[NodeUsage], spaces: dict[str, PoolSpace | str] | None = None
+    ) -> list[placement.NodeLoad]:
+        """Each node as placement sees it. The disks of a node whose storage is shared count
+        against that storage (``spaces``: its room, asked of the cluster; unknown: no room),
+        together with those of every node that shares it."""
         used = {u.node: u for u in usages}
-        return [placement_load(node, used.get(node.name)) for node in self.inventory.nodes]
+        shared = {node.name: self.storage(node).shared for node in self.inventory.nodes}
+        pooled: dict[str, int] = {}
+        for name, key in shared.items():
+            if key is not None and name in used:
+                pooled[key] = pooled.get(key, 0) + used[name].disk_gb
+        loads = []
+        for node in self.inventory.nodes:
+            key = shared[node.name]
+            pool = None
+            if key is not None:
+                space = (spaces or {}).get(key, "not asked")
+                pool = PoolUse(
+                    space.label
+                    if isinstance(space, PoolSpace)
+                    else f"{key} (room unknown: {space})",
+                    space.capacity_gb if isinstance(space, PoolSpace) else 0,
+                    pooled.get(key, 0),
+                )
+            loads.append(placement_load(node, used.get(node.name), pool))
+        return loads
 
 
-def placement_load(node: Node, usage: NodeUsage | None) -> placement.NodeLoad:
-    """A node of the inventory and what its VMs take, as placement sees it."""
-    none = placement.Resources(0, 0, 0)
+@dataclass(frozen=True)
+class PoolUse:
+    """Shared storage as placement counts it: GiB it may hold, GiB its VMs' disks take."""
+
+    label: str
+    capacity_gb: int
+    used_gb: int
+
+
+def placement_load(
+    node: Node, usage: NodeUsage | None, pool: PoolUse | None = None
+) -> placement.NodeLoad:
+    """A node of the inventory and what its VMs take, as placement sees it; with ``pool``, its
+    disk is that of the shared storage (capacity and use of all the nodes that share it)."""
+    disk_cap, disk_ratio = node.capacity.disk_gb, node.overcommit.disk
+    disk_used = usage.disk_gb if usage else 0
+    if pool is not None:  # the pool's ratio is in its capacity already
+        disk_cap, disk_ratio, disk_used = pool.capacity_gb, 1.0, pool.used_gb
     return placement.NodeLoad(
         name=node.name,
-        capacity=placement.Resources(
-            node.capacity.cpu, node.capacity.ram_mb, node.capacity.disk_gb
-        ),
+        capacity=placement.Resources(node.capacity.cpu, node.capacity.ram_mb, disk_cap),
         overcommit_cpu=node.overcommit.cpu,
         overcommit_ram=node.overcommit.ram,
-        overcommit_disk=node.overcommit.disk,
-        used=placement.Resources(usage.cpu, usage.ram_mb, usage.disk_gb) if usage else none,
+        overcommit_disk=disk_ratio,
+        used=placement.Resources(
+            usage.cpu if usage else 0, usage.ram_mb if usage else 0, disk_used
+        ),
         groups=usage.groups if usage else frozenset(),
+        disk_in=pool.label if pool is not None else None,
     )

@@ -19,7 +19,10 @@ from vmctl.services.vms import VmService
 from vmctl.wiring.settings import Settings
 
 if TYPE_CHECKING:
+    from vmctl.services.images import ImageService
+    from vmctl.services.ports import Runner
     from vmctl.core.inventory import Inventory, Node
+    from vmctl.services.ports.storage import Storage
     from vmctl.services.watcher import Watcher
 
 T = TypeVar("T")
@@ -116,7 +119,14 @@ def vm_service(
         default_keys=default_keys,
         lock_timeout=settings.lock_timeout if lock_timeout is None else lock_timeout,
         log=log or logging.getLogger("vmctl"),
+        storage_of=_storage_of,
     )
+
+
+def _storage_of(node: Node) -> Storage:
+    from vmctl.adapters.storage import storage_for
+
+    return storage_for(node)
 
 
 def services(
@@ -191,3 +201,34 @@ def connector(settings: Settings) -> Callable[[Node], Hypervisor]:
         return connections[node.name]
 
     return connect
+
+
+def image_service(settings: Settings, quiet: bool = False) -> ImageService:
+    """`vmctl images`: the inventory, PostgreSQL, and an SSH runner per node (Fabric is
+    imported when a node is first reached)."""
+    from vmctl.services.images import ImageService
+
+    runners: dict[str, Runner] = {}
+
+    def runner_for(node: Node) -> Runner:
+        from vmctl.adapters.ssh import FabricRunner, SshTarget
+
+        if node.name not in runners:
+            target = SshTarget(
+                node=node.name,
+                host=node.ssh.host,
+                port=node.ssh.port,
+                user=node.ssh.user,
+                key_file=settings.ssh_key,
+                known_hosts=settings.known_hosts,
+            )
+            runners[node.name] = FabricRunner(target)
+        return runners[node.name]
+
+    return ImageService(
+        inventory=lazy(lambda: load_inventory(settings)),
+        store=store(settings),
+        runner_for=runner_for,
+        progress=(lambda _m: None) if quiet else progress,
+        lock_timeout=settings.lock_timeout,
+    )

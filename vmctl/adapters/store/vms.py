@@ -23,7 +23,11 @@ if TYPE_CHECKING:
 _USAGE_SQL = """
     SELECT node, sum(cpu) AS cpu, sum(ram_mb) AS ram_mb, sum(disk_gb + root_gb) AS disk_gb,
            count(*) AS vms, array_remove(array_agg(DISTINCT group_name), NULL) AS groups
-    FROM vms GROUP BY node ORDER BY node
+    FROM (SELECT node, cpu, ram_mb, disk_gb, root_gb, group_name FROM vms
+          UNION ALL  -- a VM being moved holds room on both nodes until the move ends
+          SELECT move_node, cpu, ram_mb, 0, 0, group_name FROM vms WHERE move_node IS NOT NULL
+         ) AS v
+    GROUP BY node ORDER BY node
 """
 
 _INSERT_SQL = """
@@ -34,6 +38,13 @@ _INSERT_SQL = """
             %(ip)s, CASE WHEN %(ip)s::inet IS NULL THEN NULL ELSE 'expected' END,
             %(phone_home_hash)s)
     RETURNING *
+"""
+
+_FINISH_MOVE_SQL = """
+    UPDATE vms SET node = move_node, ip_pool = move_ip_pool, reserved_ip = move_ip,
+                   ip = move_ip, ip_state = CASE WHEN move_ip IS NULL THEN NULL ELSE 'expected' END,
+                   move_node = NULL, move_ip_pool = NULL, move_ip = NULL, updated_at = now()
+    WHERE name = %s RETURNING *
 """
 
 # The filters of list and list_contract_json (each one off when its value is NULL).
@@ -77,9 +88,11 @@ def node_usage(conn: Connection) -> list[NodeUsage]:
 def _free_address(conn: Connection, pool: AddressPool, node: str) -> IPv4Address:
     """Called under the claim lock: the address the next VM of ``pool`` gets."""
     taken = [
-        row["reserved_ip"]
+        row["ip"]
         for row in conn.execute(
-            "SELECT reserved_ip FROM vms WHERE ip_pool = %s", (pool.key,)
+            """SELECT reserved_ip AS ip FROM vms WHERE ip_pool = %(pool)s
+               UNION ALL SELECT move_ip FROM vms WHERE move_ip_pool = %(pool)s""",
+            {"pool": pool.key},
         ).fetchall()
     ]
     released = {
@@ -204,6 +217,66 @@ class VmsMixin(StoreBase):
             ).fetchone()
             if row is None:
                 raise NotFound(f"no VM named {name}")
+            return vm_record(row)
+
+        return self._run(work)
+
+    def begin_move(
+        self,
+        name: str,
+        node: str,
+        check: Callable[[builtins.list[NodeUsage]], None],
+        pool: AddressPool | None,
+    ) -> VmRecord:
+        """Take room on ``node`` (once ``check`` accepts it, under the claim lock) and, for a
+        managed network, an address of ``pool``, for the move of VM ``name`` there."""
+
+        def work(conn: Connection) -> VmRecord:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (db.CLAIM_LOCK_KEY,))
+            conn.execute(
+                """UPDATE vms SET move_node = NULL, move_ip_pool = NULL, move_ip = NULL
+                   WHERE name = %s""",
+                (name,),
+            )  # a move that died before it ended
+            check(node_usage(conn))
+            address = None if pool is None else _free_address(conn, pool, node)
+            row = conn.execute(
+                """UPDATE vms SET move_node = %s, move_ip_pool = %s, move_ip = %s
+                   WHERE name = %s RETURNING *""",
+                (node, None if pool is None else pool.key, address, name),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no VM named {name}")
+            return vm_record(row)
+
+        return self._run(work)
+
+    def end_move(self, name: str, done: bool) -> VmRecord:
+        """The move is over: ``done``, the VM is on its new node with its new address (the old
+        one given back, the address to be confirmed); else nothing changed."""
+
+        def work(conn: Connection) -> VmRecord:
+            old = conn.execute(
+                "SELECT ip_pool, reserved_ip, move_node FROM vms WHERE name = %s FOR UPDATE",
+                (name,),
+            ).fetchone()
+            if old is None:
+                raise NotFound(f"no VM named {name}")
+            if done and old["move_node"] is not None:
+                row = conn.execute(_FINISH_MOVE_SQL, (name,)).fetchone()
+                if old["reserved_ip"] is not None:
+                    conn.execute(
+                        """INSERT INTO released_addresses (ip_pool, ip) VALUES (%s, %s)
+                           ON CONFLICT (ip_pool, ip) DO UPDATE SET released_at = now()""",
+                        (old["ip_pool"], old["reserved_ip"]),
+                    )
+            else:
+                row = conn.execute(
+                    """UPDATE vms SET move_node = NULL, move_ip_pool = NULL, move_ip = NULL
+                       WHERE name = %s RETURNING *""",
+                    (name,),
+                ).fetchone()
+            assert row is not None
             return vm_record(row)
 
         return self._run(work)

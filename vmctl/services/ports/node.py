@@ -59,7 +59,11 @@ class Hypervisor(Protocol):
         seed_files: dict[str, str],
         start: bool = True,
         reservation: Reservation | None = None,
-    ) -> None: ...
+        adopt: bool = False,
+    ) -> None:
+        """Make the VM's disks and seed, define and (``start``) start it; ``adopt``: its disks
+        exist in shared storage already (it moves here): only define it."""
+        ...
 
     def delete(
         self,
