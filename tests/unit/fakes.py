@@ -14,6 +14,7 @@ from typing import Any
 from vmctl.core.addressing import Lease, Observation
 from vmctl.core.domainxml import GuestSpec
 from vmctl.core.errors import Busy, Conflict, NotFound, StoreUnavailable
+from vmctl.core.images import ImageRecord
 from vmctl.core.inventory import AddressPool, Inventory
 from vmctl.core.nodecmd import Disks, Reservation
 from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
@@ -68,6 +69,7 @@ class FakeStore(Failing):
         self.is_down = False
         self._lock = threading.Lock()
         self.held: dict[str, str] = {}  # VM name -> the operation holding its lock
+        self.images: dict[tuple[str, str], ImageRecord] = {}  # (name, location) -> record
 
     @contextmanager
     def vm_lock(self, name: str, operation: str, timeout: float) -> Iterator[None]:
@@ -264,6 +266,22 @@ class FakeStore(Failing):
     def alive(self, kind: str, within_s: float) -> list[str]:
         self._call("alive")
         return []
+
+    # -- base images ---------------------------------------------------------------------------
+
+    def record_image(self, name: str, location: str, sha256: str, size_bytes: int) -> ImageRecord:
+        self._call("record_image")
+        record = ImageRecord(name, location, sha256, size_bytes, NOW, "test@test")
+        self.images[(name, location)] = record
+        return record
+
+    def image_records(self) -> list[ImageRecord]:
+        self._call("image_records")
+        return [self.images[key] for key in sorted(self.images)]
+
+    def forget_image(self, name: str, location: str) -> bool:
+        self._call("forget_image")
+        return self.images.pop((name, location), None) is not None
 
     def ping(self) -> None:
         self._call("ping")

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from vmctl import __version__
-from vmctl.cli import daemons, lifecycle, reconcile, snapshots, tokens, vms
+from vmctl.cli import daemons, images, lifecycle, reconcile, snapshots, tokens, vms
 from vmctl.cli.options import STATE
 from vmctl.core.errors import ExitStatus, VmctlError
 
@@ -34,6 +34,7 @@ app.registered_commands += (
 app.add_typer(daemons.db_app, name="db")
 app.add_typer(tokens.app, name="token")
 app.add_typer(snapshots.app, name="snapshot")
+app.add_typer(images.app, name="images")
 
 
 def _version(value: bool) -> None:

@@ -56,6 +56,20 @@ class Conflict(VmctlError):
     exit_status = ExitStatus.USAGE
 
 
+class ImageInUse(Conflict):
+    """A base image that VM disks are made from (qcow2 overlays, RBD clones) would be
+    overwritten: refused (exit 2), naming where and the VMs that use it."""
+
+    def __init__(self, image: str, message: str, users: dict[str, list[str]]) -> None:
+        super().__init__(message)
+        self.image = image
+        self.users = users  # where (for people) -> the VMs (or images) that use it
+
+
+class ChecksumMismatch(VmctlError):
+    """What a node received is not what was sent (its sha256 differs): removed there."""
+
+
 class CapacityError(VmctlError):
     """No node has room for the request."""
 

@@ -19,9 +19,9 @@ from vmctl.services.vms import VmService
 from vmctl.wiring.settings import Settings
 
 if TYPE_CHECKING:
+    from vmctl.core.inventory import Inventory, Node
     from vmctl.services.images import ImageService
     from vmctl.services.ports import Runner
-    from vmctl.core.inventory import Inventory, Node
     from vmctl.services.ports.storage import Storage
     from vmctl.services.watcher import Watcher
 

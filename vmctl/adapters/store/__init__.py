@@ -3,7 +3,7 @@
 ``PgStore`` implements ``vmctl.services.ports.Store``. It holds a pool of connections (opened on
 first use; each method runs in its own transaction) and may be shared by threads. Its parts, one
 module each: ``base`` (connections, transactions), ``vms``, ``addresses``, ``tokens``,
-``heartbeats``, ``events``, ``locks`` and ``snapshots``. The schema is made by
+``heartbeats``, ``events``, ``locks``, ``snapshots`` and ``images``. The schema is made by
 ``vmctl.adapters.db.upgrade``.
 """
 
@@ -15,6 +15,7 @@ from vmctl.adapters.store.addresses import AddressesMixin
 from vmctl.adapters.store.base import MAX_SIZE
 from vmctl.adapters.store.events import EventsMixin
 from vmctl.adapters.store.heartbeats import HeartbeatsMixin
+from vmctl.adapters.store.images import ImagesMixin
 from vmctl.adapters.store.locks import LocksMixin
 from vmctl.adapters.store.snapshots import SnapshotsMixin
 from vmctl.adapters.store.tokens import TokensMixin
@@ -31,6 +32,7 @@ class PgStore(
     EventsMixin,
     LocksMixin,
     SnapshotsMixin,
+    ImagesMixin,
 ):
     """All of PostgreSQL that vmctl uses: ``PgStore(url, actor=None, max_size=MAX_SIZE)``."""
 

@@ -1,5 +1,5 @@
-"""The ports of PostgreSQL: the VM rows, locks, addresses, events, tokens, heartbeats and
-snapshots, and ``Store``, all of them."""
+"""The ports of PostgreSQL: the VM rows, locks, addresses, events, tokens, heartbeats,
+snapshots and base images, and ``Store``, all of them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from vmctl.core.images import ImageRecord
     from vmctl.core.inventory import AddressPool
     from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
     from vmctl.core.snapshots import Snapshot
@@ -119,6 +120,16 @@ class SnapshotStore(Protocol):
     def delete_snapshot(self, vm: str, name: str) -> bool: ...
 
 
+class ImageStore(Protocol):
+    def record_image(self, name: str, location: str, sha256: str, size_bytes: int) -> ImageRecord:
+        """Record an import (now, by the store's actor), replacing an earlier one's record."""
+        ...
+
+    def image_records(self) -> builtins.list[ImageRecord]: ...
+
+    def forget_image(self, name: str, location: str) -> bool: ...
+
+
 class Store(
     VmStore,
     VmLocks,
@@ -127,6 +138,7 @@ class Store(
     TokenStore,
     Heartbeats,
     SnapshotStore,
+    ImageStore,
     Protocol,
 ):
     """All of PostgreSQL that vmctl uses."""
