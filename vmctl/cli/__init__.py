@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from vmctl import __version__
-from vmctl.cli import daemons, images, lifecycle, reconcile, snapshots, tokens, vms
+from vmctl.cli import daemons, images, lifecycle, move, reconcile, snapshots, tokens, vms
 from vmctl.cli.options import STATE
 from vmctl.core.errors import ExitStatus, VmctlError
 
@@ -28,6 +28,7 @@ app = typer.Typer(
 app.registered_commands += (
     vms.app.registered_commands
     + lifecycle.app.registered_commands
+    + move.app.registered_commands
     + daemons.app.registered_commands
     + reconcile.app.registered_commands
 )

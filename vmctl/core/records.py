@@ -11,7 +11,7 @@ STATES = ("creating", "running", "stopped", "deleting", "error")
 IP_STATES = ("expected", "confirmed")
 # libvirt's domain states in which what vmctl records is definite: running or stopped
 RECORDED_STATES = {"running": "running", "shut off": "stopped"}
-RESULTS = ("ok", "failed", "started")
+RESULTS = ("ok", "failed", "started", "step")  # step: one step of a move
 
 
 @dataclass(frozen=True)

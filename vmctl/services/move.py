@@ -132,12 +132,12 @@ class _Move:
                 )
 
         held = svc.store.begin_move(vm.name, target.name, fits, target.network.pool())
-        address = f", address {held.move_ip} reserved there" if held.move_ip else ""
-        self.step(f"room taken on {target.name}{address}", ip=held.move_ip)
         dst = svc.connect(target)
         defined = False
         stopped = False
         try:
+            address = f", address {held.move_ip} reserved there" if held.move_ip else ""
+            self.step(f"room taken on {target.name}{address}", ip=held.move_ip)
             mark = Mark(svc.store.installation_id(), vm.id, vm.name, socket.gethostname())
             spec = guest_spec(svc, target, vm, mark)
             reservation = None

@@ -11,3 +11,8 @@ ALTER TABLE vms ADD COLUMN move_ip inet NULL;
 ALTER TABLE vms ADD CONSTRAINT vms_move_ip_check
     CHECK ((move_ip_pool IS NULL) = (move_ip IS NULL) AND (move_ip IS NULL OR move_node IS NOT NULL));
 CREATE UNIQUE INDEX vms_pool_move_ip_key ON vms (move_ip_pool, move_ip) WHERE move_ip IS NOT NULL;
+
+-- A move logs each of its steps as an event of result 'step' (between 'started' and ok/failed).
+ALTER TABLE events DROP CONSTRAINT events_result_check;
+ALTER TABLE events ADD CONSTRAINT events_result_check
+    CHECK (result IN ('ok', 'failed', 'started', 'step'));

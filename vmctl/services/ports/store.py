@@ -67,6 +67,21 @@ class VmStore(VmReader, Protocol):
         under the claim lock that create takes, and raises (CapacityError) to refuse."""
         ...
 
+    def begin_move(
+        self,
+        name: str,
+        node: str,
+        check: Callable[[builtins.list[NodeUsage]], None],
+        pool: AddressPool | None,
+    ) -> VmRecord:
+        """Take room on ``node`` (``check`` sees every node's usage under the claim lock and
+        raises to refuse) and an address of ``pool`` (managed networks) for a move there."""
+        ...
+
+    def end_move(self, name: str, done: bool) -> VmRecord:
+        """``done``: the VM is on the move's node with its address; else the move is undone."""
+        ...
+
     def delete(self, name: str) -> bool: ...
 
     def usage(self) -> builtins.list[NodeUsage]: ...
