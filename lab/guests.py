@@ -12,6 +12,7 @@ from pathlib import Path
 
 from vmctl.adapters.hypervisor import LibvirtOverSsh
 from vmctl.adapters.ssh import FabricRunner, SshTarget
+from vmctl.adapters.storage import LocalStorage, storage_for
 from vmctl.core import cloudinit, hostkeys
 from vmctl.core.domainxml import GuestSpec
 from vmctl.core.nodecmd import Disks
@@ -27,7 +28,9 @@ def status() -> dict:  # type: ignore[type-arg]
     )
 
 
-def hypervisor(node: dict, lab: dict) -> LibvirtOverSsh:  # type: ignore[type-arg]
+def hypervisor(node: dict, lab: dict, storage: str = "files") -> LibvirtOverSsh:  # type: ignore[type-arg]
+    """The node's libvirt over SSH. ``storage``: "files" (the lab's own guests: qcow2 files in
+    STORAGE on every node) or "inventory" (where vmctl keeps VM disks on that node)."""
     target = SshTarget(
         node=node["name"],
         host=node["address"],
@@ -36,7 +39,12 @@ def hypervisor(node: dict, lab: dict) -> LibvirtOverSsh:  # type: ignore[type-ar
         key_file=Path(lab["ssh"]["key"]),
         known_hosts=Path(lab["ssh"]["known_hosts"]),
     )
-    return LibvirtOverSsh(FabricRunner(target))
+    if storage == "inventory":
+        from vmctl.core.inventory import load_inventory
+
+        inventory = load_inventory(Path(lab["inventory"]))
+        return LibvirtOverSsh(FabricRunner(target), storage_for(inventory.node(node["name"])))
+    return LibvirtOverSsh(FabricRunner(target), LocalStorage(STORAGE))
 
 
 @dataclass
@@ -111,7 +119,7 @@ def wait_ip(guest: Guest, timeout: float = 240) -> str:
         time.sleep(1)
     raise TimeoutError(
         f"{guest.name}: no DHCP lease after {timeout:.0f} s\n"
-        + guest.hv.console_log(guest.name, STORAGE, 4000)
+        + guest.hv.console_log(guest.name, 4000)
     )
 
 
@@ -161,9 +169,9 @@ def wait_ssh(guest: Guest, lab: dict, known_hosts: Path, timeout: float = 240) -
         time.sleep(1)
     raise TimeoutError(
         f"{guest.name}: no SSH login after {timeout:.0f} s\n"
-        + guest.hv.console_log(guest.name, STORAGE, 4000)
+        + guest.hv.console_log(guest.name, 4000)
     )
 
 
 def delete(guest: Guest) -> None:
-    guest.hv.delete(guest.name, STORAGE)
+    guest.hv.delete(guest.name)

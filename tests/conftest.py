@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -45,12 +46,13 @@ def guest_known_hosts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def booted(lab: dict, guest_known_hosts: Path) -> Iterator[list]:  # type: ignore[type-arg]
-    """One guest per node, booted concurrently and shared by every test that only looks."""
+    """One guest on each of the first two nodes (one keeps VM disks in files, the other in Ceph),
+    booted concurrently and shared by every test that only looks."""
     import guests
 
     made = []
     try:
-        for node in lab["nodes"]:
+        for node in lab["nodes"][:2]:
             made.append(guests.boot(lab, node, f"t-{node['name']}", ram_mb=384, cpu=1, data_gb=1))
         with ThreadPoolExecutor(len(made)) as pool:
             list(pool.map(lambda g: guests.wait_ssh(g, lab, guest_known_hosts, 300), made))
@@ -95,7 +97,7 @@ _HYPERVISORS: dict[str, object] = {}
 
 def leftovers(lab: dict, env: dict[str, str], names: list[str]) -> dict[str, list[str]]:  # type: ignore[type-arg]
     """Everything of these VMs that exists anywhere: domains, VM directories, DHCP reservations,
-    rows, cache keys."""
+    images in the lab's Ceph pool (with their snapshots and clones), rows, cache keys."""
     import guests
     import redis
 
@@ -126,6 +128,11 @@ def leftovers(lab: dict, env: dict[str, str], names: list[str]) -> dict[str, lis
         ]
         network = runner.run(["virsh", "-q", "net-dumpxml", node["guest_network"]]).stdout
         found["reservations"] += [f"{node['name']}:{n}" for n in names if f"name='{n}'" in network]
+    found["images"] = [
+        f"{pool}/{image}"
+        for pool, image in rbd_images()
+        if image.count(".") == 2 and image.split(".")[1] in names
+    ]
     with PgStore(env["VMCTL_DATABASE_URL"]) as store:
         found["rows"] = [vm.name for vm in store.list() if vm.name in names]
     client = redis.Redis.from_url(env["VMCTL_REDIS_URL"])
@@ -133,6 +140,28 @@ def leftovers(lab: dict, env: dict[str, str], names: list[str]) -> dict[str, lis
         k.decode() for k in client.keys("vmctl:*") if any(f":{n}:" in k.decode() for n in names)
     ]
     return {k: v for k, v in found.items() if v}
+
+
+def rbd(*args: str) -> str:
+    """`rbd` as the lab's Ceph admin (from the manager)."""
+    from labkit import ceph
+
+    proc = subprocess.run(
+        ["rbd", "-c", str(ceph.CONF), *args], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def rbd_images() -> list[tuple[str, str]]:
+    """(pool, image) of every image in the lab's pool, snapshots as IMAGE@SNAP too."""
+    from labkit import ceph
+
+    found = []
+    for line in json.loads(rbd("ls", "-l", "--format", "json", ceph.POOL) or "[]"):
+        name = line["image"] + (f"@{line['snapshot']}" if "snapshot" in line else "")
+        found.append((ceph.POOL, name))
+    return found
 
 
 @contextmanager

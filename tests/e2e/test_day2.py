@@ -25,16 +25,19 @@ PROJECT = "e2e-day2"
 
 
 def node_tags(lab: dict, node_name: str) -> dict[str, list[str]]:  # type: ignore[type-arg]
-    """What `qemu-img snapshot -l -U` on the node says each of the VM's disks holds."""
+    """What the node's storage says each of the VM's disks holds (`qemu-img snapshot -l -U`
+    of root.qcow2 and data.qcow2, or `rbd snap ls` of vmctl.NAME.root and .data), by kind."""
     import guests
 
     node = next(n for n in lab["nodes"] if n["name"] == node_name)
-    hv = guests.hypervisor(node, lab)
+    hv = guests.hypervisor(node, lab, storage="inventory")
     try:
-        found = hv.snapshots(VM, guests.STORAGE)
+        found = hv.snapshots(VM)
     finally:
         hv.close()
-    return {path.rsplit("/", 1)[-1]: tags for path, tags in found.items()}
+    kinds = {"root.qcow2": "root", "data.qcow2": "data", f"vmctl.{VM}.root": "root"}
+    kinds[f"vmctl.{VM}.data"] = "data"
+    return {kinds[disk.rsplit("/", 1)[-1]]: tags for disk, tags in found.items()}
 
 
 def rows(env: dict[str, str]) -> list[dict[str, Any]]:
@@ -194,7 +197,7 @@ def test_snapshot_revert_list_delete(
         True,
     )
     assert rows(env) == [{"name": "clean", "vm_state": "running", "quiesced": True}]
-    assert node_tags(lab, guest["node"]) == {"root.qcow2": ["clean"], "data.qcow2": ["clean"]}
+    assert node_tags(lab, guest["node"]) == {"root": ["clean"], "data": ["clean"]}
     # the guest was thawed: it writes again
     assert ssh(env, "sudo touch /thawed && echo ok").stdout.strip() == "ok"
 
@@ -231,7 +234,7 @@ def test_snapshot_revert_list_delete(
     deleted = run_vmctl(env, "snapshot", "delete", VM, "clean")
     assert deleted.returncode == 0, deleted.stderr
     assert rows(env) == []
-    assert node_tags(lab, guest["node"]) == {"root.qcow2": [], "data.qcow2": []}
+    assert node_tags(lab, guest["node"]) == {"root": [], "data": []}
 
     # Every operation is in the event log.
     events = json.loads(run_vmctl(env, "events", VM, "-o", "json").stdout)

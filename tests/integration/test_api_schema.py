@@ -41,6 +41,7 @@ from tests.conftest import fresh_schema
 from vmctl.adapters import db
 from vmctl.adapters.cache import NullCache
 from vmctl.adapters.guest import SshGuestProbe
+from vmctl.adapters.storage import LocalStorage
 from vmctl.adapters.store import PgStore
 from vmctl.api import create_app
 from vmctl.core import tokens
@@ -122,6 +123,7 @@ class FakeHypervisor:
 
     def __init__(self, node: str) -> None:
         self.runner = FakeRunner(node)
+        self.storage = LocalStorage("/var/lib/libvirt/images/vmctl")
         self.created: list[str] = []
         self.deleted: list[str] = []
         self.states: dict[str, str] = {}
@@ -140,12 +142,15 @@ class FakeHypervisor:
     def delete(
         self,
         name: str,
-        storage_dir: str,
         network: str | None = None,
         mac: str | None = None,
         installation: str | None = None,
+        keep_disks: bool = False,
     ) -> None:
         self.deleted.append(name)
+
+    def space(self) -> None:
+        return None
 
     def state(self, name: str) -> str | None:
         if name not in self.created or name in self.deleted:
@@ -167,10 +172,10 @@ class FakeHypervisor:
     def set_resources(self, name: str, cpu: int, ram_mb: int) -> None:
         pass
 
-    def grow_disk(self, name: str, storage_dir: str, data_gb: int) -> None:
+    def grow_disk(self, name: str, data_gb: int) -> None:
         pass
 
-    def console_log(self, name: str, storage_dir: str, max_bytes: int = 1 << 20) -> str:
+    def console_log(self, name: str, max_bytes: int = 1 << 20) -> str:
         return f"{name} login: "
 
     def observe(self, network: str, timeout: float = 15.0) -> Observation:

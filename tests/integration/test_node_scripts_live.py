@@ -46,8 +46,8 @@ def test_create_and_delete_are_idempotent(lab: dict) -> None:  # type: ignore[ty
         state = hv.runner.run(["virsh", "-q", "domstate", "idem-1"]).stdout.strip()
         assert state == "shut off"
     finally:
-        hv.delete("idem-1", guests.STORAGE)
-    hv.delete("idem-1", guests.STORAGE)  # again: already gone is success
+        hv.delete("idem-1")
+    hv.delete("idem-1")  # again: already gone is success
     assert "idem-1" not in hv.domains()
     listing = hv.runner.run(["ls", "-A", guests.STORAGE]).stdout.split()
     assert "idem-1" not in listing
@@ -68,7 +68,7 @@ def test_a_domain_not_made_by_vmctl_is_left_alone(lab: dict) -> None:  # type: i
     hv.runner.run(["virsh", "-q", "define", "/tmp/foreign-1.xml"])
     try:
         with pytest.raises(RemoteCommandFailed) as err:
-            hv.delete("foreign-1", guests.STORAGE)
+            hv.delete("foreign-1")
         assert err.value.remote_exit_status == 4
         assert "not made by vmctl" in err.value.stderr
         assert "foreign-1" in hv.domains()
