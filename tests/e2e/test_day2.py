@@ -101,7 +101,9 @@ def _uptime(env: dict[str, str]) -> float:
 @pytest.fixture(scope="module")
 def guest(lab: dict, vmctl_env: dict[str, str]) -> Iterator[dict[str, Any]]:  # type: ignore[type-arg]
     run_vmctl(vmctl_env, "delete", "--yes", NAME)  # left by an interrupted run, if any
-    create = ["create", NAME, "--ram", "384", "--cpu", "1", "--disk", "1", "--project", PROJECT]
+    # node1 keeps disks in files: qcow2 internal snapshots (RBD ones: tests/e2e/test_rbd.py)
+    create = ["create", NAME, "--node", "node1", "--ram", "384", "--cpu", "1", "--disk", "1"]
+    create += ["--project", PROJECT]
     create += ["--ssh-key", f"{vmctl_env['LAB_SSH_KEY']}.pub", "--wait", "-o", "json"]
     proc = run_vmctl(vmctl_env, *create)
     try:

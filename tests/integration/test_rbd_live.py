@@ -99,3 +99,61 @@ def _conf() -> str:
     from labkit import ceph
 
     return str(ceph.CONF)
+
+
+def _md5(image: str) -> str:
+    from labkit import ceph
+
+    export = subprocess.run(
+        ["rbd", "-c", str(ceph.CONF), "export", "--no-progress", image, "-"],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    import hashlib
+
+    return hashlib.md5(export.stdout).hexdigest()
+
+
+def test_rbd_snapshots_revert_and_grow_through_the_storage_adapter(
+    rbd_lab: dict,  # type: ignore[type-arg]
+) -> None:
+    """The RBD storage adapter on node2 (scripts/rbd.sh over SSH) on images made by hand:
+    snapshot root and data together, refuse a duplicate, revert both (the bytes come back),
+    refuse a revert to a snapshot one lacks (nothing changed), delete, grow, refuse to shrink."""
+    import guests
+
+    from vmctl.core.errors import Conflict, NotFound, RemoteCommandFailed
+
+    vm = "rbd-it-snap"
+    images = [f"vms/vmctl.{vm}.root", f"vms/vmctl.{vm}.data"]
+    node = next(n for n in rbd_lab["nodes"] if n["name"] == "node2")
+    hv = guests.hypervisor(node, rbd_lab, storage="inventory")
+    try:
+        for image in images:
+            rbd("create", "--size", "8M", image)
+        before = [_md5(i) for i in images]
+        assert hv.snapshot_create(vm, True, "s1", running=False) is False
+        with pytest.raises(Conflict, match="already"):
+            hv.snapshot_create(vm, True, "s1", running=False)
+        assert hv.snapshots(vm) == {f"vmctl.{vm}.root": ["s1"], f"vmctl.{vm}.data": ["s1"]}
+        for image in images:
+            rbd("bench", "--io-type", "write", "--io-total", "2M", "--io-pattern", "rand", image)
+        assert [_md5(i) for i in images] != before
+        rbd("snap", "create", f"{images[0]}@only-root")
+        with pytest.raises(NotFound, match="has no snapshot only-root"):
+            hv.snapshot_revert(vm, True, "only-root")
+        hv.snapshot_revert(vm, True, "s1")
+        assert [_md5(i) for i in images] == before
+        hv.snapshot_delete(vm, True, "s1", running=False)
+        assert hv.snapshots(vm) == {f"vmctl.{vm}.root": ["only-root"], f"vmctl.{vm}.data": []}
+        hv.grow_disk(vm, 2)
+        assert json.loads(rbd("info", "--format", "json", images[1]))["size"] == 2 * 2**30
+        with pytest.raises(RemoteCommandFailed, match="never shrink"):
+            hv.grow_disk(vm, 1)
+        assert json.loads(rbd("info", "--format", "json", images[1]))["size"] == 2 * 2**30
+    finally:
+        hv.close()
+        for image in images:
+            subprocess.run(["rbd", "-c", _conf(), "snap", "purge", image], capture_output=True)
+            subprocess.run(["rbd", "-c", _conf(), "rm", image], capture_output=True)
