@@ -12,6 +12,7 @@ that key under the fixed UUID ``SECRET_UUID``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -368,6 +369,12 @@ def ensure_base_image(name: str, qcow2: Path) -> None:
         run([*rbd, "rm", "--no-progress", f"{POOL}/{image}"], check=False)
     target = f"rbd:{POOL}/{temp}:conf={CONF}:id=admin"
     run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow2), target], timeout=600)
+    # the tag `vmctl images import` writes: the same file imported again is "already there"
+    digest = hashlib.sha256()
+    with qcow2.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    run([*rbd, "image-meta", "set", f"{POOL}/{temp}", "vmctl.sha256", digest.hexdigest()])
     run([*rbd, "snap", "create", f"{POOL}/{temp}@base"])
     run([*rbd, "rename", f"{POOL}/{temp}", f"{POOL}/{name}"])
     log(f"ceph: base image {POOL}/{name}@base imported in {time.monotonic() - started:.1f} s")
