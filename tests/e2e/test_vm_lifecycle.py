@@ -179,8 +179,8 @@ def test_ten_concurrent_creates_for_room_for_five(
     vmctl_env: dict[str, str],
     tmp_path: Path,  # type: ignore[type-arg]
 ) -> None:
-    # 256 MiB each: node1 has room for 3, node2 for 2, on top of what a used lab holds already
-    # (someone's own VMs take their share of each node's capacity).
+    # 256 MiB each: node1 has room for 3, node2 for 2, any other node for none, on top of what a
+    # used lab holds already (someone's own VMs take their share of each node's capacity).
     used = {n["name"]: n for n in json.loads(run_vmctl(vmctl_env, "nodes", "-o", "json").stdout)}
     small = _inventory_with(
         Path(vmctl_env["VMCTL_INVENTORY"]),
@@ -193,7 +193,8 @@ def test_ten_concurrent_creates_for_room_for_five(
                     "disk_gb": used[name]["disk_gb_used"] + 100,
                 }
             }
-            for name, room in (("node1", 768), ("node2", 512))
+            for name, room in [("node1", 768), ("node2", 512)]
+            + [(n["name"], 128) for n in lab["nodes"][2:]]
         },
     )
     env = {**vmctl_env, "VMCTL_INVENTORY": str(small)}
@@ -211,9 +212,9 @@ def test_ten_concurrent_creates_for_room_for_five(
         addresses = [(vm["node"], vm["ip"]) for vm in ok]
         assert all(vm["ip_state"] == "expected" for vm in ok)
         assert len(set(addresses)) == len(addresses) == 5
-        per_node = {"node1": 0, "node2": 0}
+        per_node: dict[str, int] = {}
         for vm in ok:
-            per_node[vm["node"]] += vm["ram_mb"]
+            per_node[vm["node"]] = per_node.get(vm["node"], 0) + vm["ram_mb"]
         assert per_node == {"node1": 768, "node2": 512}
     finally:
         made = [vm["name"] for vm in ok]
