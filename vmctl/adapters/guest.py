@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 from pathlib import Path
 
@@ -11,6 +12,11 @@ import paramiko
 from vmctl.core import hostkeys
 from vmctl.core.errors import Unavailable
 from vmctl.services.ports import CloudInit
+
+# A probe of a guest whose sshd is still starting ends in paramiko's transport thread logging the
+# broken banner read with a traceback; with no handler anywhere, Python's last-resort handler put
+# it on the operator's stderr. The probe's answer (None: not yet) is all that matters.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class SshGuestProbe:
