@@ -42,12 +42,8 @@ die() { local code=$1; shift; echo "image.sh: $*" >&2; exit "$code"; }
 # shellcheck source=lib/rbd.sh
 [[ $(type -t rbd_option) == function ]] || source "$(dirname "${BASH_SOURCE[0]}")/lib/rbd.sh"
 
-while (($#)) && [[ $1 == --rbd-* ]]; do
-  rbd_option "$1" "${2-}" || die 2 "unknown argument: $1"
-  (($# >= 2)) || die 2 "missing value after $1"
-  shift 2
-done
-rbd_check image.sh
+rbd_leading_options image.sh "$@"
+shift "$REPLY"
 (($# >= 1)) || die 2 "missing subcommand"
 sub=$1
 shift

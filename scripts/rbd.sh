@@ -27,12 +27,8 @@ die() { local code=$1; shift; echo "rbd.sh: $*" >&2; exit "$code"; }
 # shellcheck source=lib/rbd.sh
 [[ $(type -t rbd_option) == function ]] || source "$(dirname "${BASH_SOURCE[0]}")/lib/rbd.sh"
 
-while (($#)) && [[ $1 == --rbd-* ]]; do
-  rbd_option "$1" "${2-}" || die 2 "unknown argument: $1"
-  (($# >= 2)) || die 2 "missing value after $1"
-  shift 2
-done
-rbd_check rbd.sh
+rbd_leading_options rbd.sh "$@"
+shift "$REPLY"
 rbd_used || die 2 "the RBD options are needed"
 (($# >= 1)) || die 2 "missing subcommand"
 sub=$1

@@ -33,6 +33,21 @@ rbd_check() {
   fi
 }
 
+# rbd_leading_options SCRIPT ARGS...: take the RBD options at the front of ARGS and check them
+# (exit 2 naming SCRIPT when one is wrong); REPLY = how many arguments they were (for `shift`).
+rbd_leading_options() {
+  local script=$1 n=0
+  shift
+  while (($#)) && [[ $1 == --rbd-* ]]; do
+    rbd_option "$1" "${2-}" || { echo "$script: unknown argument: $1" >&2; exit 2; }
+    (($# >= 2)) || { echo "$script: missing value after $1" >&2; exit 2; }
+    shift 2
+    n=$((n + 2))
+  done
+  rbd_check "$script"
+  REPLY=$n
+}
+
 rbd_used() { [[ -n $rbd_pool ]]; }
 
 # rbdc ARGS...: the rbd command as the configured cephx user.

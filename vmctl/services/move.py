@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from vmctl.core import placement, validation
@@ -168,7 +168,7 @@ class _Move:
         with contextlib.suppress(VmctlError):
             svc.cache.set_node(vm.name, target.name)
         state = dst.state(vm.name) or "running"
-        return svc.store.set_state(vm.name, RECORDED.get(state, "error")) if moved else moved
+        return svc.store.set_state(moved.name, RECORDED.get(state, "error"))
 
     def _shut_down(self, src: Hypervisor, source: Node) -> None:
         self.svc.progress(f"{self.name}: shutting down on {source.name} (up to {self.timeout:g} s)")
@@ -219,8 +219,6 @@ class _Move:
 
 
 def _with_ip(vm: VmRecord, ip: str) -> VmRecord:
-    from dataclasses import replace
-
     return replace(vm, reserved_ip=ip)
 
 
@@ -300,8 +298,6 @@ def drain(
 def _plus(load: placement.NodeLoad, more: placement.Resources | None) -> placement.NodeLoad:
     if more is None:
         return load
-    from dataclasses import replace
-
     used = load.used
     return replace(
         load,

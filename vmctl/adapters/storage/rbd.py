@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from vmctl.adapters.storage.local import check_create, check_revert
+from vmctl.adapters.storage.checks import check_create, check_revert
 from vmctl.core.errors import RemoteCommandFailed
 from vmctl.core.inventory import Storage as StorageConfig
 from vmctl.core.nodecmd import describe, script_command
