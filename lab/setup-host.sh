@@ -11,6 +11,8 @@ APT_PACKAGES=(
   mmdebstrap genisoimage parted e2fsprogs iproute2 procps psmisc util-linux
   python3-venv python3-libvirt ca-certificates haproxy openssl curl
   ceph-mon ceph-mgr ceph-osd ceph-common
+  prometheus prometheus-alertmanager prometheus-node-exporter prometheus-libvirt-exporter
+  prometheus-postgres-exporter prometheus-redis-exporter
 )
 
 missing=()

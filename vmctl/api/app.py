@@ -1,4 +1,5 @@
-"""The ASGI app of `vmctl serve`: the routers, the error handlers, one Services per thread."""
+"""The ASGI app of `vmctl serve`: the routers, the error handlers, one Services per thread, the
+replica's metrics."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
+from vmctl.adapters.metrics import process_registry, requests
 from vmctl.api import errors
 from vmctl.api.deps import PerThread
-from vmctl.api.routes import internal, lifecycle, snapshots, vms
+from vmctl.api.routes import internal, lifecycle, metrics, snapshots, vms
 from vmctl.services import Services
 
 
@@ -21,9 +23,13 @@ def create_app(make_services: Callable[[], Services], log: logging.Logger) -> Fa
         description="Create, list and delete VMs on the vmctl cloud (the prototype's contract).",
     )
     app.state.services = PerThread(make_services)
+    # The replica's own metrics (GET /metrics): requests, latency, in flight, the process.
+    app.state.metrics = process_registry()
+    app.add_middleware(requests.RequestMetrics, registry=app.state.metrics)
     errors.install(app, log)
     app.include_router(vms.router)
     app.include_router(lifecycle.router)
     app.include_router(snapshots.router)
     app.include_router(internal.router)
+    app.include_router(metrics.router)
     return app

@@ -12,6 +12,7 @@ import typer
 
 from vmctl.cli.options import Format, output_options, progress, settings
 from vmctl.cli.output import WATCH_COLUMNS, emit
+from vmctl.core import validation
 from vmctl.core.addressing import SOURCES, parse_sources
 from vmctl.core.errors import ExitStatus, InvalidInput
 
@@ -48,6 +49,15 @@ def watch_ip(
             "pending deletes are finished); 0: never.",
         ),
     ] = 300,
+    metrics_listen: Annotated[
+        str,
+        typer.Option(
+            "--metrics-listen",
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (docs/monitoring.md); "
+            "none when empty.",
+        ),
+    ] = "",
     *,
     fmt: Format,
 ) -> None:
@@ -65,8 +75,13 @@ def watch_ip(
         raise InvalidInput("names", "VM names are only taken with --once")
     if not reconcile_every >= 0:
         raise InvalidInput("reconcile-every", "must be 0 (never) or a number of seconds")
+    metrics_at = None
+    if metrics_listen:
+        if once:
+            raise InvalidInput("metrics-listen", "metrics are served only while watching")
+        metrics_at = validation.listen_address("metrics-listen", metrics_listen)
     log = logs.setup("vmctl.watch-ip", log_format)
-    ip_watcher = wiring.watcher(settings(), log, order, follow=follow)
+    ip_watcher = wiring.watcher(settings(), log, order, follow=follow, metrics_at=metrics_at)
     if once:
         rows, problems = ip_watcher.once(names or [])
         emit(rows, WATCH_COLUMNS, fmt)

@@ -101,3 +101,27 @@ def default_actor() -> str:
     except (OSError, KeyError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class OperationFigures:
+    """Creates or deletes of one result as the event log has them: how many, and for those
+    that recorded their duration, how many took at most each bound of ``bounds_s``."""
+
+    action: str  # create, delete
+    result: str  # ok, failed
+    count: int
+    timed: int  # events with a duration
+    seconds: float  # their durations' sum
+    bounds_s: tuple[float, ...]
+    at_most: tuple[int, ...]  # per bound: timed events that took at most that long
+
+
+@dataclass(frozen=True)
+class CloudFigures:
+    """The cloud as PostgreSQL records it, for the cloud's metrics."""
+
+    vms: dict[tuple[str, str], int]  # (node, state): VMs
+    waiting: dict[str, int]  # node: creating or running VMs without a confirmed address
+    operations: list[OperationFigures]
+    rollbacks: dict[str, int]  # clean (nothing left), incomplete (cleanup problems)

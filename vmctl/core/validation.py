@@ -108,3 +108,12 @@ def since(value: str, now: datetime) -> datetime:
             "since", f"must be an age such as 15m, 2h or 7d, or an ISO time, not {value!r}"
         ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def listen_address(field: str, value: str) -> tuple[str, int]:
+    """HOST:PORT to listen on ("[::1]:9469" for IPv6; port 0: any free port)."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidInput(field, f"{value!r} is not HOST:PORT (for example 127.0.0.1:9469)")
+    return host, int(port)

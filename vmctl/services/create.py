@@ -5,6 +5,7 @@ cause."""
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -81,6 +82,7 @@ def create(svc: VmService, req: CreateRequest) -> VmRecord:
 
 
 def _create(svc: VmService, req: CreateRequest, new: NewVm) -> VmRecord:
+    started = time.monotonic()  # the events' "seconds": the cloud's create duration metrics
     phone_home_url = None
     if svc.phone_home_base:
         secret, secret_hash = tokens.new_secret()
@@ -115,9 +117,10 @@ def _create(svc: VmService, req: CreateRequest, new: NewVm) -> VmRecord:
         svc.store.set_state(new.name, "running")
         svc.cache.set_node(new.name, node.name)
     except BaseException as exc:
-        rollback(svc, record, hv, exc)
+        rollback(svc, record, hv, exc, started)
         raise
-    svc.store.add_event(new.name, record.node, "create", "ok", {"actor": svc.actor})
+    done = {"actor": svc.actor, "seconds": elapsed(started)}
+    svc.store.add_event(new.name, record.node, "create", "ok", done)
     return svc.store.get(new.name)
 
 
@@ -177,8 +180,17 @@ def disks_of(svc: VmService, vm: VmRecord) -> Disks:
     return Disks(svc.inventory.image(vm.image).path, vm.root_gb, vm.disk_gb)
 
 
+def elapsed(started: float) -> float:
+    """Seconds since ``started`` (time.monotonic()), to the millisecond."""
+    return round(time.monotonic() - started, 3)
+
+
 def rollback(
-    svc: VmService, record: VmRecord, hv: Hypervisor | None, cause: BaseException
+    svc: VmService,
+    record: VmRecord,
+    hv: Hypervisor | None,
+    cause: BaseException,
+    started: float | None = None,
 ) -> list[str]:
     """Remove what a failed create made. Every step runs, whatever the others do, and no step's
     failure (PostgreSQL down, say) hides ``cause``: the problems are reported and returned.
@@ -212,11 +224,13 @@ def rollback(
         attempt("database row", lambda: svc.store.delete(name))
     elif attempt("database row", lambda: svc.store.set_state(name, "deleting")):
         svc.progress(f"{name}: recorded as deleting; the delete completes when the node answers")
-    detail = {
+    detail: dict[str, object] = {
         "actor": svc.actor,
         "cause": str(cause) or type(cause).__name__,
         "cleanup_problems": problems,
     }
+    if started is not None:
+        detail["seconds"] = elapsed(started)
     try:
         svc.store.add_event(name, record.node, "create", "failed", detail)
     except Exception as exc:

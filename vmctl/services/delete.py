@@ -7,10 +7,12 @@ When the node does not answer, the VM stays recorded as ``deleting`` and the com
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from vmctl.core import validation
 from vmctl.core.errors import NodeUnreachable
+from vmctl.services.create import elapsed
 
 if TYPE_CHECKING:
     from vmctl.core.inventory import Node
@@ -23,6 +25,7 @@ def delete(svc: VmService, name: str) -> None:
     """Never from where a cache entry says: a stale one would send the delete to a node without
     the domain."""
     with svc.locked(validation.name(name), "delete"):
+        started = time.monotonic()  # the events' "seconds": the cloud's delete duration metrics
         record = svc.get(name)
         svc.store.set_state(record.name, "deleting")
         node = svc.inventory.node(record.node)
@@ -38,11 +41,12 @@ def delete(svc: VmService, name: str) -> None:
             ) from exc
         except Exception as exc:
             svc.store.set_state(record.name, "error")
-            failed = {**detail, "cause": str(exc)}
+            failed = {**detail, "cause": str(exc), "seconds": elapsed(started)}
             svc.store.add_event(record.name, node.name, "delete", "failed", failed)
             raise
         svc.cache.forget(record.name)
         svc.store.delete(record.name)
+        detail["seconds"] = elapsed(started)
         svc.store.add_event(record.name, node.name, "delete", "ok", detail)
 
 

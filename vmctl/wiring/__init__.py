@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 
 from vmctl.core import validation
 from vmctl.core.errors import ConfigError, InvalidInput
+from vmctl.core.logfields import fields
 from vmctl.services import Services
 from vmctl.services.ports import Cache, GuestProbe, Hypervisor, Store
 from vmctl.services.tokens import TokenService
@@ -160,13 +161,27 @@ def token_service(settings: Settings) -> TokenService:
 
 
 def watcher(
-    settings: Settings, log: logging.Logger, sources: Sequence[str], follow: bool = True
+    settings: Settings,
+    log: logging.Logger,
+    sources: Sequence[str],
+    follow: bool = True,
+    metrics_at: tuple[str, int] | None = None,
 ) -> Watcher:
+    """The watcher; with ``metrics_at`` (host, port), its metrics served there."""
     from vmctl.adapters.cache import open_cache
     from vmctl.services.watcher import KIND, Watcher
 
+    inventory = load_inventory(settings)
+    metrics = None
+    if metrics_at is not None:
+        from vmctl.adapters.metrics import process_registry, watch
+
+        registry = process_registry()
+        metrics = watch.PrometheusWatchMetrics(registry, [n.name for n in inventory.nodes])
+        host, port = watch.serve(*metrics_at, registry)
+        log.info("metrics", extra=fields(url=f"http://{host}:{port}/metrics"))
     return Watcher(
-        inventory=load_inventory(settings),
+        inventory=inventory,
         store=store(settings),
         cache=open_cache(settings.redis_url, log.warning, notice=log.info),
         connect=connector(settings),
@@ -176,6 +191,7 @@ def watcher(
         connect_agent=connector(settings),
         connect_follow=connector(settings),
         follow=follow,
+        metrics=metrics,
     )
 
 

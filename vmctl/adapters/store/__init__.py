@@ -3,8 +3,8 @@
 ``PgStore`` implements ``vmctl.services.ports.Store``. It holds a pool of connections (opened on
 first use; each method runs in its own transaction) and may be shared by threads. Its parts, one
 module each: ``base`` (connections, transactions), ``vms``, ``addresses``, ``tokens``,
-``heartbeats``, ``events``, ``locks``, ``snapshots`` and ``images``. The schema is made by
-``vmctl.adapters.db.upgrade``.
+``heartbeats``, ``events``, ``locks``, ``snapshots``, ``images`` and ``metrics``. The schema
+is made by ``vmctl.adapters.db.upgrade``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from vmctl.adapters.store.events import EventsMixin
 from vmctl.adapters.store.heartbeats import HeartbeatsMixin
 from vmctl.adapters.store.images import ImagesMixin
 from vmctl.adapters.store.locks import LocksMixin
+from vmctl.adapters.store.metrics import MetricsMixin
 from vmctl.adapters.store.snapshots import SnapshotsMixin
 from vmctl.adapters.store.tokens import TokensMixin
 from vmctl.adapters.store.vms import VmsMixin
@@ -33,6 +34,7 @@ class PgStore(
     LocksMixin,
     SnapshotsMixin,
     ImagesMixin,
+    MetricsMixin,
 ):
     """All of PostgreSQL that vmctl uses: ``PgStore(url, actor=None, max_size=MAX_SIZE)``."""
 

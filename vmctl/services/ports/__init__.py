@@ -1,5 +1,5 @@
 """The ports: what the services need from the outside world, as small Protocols, one module
-per outside system (``node``, ``guest``, ``store``, ``cache``).
+per outside system (``node``, ``guest``, ``store``, ``cache``, ``metrics``).
 
 Adapters (``vmctl.adapters``) implement them over Fabric, libvirt, PostgreSQL and Redis; unit tests
 pass fakes. A service never names an adapter class, only these.
@@ -7,6 +7,7 @@ pass fakes. A service never names an adapter class, only these.
 
 from vmctl.services.ports.cache import Cache, Subscription, SubscriptionLost
 from vmctl.services.ports.guest import CloudInit, GuestProbe
+from vmctl.services.ports.metrics import NoMetrics, WatchMetrics
 from vmctl.services.ports.node import Connect, Hypervisor, Result, Runner
 from vmctl.services.ports.store import (
     AddressStore,
@@ -31,6 +32,7 @@ __all__ = [
     "Heartbeats",
     "Hypervisor",
     "ImageStore",
+    "NoMetrics",
     "Result",
     "Runner",
     "SnapshotStore",
@@ -41,4 +43,5 @@ __all__ = [
     "VmLocks",
     "VmReader",
     "VmStore",
+    "WatchMetrics",
 ]

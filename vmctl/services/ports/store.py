@@ -1,10 +1,10 @@
 """The ports of PostgreSQL: the VM rows, locks, addresses, events, tokens, heartbeats,
-snapshots and base images, and ``Store``, all of them."""
+snapshots, base images and the cloud's metrics, and ``Store``, all of them."""
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from vmctl.core.images import ImageRecord
     from vmctl.core.inventory import AddressPool
-    from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
+    from vmctl.core.records import CloudFigures, IpChange, NewVm, NodeUsage, VmRecord
     from vmctl.core.snapshots import Snapshot
 
 # -- PostgreSQL -------------------------------------------------------------------------------
@@ -145,6 +145,10 @@ class ImageStore(Protocol):
     def forget_image(self, name: str, location: str) -> bool: ...
 
 
+class MetricsReader(Protocol):
+    def cloud_figures(self, bounds_s: Sequence[float]) -> CloudFigures: ...
+
+
 class Store(
     VmStore,
     VmLocks,
@@ -154,6 +158,7 @@ class Store(
     Heartbeats,
     SnapshotStore,
     ImageStore,
+    MetricsReader,
     Protocol,
 ):
     """All of PostgreSQL that vmctl uses."""

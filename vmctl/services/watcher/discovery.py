@@ -4,8 +4,10 @@ the VMs by MAC, and what is written and announced for an address found."""
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from vmctl.core.addressing import Observation, address_from
@@ -22,6 +24,8 @@ class Found:
     mac: str
     ip: str
     source: str
+    seen_at: float = field(default_factory=time.time, compare=False)  # when the node showed it
+    created_at: datetime | None = field(default=None, compare=False)  # the VM's creation
 
 
 def agent_address(hv: Hypervisor, vm: VmRecord) -> str | None:
@@ -64,7 +68,7 @@ def match(
         for source in sources:
             ip = agent(vm) if source == "agent" else address_from(seen, vm.mac, source)
             if ip is not None:
-                found.append(Found(vm.name, vm.node, vm.mac, ip, source))
+                found.append(Found(vm.name, vm.node, vm.mac, ip, source, created_at=vm.created_at))
                 break
     return found
 

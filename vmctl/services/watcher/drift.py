@@ -9,9 +9,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from vmctl.core.drift import STUCK_DELETING
+from vmctl.core.drift import KINDS, STUCK_DELETING
 from vmctl.core.logfields import fields
-from vmctl.services.ports import Cache, Connect, Store
+from vmctl.services.ports import Cache, Connect, NoMetrics, Store, WatchMetrics
 
 if TYPE_CHECKING:
     from vmctl.core.inventory import Inventory
@@ -28,6 +28,7 @@ class DriftWatch:
         connect: Connect,
         log: logging.Logger,
         actor: str,
+        metrics: WatchMetrics | None = None,
     ) -> None:
         self.inventory = inventory
         self.store = store
@@ -35,6 +36,7 @@ class DriftWatch:
         self.connect = connect  # connections of its own: address learning never waits for it
         self.log = log
         self.actor = actor
+        self.metrics: WatchMetrics = metrics or NoMetrics()
         self._known: set[tuple[str, str | None, str]] = set()
 
     def report_once(self) -> list[str]:
@@ -46,6 +48,10 @@ class DriftWatch:
             self.inventory, self.store, self.cache, self.connect, actor=self.actor
         )
         outcome = reconciler.report()
+        counts = dict.fromkeys(KINDS, 0)
+        for item in outcome.drift:
+            counts[item.kind] = counts.get(item.kind, 0) + 1
+        self.metrics.drift(counts)
         known = {k for k in self._known if k[1] in outcome.unreachable}  # not judged now
         recorded = []
         for item in outcome.drift:

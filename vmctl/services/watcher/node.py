@@ -14,7 +14,7 @@ from vmctl.core.addressing import Lease, Observation
 from vmctl.core.errors import RemoteCommandFailed, VmctlError
 from vmctl.core.logfields import fields
 from vmctl.core.records import VmRecord
-from vmctl.services.ports import Connect, Hypervisor
+from vmctl.services.ports import Connect, Hypervisor, WatchMetrics
 from vmctl.services.watcher.backoff import Backoff
 from vmctl.services.watcher.discovery import Found, discover, match
 from vmctl.services.watcher.shared import Shared
@@ -40,6 +40,7 @@ class NodeWatch:
         connect: Connect,
         connect_agent: Connect,
         connect_follow: Connect,
+        metrics: WatchMetrics,
     ) -> None:
         self.node = node
         self.shared = shared
@@ -49,6 +50,7 @@ class NodeWatch:
         self.connect = connect
         self.connect_agent = connect_agent
         self.connect_follow = connect_follow
+        self.metrics = metrics
         self._batch = tuple(source for source in self.sources if source != "agent")
 
     # -- looks ----------------------------------------------------------------------------------
@@ -105,6 +107,8 @@ class NodeWatch:
                     continue
                 self._look_worked(backoff, kind)
                 self.shared.report(vms, found)
+            if kind == "look":
+                self.metrics.node_passed(self.node.name)  # looked, or nothing to look for
             wake.wait(pause)
             wake.clear()
 
@@ -119,16 +123,19 @@ class NodeWatch:
             )
         if kind == "look":
             self.shared.node_state[self.node.name] = "unreachable"
+            self.metrics.node_connected(self.node.name, False)
 
     def _look_worked(self, backoff: Backoff, kind: str) -> None:
         failures = backoff.recovered()
         if failures:
+            self.metrics.node_reconnected(self.node.name)
             self.log.info(
                 "node reachable again",
                 extra=fields(node=self.node.name, by=kind, attempts=failures),
             )
         if kind == "look":
             self.shared.node_state[self.node.name] = "connected"
+            self.metrics.node_connected(self.node.name, True)
 
     # -- the lease follower ---------------------------------------------------------------------
 
@@ -141,7 +148,10 @@ class NodeWatch:
 
         def on_leases(leases: list[Lease]) -> None:
             if backoff.recovered():
+                self.metrics.node_reconnected(node)
                 self.log.info("following leases again", extra=fields(node=node))
+            if not self.shared.is_followed(node):
+                self.metrics.node_following(node, True)
             vms = self.shared.follow(node, leases)
             self.shared.report(vms, match(Observation(leases=tuple(leases)), vms, ("lease",)))
 
@@ -151,6 +161,7 @@ class NodeWatch:
                 error = self._follow(hv, on_leases, stop)
             finally:
                 self.shared.unfollow(node)
+                self.metrics.node_following(node, False)
             if error is None or stop.is_set():
                 return
             if backoff.failed():

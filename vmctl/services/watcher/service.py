@@ -18,7 +18,7 @@ from vmctl.core.addressing import SOURCES
 from vmctl.core.errors import StoreUnavailable, VmctlError
 from vmctl.core.logfields import fields
 from vmctl.core.records import IpChange, VmRecord
-from vmctl.services.ports import Cache, Connect, Store
+from vmctl.services.ports import Cache, Connect, NoMetrics, Store, WatchMetrics
 from vmctl.services.watcher.discovery import Found, discover, record
 from vmctl.services.watcher.drift import DriftWatch
 from vmctl.services.watcher.node import NodeWatch
@@ -46,8 +46,10 @@ class Watcher:
         connect_agent: Connect | None = None,
         connect_follow: Connect | None = None,
         follow: bool = True,
+        metrics: WatchMetrics | None = None,
     ) -> None:
         self.inventory = inventory
+        self.metrics: WatchMetrics = metrics or NoMetrics()
         self.store = store
         self.cache = cache
         self.connect = connect
@@ -117,7 +119,13 @@ class Watcher:
         thread of its own (over ``connect``'s connections, so address learning never waits for
         it); each new drift item becomes an event, and pending deletes are completed."""
         self.drift = DriftWatch(
-            self.inventory, self.store, self.cache, connect or self.connect, self.log, self.process
+            self.inventory,
+            self.store,
+            self.cache,
+            connect or self.connect,
+            self.log,
+            self.process,
+            self.metrics,
         )
         self.reconcile_every = every
 
@@ -169,6 +177,7 @@ class Watcher:
                 self.connect,
                 self.connect_agent,
                 self.connect_follow,
+                self.metrics,
             )
             loops = [watch.look_loop]
             if "agent" in self.sources:
@@ -238,6 +247,10 @@ class Watcher:
         if change is None:
             return None
         self._shared.confirm(found)
+        wait = None
+        if found.created_at is not None:
+            wait = (change.at - found.created_at).total_seconds()
+        self.metrics.address_recorded(found.source, time.time() - found.seen_at, wait)
         level = logging.INFO
         if change.previous_state == "expected" and change.previous != change.ip:
             level = logging.WARNING  # the DHCP gave another address than the one reserved
@@ -263,6 +276,7 @@ class Watcher:
             self._store_failed(exc)
 
     def _store_failed(self, exc: StoreUnavailable) -> None:
+        self.metrics.store_up(False)
         if not self._store_down:
             self._store_down = True
             self.log.warning(
@@ -271,6 +285,7 @@ class Watcher:
             )
 
     def _store_back(self) -> None:
+        self.metrics.store_up(True)
         if self._store_down:
             self._store_down = False
             self.log.info("PostgreSQL reachable again", extra=fields(unsaved=len(self._unsaved)))
