@@ -556,3 +556,33 @@ def test_heartbeats(store: PgStore) -> None:
     assert store.alive("watch-ip", 1) == []
     store.forget_heartbeat("watch-ip@a:1")
     assert store.alive("watch-ip", 15) == []
+
+
+def test_cloud_figures_count_vms_and_the_creates_and_deletes_of_the_event_log(
+    store: PgStore,
+) -> None:
+    store.claim(_vm("fig-a"), lambda _u: "node-a")
+    store.claim(_vm("fig-b", mac="52:54:00:00:00:02"), lambda _u: "node-a")
+    store.claim(_vm("fig-c", mac="52:54:00:00:00:03"), lambda _u: "node-b")
+    store.set_state("fig-a", "running")
+    store.set_ip("fig-a", "10.0.0.7", "confirmed")
+    store.set_state("fig-b", "running")  # running, no address yet
+    for seconds in (0.4, 3.0, 12.0):
+        store.add_event("x", "node-a", "create", "ok", {"seconds": seconds})
+    store.add_event("x", "node-a", "create", "ok", {})  # from before durations were recorded
+    store.add_event("x", "node-a", "create", "started", {})  # not an end
+    store.add_event("y", "node-a", "create", "failed", {"seconds": 2, "cleanup_problems": []})
+    store.add_event("z", "node-a", "create", "failed", {"cleanup_problems": ["node: gone"]})
+    store.add_event("x", "node-a", "delete", "ok", {"seconds": 1.5})
+
+    figures = store.cloud_figures([1, 5, 10])
+    assert figures.vms == {("node-a", "running"): 2, ("node-b", "creating"): 1}
+    assert figures.waiting == {"node-a": 1, "node-b": 1}
+    ops = {(o.action, o.result): o for o in figures.operations}
+    ok = ops[("create", "ok")]
+    assert (ok.count, ok.timed, ok.seconds, ok.at_most) == (4, 3, 15.4, (1, 2, 2))
+    failed = ops[("create", "failed")]
+    assert (failed.count, failed.timed, failed.at_most) == (2, 1, (0, 1, 1))
+    assert ops[("delete", "ok")].at_most == (0, 1, 1)
+    assert ("delete", "failed") not in ops
+    assert figures.rollbacks == {"clean": 1, "incomplete": 1}
