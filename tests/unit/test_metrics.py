@@ -233,3 +233,22 @@ def test_listen_addresses(text: str, want: tuple[str, int]) -> None:
 def test_bad_listen_addresses_are_refused(text: str) -> None:
     with pytest.raises(InvalidInput, match="metrics-listen"):
         validation.listen_address("metrics-listen", text)
+
+
+def test_serving_on_a_taken_port_is_a_config_error_naming_it() -> None:
+    import socket
+    import urllib.request
+
+    from vmctl.adapters.metrics.watch import serve
+    from vmctl.core.errors import ConfigError
+
+    registry = CollectorRegistry()
+    host, port = serve("127.0.0.1", 0, registry)  # a free port: served
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+        assert response.status == 200
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{busy}"):
+            serve("127.0.0.1", busy, registry)
