@@ -14,7 +14,17 @@ from typing import Annotated
 import typer
 
 from vmctl import __version__
-from vmctl.cli import daemons, images, lifecycle, move, reconcile, snapshots, tokens, vms
+from vmctl.cli import (
+    daemons,
+    images,
+    lifecycle,
+    monitoring,
+    move,
+    reconcile,
+    snapshots,
+    tokens,
+    vms,
+)
 from vmctl.cli.options import STATE
 from vmctl.core.errors import ExitStatus, VmctlError
 
@@ -36,6 +46,7 @@ app.add_typer(daemons.db_app, name="db")
 app.add_typer(tokens.app, name="token")
 app.add_typer(snapshots.app, name="snapshot")
 app.add_typer(images.app, name="images")
+app.add_typer(monitoring.app, name="monitoring")
 
 
 def _version(value: bool) -> None:

@@ -276,6 +276,60 @@ class Node(_Model):
     network: Network
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*")  # [IPv6], IPv4 or DNS name
+# Prometheus's duration format: units from the largest down, each at most once (1m30s, 2s, 500ms)
+_DURATION = re.compile(r"(?:\d+y)?(?:\d+w)?(?:\d+d)?(?:\d+h)?(?:\d+m)?(?:\d+s)?(?:\d+ms)?")
+
+
+def _check_host_port(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not _HOST.fullmatch(host) or len(host) > 253:
+        _fail(f"expected HOST:PORT like 10.20.0.5:9100 or [fd00::5]:9100 (got {value!r})")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        _fail(f"the port of {value!r} must be a number from 1 to 65535")
+    return value
+
+
+def _check_duration(value: str) -> str:
+    if not value or not _DURATION.fullmatch(value) or not re.search(r"[1-9]", value):
+        _fail(f"expected a Prometheus duration like 15s, 1m or 1m30s (got {value!r})")
+    return value
+
+
+def _check_unique(values: list[str]) -> list[str]:
+    twice = sorted({value for value in values if values.count(value) > 1})
+    if twice:
+        _fail(f"listed twice: {', '.join(twice)}")
+    return values
+
+
+HostPort = Annotated[str, Strict(), AfterValidator(_check_host_port)]
+HostPorts = Annotated[list[HostPort], AfterValidator(_check_unique)]
+Duration = Annotated[str, Strict(), AfterValidator(_check_duration)]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+
+
+class Monitoring(_Model):
+    """Where Prometheus finds the metrics of vmctl and of the exporters around it: the input of
+    `vmctl monitoring scrape-config` (docs/monitoring.md). Every address is HOST:PORT; the nodes
+    come from `nodes` (their `ssh.host`), with the exporters' ports given here."""
+
+    prometheus: HostPort | None = None  # Prometheus itself: job `prometheus`
+    api: HostPorts = []  # each `vmctl serve` replica: job `vmctl-api`
+    haproxy: HostPort | None = None  # HAProxy's monitoring frontend: `haproxy`, `vmctl-cloud`
+    watch_ip: HostPorts = []  # `vmctl watch-ip --metrics-listen`: job `vmctl-watch-ip`
+    postgres_exporter: HostPort | None = None
+    redis_exporter: HostPort | None = None
+    ceph: HostPorts = []  # the Ceph managers' `prometheus` module
+    node_exporter_port: Port | None = 9100  # on every node; null: no job `node`
+    libvirt_exporter_port: Port | None = 9177  # on every node; null: no job `libvirt`
+    scrape_interval: Duration = "15s"
+    evaluation_interval: Duration = "15s"
+    rule_files: list[Text] = []  # paths or globs; relative ones from the config file's directory
+    alertmanagers: HostPorts = []
+
+
 def _check_nodes(nodes: list[Node]) -> list[Node]:
     if not nodes:
         _fail("at least one node is needed")
@@ -292,6 +346,7 @@ class Inventory(_Model):
     defaults: Defaults
     images: dict[ImageName, Image]
     nodes: Annotated[list[Node], AfterValidator(_check_nodes)]
+    monitoring: Monitoring = Monitoring()
 
     @model_validator(mode="after")
     def _default_image_exists(self) -> Inventory:
