@@ -13,6 +13,7 @@ APT_PACKAGES=(
   ceph-mon ceph-mgr ceph-osd ceph-common
   prometheus prometheus-alertmanager prometheus-node-exporter prometheus-libvirt-exporter
   prometheus-postgres-exporter prometheus-redis-exporter
+  ceph-mgr-modules-core python3-cherrypy3 python3-yaml
 )
 
 missing=()

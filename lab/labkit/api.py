@@ -55,6 +55,11 @@ def internal_url() -> str:
     return f"http://{config.bridge_address()}:{config.API_INTERNAL_PORT}"
 
 
+def monitoring_address() -> str:
+    """HAProxy's monitoring frontend: its own /metrics, /metrics/cloud from one replica."""
+    return f"127.0.0.1:{config.HAPROXY_MONITORING_PORT}"
+
+
 def replica_address(index: int) -> str:
     return f"127.0.0.1:{config.API_REPLICA_PORTS[index]}"
 
@@ -63,6 +68,7 @@ def haproxy_env() -> dict[str, str]:
     return {
         "VMCTL_EXTERNAL_BIND": f"127.0.0.1:{config.API_EXTERNAL_PORT}",
         "VMCTL_INTERNAL_BIND": f"{config.bridge_address()}:{config.API_INTERNAL_PORT}",
+        "VMCTL_MONITORING_BIND": monitoring_address(),
         "VMCTL_TLS_PEM": str(TLS_PEM),
         "VMCTL_API_1": replica_address(0),
         "VMCTL_API_2": replica_address(1),

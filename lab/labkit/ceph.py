@@ -55,6 +55,21 @@ def monitor() -> str:
     return f"{config.bridge_address()}:{MON_PORT_V1}"
 
 
+def metrics_address() -> str:
+    """Where the manager's prometheus module serves /metrics (job `ceph`)."""
+    return f"{config.bridge_address()}:{config.CEPH_METRICS_PORT}"
+
+
+def metrics_options() -> dict[str, str]:
+    """The prometheus module's settings (`ceph config set mgr mgr/prometheus/KEY VALUE`): the
+    bridge address, the lab's port, fresh data at the lab's scrape interval."""
+    return {
+        "server_addr": config.bridge_address(),
+        "server_port": str(config.CEPH_METRICS_PORT),
+        "scrape_interval": config.SCRAPE_INTERVAL.removesuffix("s"),
+    }
+
+
 def render_conf(fsid: str, directory: Path, bind_ip: str) -> str:
     """The cluster's own ceph.conf: daemons, admin and libvirt clients; every path under
     ``directory``. No `keyring` under [global]: daemons find theirs in their data directory."""
@@ -87,7 +102,7 @@ mon_allow_pool_size_one = true
 mon_allow_pool_delete = true
 mon_warn_on_pool_no_redundancy = false
 mon_data_avail_warn = 5
-mgr_initial_modules = iostat
+mgr_initial_modules = iostat prometheus
 # one monitor, one machine: publish map changes and PG states sooner (faster bootstrap)
 paxos_propose_interval = 0.1
 mgr_tick_period = 1
@@ -244,6 +259,10 @@ def _bootstrap() -> dict[str, str]:
     # No device health metrics (memstore has no devices): else the manager creates a pool of its
     # own that takes ~5 s to peer.
     ceph("config", "set", "mgr", "mgr/devicehealth/enable_monitoring", "false", "--force")
+    # The manager's prometheus module (mgr_initial_modules) on the bridge address only: set before
+    # the manager first starts, or it listens on every address (its default is `::`).
+    for key, value in metrics_options().items():
+        ceph("config", "set", "mgr", f"mgr/prometheus/{key}", value, "--force")
     _start(Daemon(f"mgr.{MGR_ID}", CEPH_DIR / "daemons"))
     ceph("osd", "pool", "create", POOL, str(POOL_PGS), str(POOL_PGS))
     run(["rbd", "-c", str(CONF), "pool", "init", POOL], timeout=120)

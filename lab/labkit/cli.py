@@ -9,9 +9,22 @@ import shlex
 import shutil
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from . import api, ceph, config, inventory, net, nodes, procs, services, snapshot, watcher
+from . import (
+    api,
+    ceph,
+    config,
+    inventory,
+    monitoring,
+    net,
+    nodes,
+    procs,
+    services,
+    snapshot,
+    watcher,
+)
 from .sh import LabError, log, run
 
 
@@ -67,6 +80,18 @@ def up(count: int) -> None:
         net.check_no_collision()
         config.LAB_DIR.mkdir(parents=True, exist_ok=True)
         config.BEFORE_FILE.write_text(json.dumps(snapshot.machine_state()))
+    background = ThreadPoolExecutor(max_workers=2)
+    try:
+        _up(count, state, background)
+    finally:
+        background.shutdown(wait=True)
+    elapsed = time.monotonic() - started
+    log(f"up: {count} nodes, PostgreSQL, Redis, Ceph and monitoring ready in {elapsed:.1f} s")
+
+
+def _up(count: int, state: dict[str, object] | None, background: ThreadPoolExecutor) -> None:
+    # asked now, answered by the time the inventory is written (vmctl takes ~0.5 s to start)
+    watch_ip_metrics = background.submit(_watch_ip_metrics)
     image_dir = _build_image()
     authorized = _ensure_ssh_key()
     lab_nodes = config.nodes(count)
@@ -82,14 +107,24 @@ def up(count: int) -> None:
     services.ensure_redis()
     ceph.ensure(lab_nodes)
     ceph.ensure_base_image(config.IMAGE_NAME, nodes.base_image_path(lab_nodes[0]))
-    config.INVENTORY.write_text(inventory.render(lab_nodes))
+    metrics = watch_ip_metrics.result()
+    config.INVENTORY.write_text(inventory.render(lab_nodes, watch_ip_metrics=metrics))
+    # Prometheus and the exporters start while the schema is upgraded and the vmctl processes
+    # start (a scrape that comes before them fails; the next one works)
+    started_monitoring: Future[None] = background.submit(
+        monitoring.ensure, lab_nodes, vmctl_settings()
+    )
     _migrate()
-    _start_vmctl()
+    _start_vmctl(metrics)
+    started_monitoring.result()
     new_state = {"node_count": count, "prefix": config.PREFIX, "image_dir": str(image_dir)}
     if new_state != state:
         config.STATE_FILE.write_text(json.dumps(new_state, indent=2) + "\n")
-    elapsed = time.monotonic() - started
-    log(f"up: {count} nodes, PostgreSQL, Redis and Ceph ready in {elapsed:.1f} s")
+
+
+def _watch_ip_metrics() -> bool:
+    """Whether the lab's watcher serves metrics: only when vmctl has watch-ip --metrics-listen."""
+    return procs.VMCTL.exists() and watcher.metrics_supported()
 
 
 def _migrate() -> None:
@@ -99,9 +134,9 @@ def _migrate() -> None:
         log(procs.run_vmctl(env, "db", "upgrade").stderr.strip().removeprefix("vmctl: "))
 
 
-def _start_vmctl() -> None:
+def _start_vmctl(watch_ip_metrics: bool) -> None:
     """The lab's own vmctl processes: the watcher, the API replicas and HAProxy."""
-    watcher.start(vmctl_settings())
+    watcher.start(vmctl_settings(), metrics=watch_ip_metrics)
     api.start(vmctl_settings())
 
 
@@ -111,6 +146,7 @@ def _stop_vmctl() -> None:
 
 
 def down() -> None:
+    monitoring.stop()
     _stop_vmctl()
     ceph.stop()
     state = _load_state() or {}
@@ -143,6 +179,7 @@ def status() -> dict[str, object]:
             "postgres": {"up": False},
             "redis": {"up": False},
             "ceph": {"up": False},
+            "monitoring": {"up": False, "prometheus_url": monitoring.prometheus_url()},
         }
     lab_nodes = config.nodes(int(state["node_count"]))  # type: ignore[call-overload]
     node_info = []
@@ -175,6 +212,7 @@ def status() -> dict[str, object]:
         },
         "inventory": str(config.INVENTORY),
         "api": api.status(),
+        "monitoring": monitoring.status(lab_nodes),
     }
 
 
@@ -202,6 +240,7 @@ def env_lines() -> list[str]:
         "LAB_KNOWN_HOSTS": str(config.KNOWN_HOSTS),
         "LAB_GUEST_USER": config.GUEST_USER,
         "CEPH_CONF": str(ceph.CONF),  # `ceph health` as client.admin
+        "VMCTL_LAB_PROMETHEUS_URL": monitoring.prometheus_url(),
     }
     return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
 
@@ -243,7 +282,7 @@ def main(argv: list[str]) -> int:
             if _load_state() is None:
                 raise LabError("the lab is not up: run `lab/lab up`")
             _stop_vmctl()
-            _start_vmctl()
+            _start_vmctl(_watch_ip_metrics())
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 1
@@ -276,3 +315,10 @@ def _print_status(info: dict[str, object]) -> None:
     print(f"api      {a['external']} (external), {a['internal']} (internal); {replicas}")  # type: ignore[index]
     w = info["watcher"]
     print(f"watch-ip pid {w['pid'] or '-':<15} {'up' if w['up'] else 'DOWN'}  log {w['log']}")  # type: ignore[index]
+    m = info["monitoring"]
+    p = m["prometheus"]  # type: ignore[index]
+    down = [name for name, e in m["exporters"].items() if not e["up"]]  # type: ignore[index]
+    print(
+        f"prometheus {p['url']} {'up' if p['up'] else 'DOWN'}, "
+        f"{len(m['exporters'])} exporters" + (f" (DOWN: {', '.join(down)})" if down else " up")  # type: ignore[index]
+    )

@@ -17,6 +17,21 @@ _API_BASE = int(os.environ.get("VMCTL_LAB_API_PORT_BASE", "18080"))
 API_REPLICA_PORTS = (_API_BASE + 1, _API_BASE + 2)  # vmctl serve, on loopback
 API_EXTERNAL_PORT = _API_BASE + 363  # HAProxy, TLS, on loopback (18443)
 API_INTERNAL_PORT = _API_BASE - 80  # HAProxy, plain HTTP, on the lab bridge (18000)
+# Monitoring (labkit.monitoring): HAProxy's monitoring frontend and watch-ip's metrics follow the
+# API's ports; the exporters of the root namespace and Prometheus are on loopback, the node and
+# libvirt exporters on each node's address (inside its namespace), the Ceph manager's prometheus
+# module on the lab bridge address (where the manager runs).
+HAPROXY_MONITORING_PORT = int(
+    os.environ.get("VMCTL_LAB_HAPROXY_MONITORING_PORT", str(_API_BASE + 324))  # 18404
+)
+WATCH_IP_METRICS_PORT = int(os.environ.get("VMCTL_LAB_WATCH_IP_METRICS_PORT", str(_API_BASE + 389)))
+PROMETHEUS_PORT = int(os.environ.get("VMCTL_LAB_PROMETHEUS_PORT", "19090"))
+NODE_EXPORTER_PORT = int(os.environ.get("VMCTL_LAB_NODE_EXPORTER_PORT", "9100"))
+LIBVIRT_EXPORTER_PORT = int(os.environ.get("VMCTL_LAB_LIBVIRT_EXPORTER_PORT", "9177"))
+POSTGRES_EXPORTER_PORT = int(os.environ.get("VMCTL_LAB_POSTGRES_EXPORTER_PORT", "19187"))
+REDIS_EXPORTER_PORT = int(os.environ.get("VMCTL_LAB_REDIS_EXPORTER_PORT", "19121"))
+CEPH_METRICS_PORT = int(os.environ.get("VMCTL_LAB_CEPH_METRICS_PORT", "19283"))
+SCRAPE_INTERVAL = "2s"  # also Prometheus's evaluation interval in the lab
 BRIDGE = "vmlab0"
 NETNS_PREFIX = "vmlab-"
 GUEST_USER = "debian"
@@ -33,6 +48,7 @@ KNOWN_HOSTS = SSH_DIR / "known_hosts"
 INVENTORY = LAB_DIR / "inventory.yaml"
 NODES_DIR = LAB_DIR / "nodes"
 WATCHER_DIR = LAB_DIR / "watch-ip"
+MONITORING_DIR = LAB_DIR / "monitoring"
 QEMU_CAPS_CACHE = CACHE_DIR / "qemu-capabilities"
 
 

@@ -120,9 +120,12 @@ def stop_postgres() -> None:
         wait_gone([pid], timeout=30)
 
 
+def redis_password() -> str:
+    return _secret(REDIS_DIR / "password")
+
+
 def redis_url() -> str:
-    password = _secret(REDIS_DIR / "password")
-    return f"redis://:{password}@127.0.0.1:{config.REDIS_PORT}/0"
+    return f"redis://:{redis_password()}@127.0.0.1:{config.REDIS_PORT}/0"
 
 
 def redis_pid() -> int | None:

@@ -14,7 +14,8 @@ class LabError(Exception):
 
 
 def log(message: str) -> None:
-    print(f"lab: {message}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"lab: {message}\n")  # one write: threads log too
+    sys.stderr.flush()
 
 
 def run(

@@ -54,11 +54,12 @@ def test_a_missing_value_is_refused(lab: dict, tmp_path: Path) -> None:  # type:
 def second_haproxy(lab: dict, tmp_path: Path) -> Iterator[dict[str, str]]:  # type: ignore[type-arg]
     from labkit import api
 
-    external, internal = _free_port(), _free_port()
+    external, internal, monitoring = _free_port(), _free_port(), _free_port()
     env = {
         **api.haproxy_env(),
         "VMCTL_EXTERNAL_BIND": f"127.0.0.1:{external}",
         "VMCTL_INTERNAL_BIND": f"127.0.0.1:{internal}",
+        "VMCTL_MONITORING_BIND": f"127.0.0.1:{monitoring}",
         "VMCTL_RATE_LIMIT": "5",
         "VMCTL_HAPROXY_RUN": str(tmp_path),
     }
@@ -81,6 +82,7 @@ def second_haproxy(lab: dict, tmp_path: Path) -> Iterator[dict[str, str]]:  # ty
         yield {
             "external": f"https://127.0.0.1:{external}",
             "internal": f"http://127.0.0.1:{internal}",
+            "monitoring": f"http://127.0.0.1:{monitoring}",
             "ca": str(api.CA_PEM),
         }
     finally:
@@ -101,3 +103,35 @@ def test_frontends_route_limit_and_refuse(second_haproxy: dict[str, str]) -> Non
     assert httpx.get(f"{internal}/healthz").status_code == 404
     assert httpx.post(f"{internal}/api/v1/ip/", json={"name": "x"}).status_code == 401
     assert httpx.post(f"{internal}/api/v1/phone-home/no-such-vm?secret=y").status_code == 404
+
+
+def test_metrics_only_through_the_monitoring_frontend(second_haproxy: dict[str, str]) -> None:
+    ext, internal = second_haproxy["external"], second_haproxy["internal"]
+    monitoring = second_haproxy["monitoring"]
+    with httpx.Client(verify=ssl.create_default_context(cafile=second_haproxy["ca"])) as client:
+        # external: never /metrics, nor anything under it
+        for path in ("/metrics", "/metrics/cloud", "/metrics/"):
+            assert client.get(f"{ext}{path}").status_code == 404, path
+    assert httpx.get(f"{internal}/metrics").status_code == 404
+    # monitoring: HAProxy's own exporter on /metrics
+    own = httpx.get(f"{monitoring}/metrics")
+    assert own.status_code == 200
+    assert "haproxy_process_start_time_seconds" in own.text
+    assert 'haproxy_backend_status{proxy="api"' in own.text
+    # /metrics/cloud from one replica of the api backend: vmctl's figures, not HAProxy's
+    cloud = httpx.get(f"{monitoring}/metrics/cloud")
+    assert cloud.status_code == 200, cloud.text
+    assert "vmctl_" in cloud.text and "haproxy_process" not in cloud.text
+    # nothing else
+    for path in ("/", "/healthz", "/api/v1/vm", "/metrics/other", "/metricsx"):
+        assert httpx.get(f"{monitoring}{path}").status_code == 404, path
+
+
+def test_the_labs_haproxy_serves_its_monitoring_frontend(lab: dict) -> None:  # type: ignore[type-arg]
+    from labkit import api
+
+    response = httpx.get(f"http://{api.monitoring_address()}/metrics")
+    assert response.status_code == 200
+    assert "haproxy_frontend_http_requests_total" in response.text
+    context = ssl.create_default_context(cafile=str(api.CA_PEM))
+    assert httpx.get(f"{api.external_url()}/metrics", verify=context).status_code == 404

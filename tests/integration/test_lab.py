@@ -217,6 +217,7 @@ LAB_DAEMONS = (
     "ceph-mon",
     "ceph-mgr",
     "ceph-osd",
+    "prometheus",  # Prometheus and every prometheus-*-exporter
     "/var/lib/vmctl-lab",
 )
 
@@ -231,12 +232,38 @@ def _lab_pids(lab: dict) -> set[int]:  # type: ignore[type-arg]
         ).stdout
         pids |= {int(p) for p in out.split()}
     pids |= {int(p) for p in lab["ceph"]["pids"].values()}  # ceph-mon, ceph-mgr, ceph-osd
+    monitoring = lab["monitoring"]  # Prometheus, the exporters (the nodes' are in their netns)
+    pids |= {int(e["pid"]) for e in monitoring["exporters"].values() if e["pid"]}
+    if monitoring["prometheus"]["pid"]:
+        pids.add(int(monitoring["prometheus"]["pid"]))
     for main in (services.postgres_pid(), services.redis_pid()):
         if main:
             pids.add(main)
             children = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True)
             pids |= {int(p) for p in children.stdout.split()}
     return pids
+
+
+def _monitoring_ports(lab: dict) -> set[str]:  # type: ignore[type-arg]
+    """ADDRESS:PORT of Prometheus, every exporter, HAProxy's monitoring frontend, watch-ip's
+    metrics."""
+    monitoring = lab["monitoring"]
+    found = {e["address"] for e in monitoring["exporters"].values()}
+    found |= {monitoring["prometheus_url"].removeprefix("http://"), monitoring["haproxy"]}
+    if monitoring["watch_ip"]:
+        found.add(monitoring["watch_ip"])
+    return found
+
+
+def _listening_ports(lab: dict) -> set[str]:  # type: ignore[type-arg]
+    """Every listening TCP ADDRESS:PORT in the root namespace and (while they exist) the nodes'."""
+    found = set()
+    namespaces = [None, *(n["netns"] for n in lab["nodes"])]
+    for netns in namespaces:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        proc = subprocess.run([*prefix, "ss", "-Htln"], capture_output=True, text=True)
+        found |= {line.split()[3] for line in proc.stdout.splitlines()}
+    return found
 
 
 def _cmdline(pid: str) -> str:
@@ -257,11 +284,16 @@ def test_up_is_idempotent_and_down_restores_the_machine(lab: dict) -> None:  # t
 
     def daemon_pids() -> list[str]:
         ceph_pids = (config.LAB_DIR / "ceph" / "daemons").glob("*.pid")
-        return sorted(p.read_text() for p in [*config.NODES_DIR.glob("*/*.pid"), *ceph_pids])
+        monitoring_pids = config.MONITORING_DIR.glob("*.pid")  # Prometheus, exporters
+        found = [*config.NODES_DIR.glob("*/*.pid"), *ceph_pids, *monitoring_pids]
+        return sorted(p.read_text() for p in found)
 
     pids = daemon_pids()
+    assert len(list(config.MONITORING_DIR.glob("*.pid"))) == 1 + 2 * len(lab["nodes"]) + 2
     subprocess.run([str(LAB), "up"], check=True)
     assert daemon_pids() == pids, "a second `up` restarted daemons"
+    ports = _monitoring_ports(lab)
+    assert ports <= _listening_ports(lab), "monitoring is not listening"
 
     before = json.loads(config.BEFORE_FILE.read_text())
     lab_pids = _lab_pids(lab)
@@ -277,6 +309,7 @@ def test_up_is_idempotent_and_down_restores_the_machine(lab: dict) -> None:  # t
     ceph_daemons = subprocess.run(["pgrep", "-a", "^ceph-(mon|mgr|osd)$"], capture_output=True)
     assert ceph_daemons.returncode == 1, ceph_daemons.stdout  # no Ceph daemon at all
     assert not config.LAB_DIR.exists()  # the cluster's conf, keyrings, data, logs, sockets
+    assert ports & _listening_ports(lab) == set(), "a monitoring port still listens"
     # Safe to run twice.
     subprocess.run([str(LAB), "down"], check=True)
 
