@@ -6,19 +6,36 @@ requests/s and latency percentiles (p50, p99). The rows are removed afterwards. 
 the same 2 cores as HAProxy, both replicas and PostgreSQL, so it takes its share of the CPU.
 
     eval "$(lab/lab env)"; .venv/bin/python bench/api_list.py --vms 10000 --clients 4 --seconds 30
+
+With --scrape-every S (issue 13: does monitoring slow the API?), the rounds alternate without and
+with a Prometheus scraping everything the lab's scrape configuration lists (`vmctl monitoring
+scrape-config`: both replicas' /metrics, /metrics/cloud through HAProxy, HAProxy, watch-ip, the
+exporters) every S seconds: a Prometheus of this bench's own (Debian's binary, a temporary data
+directory, a free loopback port). The lab's own Prometheus is paused (SIGSTOP) for the whole bench
+so that "without" means no scrape at all, and resumed at the end.
+
+    .venv/bin/python bench/api_list.py --vms 10000 --seconds 20 --rounds 6 --scrape-every 5
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import socket
 import ssl
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -89,12 +106,83 @@ def run(clients: int, seconds: float, expect: int) -> dict[str, object]:
     }
 
 
+REPO = Path(__file__).resolve().parents[1]
+LAB = REPO / "lab" / "lab"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def lab_prometheus_paused() -> Iterator[None]:
+    """The lab's Prometheus stopped (SIGSTOP) meanwhile, so that it scrapes nothing."""
+    status = json.loads(subprocess.run([str(LAB), "status", "--json"], capture_output=True,
+                                       text=True, check=True).stdout)  # fmt: skip
+    pid = status.get("monitoring", {}).get("prometheus", {}).get("pid")
+    if pid:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def scraping(every: float) -> Iterator[None]:
+    """A Prometheus of our own scraping the lab's targets every ``every`` s, no rules."""
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="bench-scrape-") as tmp:
+        config = yaml.safe_load(subprocess.run([str(REPO / ".venv" / "bin" / "vmctl"), "monitoring",
+                                                "scrape-config"], capture_output=True, text=True,
+                                               check=True).stdout)  # fmt: skip
+        config["global"]["scrape_interval"] = f"{every}s"
+        config["global"]["scrape_timeout"] = f"{min(every, 10)}s"
+        config.pop("rule_files", None)
+        for job in config["scrape_configs"]:
+            job.pop("scrape_interval", None)
+            job.pop("scrape_timeout", None)
+        path = Path(tmp) / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
+        port = _free_port()
+        proc = subprocess.Popen(
+            ["prometheus", f"--config.file={path}", f"--storage.tsdb.path={tmp}/data",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2):
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline, "the bench's Prometheus did not start"
+                    time.sleep(0.2)
+            time.sleep(every)  # its first scrapes are under way
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vms", type=int, default=10000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--rounds", type=int, default=1, help="repeat, reporting each")
+    parser.add_argument(
+        "--scrape-every",
+        type=float,
+        default=0,
+        metavar="S",
+        help="alternate rounds without and with Prometheus scraping every S s",
+    )
     args = parser.parse_args()
     url = os.environ["VMCTL_DATABASE_URL"]
     empty(url)
@@ -109,11 +197,42 @@ def main() -> None:
             ).content
         )
         print(f"one response: {size / 1e6:.2f} MB", file=sys.stderr)
-        results = [run(args.clients, args.seconds, args.vms) for _ in range(args.rounds)]
+        if args.scrape_every:
+            results = alternate(args)
+        else:
+            results = [run(args.clients, args.seconds, args.vms) for _ in range(args.rounds)]
     finally:
         empty(url)
     started = datetime.now().isoformat(timespec="seconds")
-    print(json.dumps({"bench": "api_list", "vms": args.vms, "started": started, "runs": results}))
+    report: dict[str, object] = {
+        "bench": "api_list", "vms": args.vms, "started": started, "runs": results,
+    }  # fmt: skip
+    if args.scrape_every:
+        report["summary"] = summary(results)
+    print(json.dumps(report))
+
+
+def alternate(args: argparse.Namespace) -> list[dict[str, object]]:
+    results = []
+    with lab_prometheus_paused():
+        for i in range(args.rounds):
+            scraped = i % 2 == 1
+            with scraping(args.scrape_every) if scraped else contextlib.nullcontext():
+                result = run(args.clients, args.seconds, args.vms)
+            result["scraping"] = f"every {args.scrape_every} s" if scraped else "none"
+            print(json.dumps(result), file=sys.stderr)
+            results.append(result)
+    return results
+
+
+def summary(results: list[dict[str, object]]) -> dict[str, object]:
+    """Medians without and with scraping, and their ratios (with / without)."""
+    out: dict[str, object] = {}
+    for key in ("req_per_s", "p50_ms", "p99_ms"):
+        without = statistics.median(float(r[key]) for r in results if r["scraping"] == "none")  # type: ignore[arg-type]
+        with_ = statistics.median(float(r[key]) for r in results if r["scraping"] != "none")  # type: ignore[arg-type]
+        out[key] = {"without": without, "with": with_, "ratio": round(with_ / without, 3)}
+    return out
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def workload(count: int) -> None:
         time.sleep(30)  # the VMs run a while: the graphs show them
     finally:
         for name in names:
-            vmctl("delete", name)
+            vmctl("delete", name, "--yes")
 
 
 def query_range(base: str, expr: str, start: float, end: float, step: float) -> list[dict]:  # type: ignore[type-arg]
