@@ -140,8 +140,8 @@ def scraping(every: float) -> Iterator[None]:
         config = yaml.safe_load(subprocess.run([str(REPO / ".venv" / "bin" / "vmctl"), "monitoring",
                                                 "scrape-config"], capture_output=True, text=True,
                                                check=True).stdout)  # fmt: skip
-        config["global"]["scrape_interval"] = f"{every}s"
-        config["global"]["scrape_timeout"] = f"{min(every, 10)}s"
+        config["global"]["scrape_interval"] = f"{round(every * 1000)}ms"
+        config["global"]["scrape_timeout"] = f"{round(min(every, 10) * 1000)}ms"
         config.pop("rule_files", None)
         for job in config["scrape_configs"]:
             job.pop("scrape_interval", None)
@@ -149,10 +149,11 @@ def scraping(every: float) -> Iterator[None]:
         path = Path(tmp) / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
         port = _free_port()
+        log = (Path(tmp) / "prometheus.log").open("w")
         proc = subprocess.Popen(
             ["prometheus", f"--config.file={path}", f"--storage.tsdb.path={tmp}/data",
              f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 30
@@ -161,7 +162,9 @@ def scraping(every: float) -> Iterator[None]:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2):
                         break
                 except OSError:
-                    assert time.monotonic() < deadline, "the bench's Prometheus did not start"
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        tail = (Path(tmp) / "prometheus.log").read_text()[-1500:]
+                        raise SystemExit(f"the bench's Prometheus did not start:\n{tail}") from None
                     time.sleep(0.2)
             time.sleep(every)  # its first scrapes are under way
             yield
@@ -226,12 +229,20 @@ def alternate(args: argparse.Namespace) -> list[dict[str, object]]:
 
 
 def summary(results: list[dict[str, object]]) -> dict[str, object]:
-    """Medians without and with scraping, and their ratios (with / without)."""
+    """Medians without and with scraping, and the median of each pair's ratio (with / without,
+    a round with scraping against the round before it: the host's drift cancels out)."""
     out: dict[str, object] = {}
+    pairs = list(zip(results[0::2], results[1::2], strict=False))
     for key in ("req_per_s", "p50_ms", "p99_ms"):
-        without = statistics.median(float(r[key]) for r in results if r["scraping"] == "none")  # type: ignore[arg-type]
-        with_ = statistics.median(float(r[key]) for r in results if r["scraping"] != "none")  # type: ignore[arg-type]
-        out[key] = {"without": without, "with": with_, "ratio": round(with_ / without, 3)}
+        without = statistics.median(float(a[key]) for a, _ in pairs)  # type: ignore[arg-type]
+        with_ = statistics.median(float(b[key]) for _, b in pairs)  # type: ignore[arg-type]
+        ratios = [float(b[key]) / float(a[key]) for a, b in pairs]  # type: ignore[arg-type]
+        out[key] = {
+            "without": without,
+            "with": with_,
+            "pair_ratios": [round(r, 3) for r in ratios],
+            "median_ratio": round(statistics.median(ratios), 3),
+        }
     return out
 
 
