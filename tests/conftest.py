@@ -6,10 +6,12 @@ import json
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,6 +92,17 @@ def run_vmctl(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def eventually(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+    """``check()``'s first true result, asked every 0.5 s; fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.5)
 
 
 _HYPERVISORS: dict[str, object] = {}

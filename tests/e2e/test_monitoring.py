@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import secrets
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, leftovers, run_vmctl
+from tests.conftest import REPO, eventually, leftovers, run_vmctl
 
 pytestmark = pytest.mark.e2e
 
@@ -40,16 +39,6 @@ def query(base: str, expr: str) -> list[dict]:  # type: ignore[type-arg]
 
 def has_numbers(result: list[dict]) -> bool:  # type: ignore[type-arg]
     return any(math.isfinite(float(r["value"][1])) for r in result)
-
-
-def wait_until(what: str, check, seconds: float = 90):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +73,14 @@ def exercised(lab: dict, booted: list, vmctl_env: dict[str, str], tmp_path_facto
     assert leftovers(lab, vmctl_env, [good, bad]) == {}
 
     # Prometheus has scraped all of it (the cloud's counters come from the event log).
-    wait_until(
+    eventually(
         "the failed create and the delete in Prometheus",
         lambda: (
             has_numbers(query(base, 'vmctl_creates_total{result="failed"} > 0'))
             and has_numbers(query(base, 'vmctl_delete_duration_seconds_count{result="ok"} > 0'))
             and has_numbers(query(base, "vmctl_watch_ip_address_delay_seconds_count > 0"))
         ),
+        timeout=90,
     )
     return base
 
@@ -151,25 +141,25 @@ def test_a_stopped_replica_fires_the_replica_down_alert_then_clears(lab: dict) -
     assert alert_states(base, "VmctlApiReplicaDown") == [], "a replica is down already"
     try:
         victim.stop()
-        states = wait_until(
+        states = eventually(
             "VmctlApiReplicaDown pending or firing",
             lambda: [
                 a["state"]
                 for a in alert_states(base, "VmctlApiReplicaDown")
                 if a["labels"].get("instance") == address
             ],
-            seconds=60,
+            timeout=60,
         )
         assert set(states) <= {"pending", "firing"}
-        wait_until(
+        eventually(
             "VmctlApiReplicaDown firing",
             lambda: any(a["state"] == "firing" for a in alert_states(base, "VmctlApiReplicaDown")),
-            seconds=60,
+            timeout=60,
         )
     finally:
         lab_api.start(cli.vmctl_settings())
-    wait_until(
+    eventually(
         "VmctlApiReplicaDown cleared",
         lambda: alert_states(base, "VmctlApiReplicaDown") == [],
-        seconds=60,
+        timeout=60,
     )

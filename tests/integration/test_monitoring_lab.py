@@ -7,14 +7,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import LAB
+from tests.conftest import LAB, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +26,6 @@ def prometheus(lab: dict[str, Any], path: str, **params: str) -> Any:
     body = response.json()
     assert body["status"] == "success", body
     return body["data"]
-
-
-def eventually(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
-    """``check()`` once it returns something true (Prometheus scrapes every 2 s in the lab)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
-        time.sleep(0.5)
 
 
 def targets(lab: dict[str, Any]) -> list[dict[str, Any]]:

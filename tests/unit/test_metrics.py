@@ -111,15 +111,35 @@ def test_an_empty_cloud_still_has_every_counter() -> None:
     assert got[("vmctl_create_rollbacks_total", (("outcome", "clean"),))] == 0
 
 
+def test_every_bucket_of_every_result_exists_before_any_event() -> None:
+    """A bucket series born with the first failed create would miss it in rate() while +Inf
+    counts it: histogram_quantile() would then answer the highest bound (seen in the lab)."""
+    from vmctl.services.metrics import DURATION_BOUNDS_S
+
+    empty = CloudReport(CloudFigures({}, {}, [], {}), [], [])
+    got = samples(cloud.text(empty))
+    for name in ("vmctl_create_duration_seconds_bucket", "vmctl_delete_duration_seconds_bucket"):
+        for result in ("ok", "failed"):
+            les = {
+                dict(labels)["le"]
+                for n, labels in got
+                if n == name and ("result", result) in labels
+            }
+            assert les == {*(repr(float(b)) for b in DURATION_BOUNDS_S), "+Inf"}
+
+
 def watch_metrics() -> tuple[PrometheusWatchMetrics, CollectorRegistry]:
     registry = CollectorRegistry()
     return PrometheusWatchMetrics(registry, ["kvm1", "kvm2"]), registry
 
 
 def test_watch_metrics_start_with_every_node_and_source() -> None:
+    """No series says a node is unreachable before it was tried (an idle node is not looked at:
+    a 0 there would page someone)."""
     _metrics, registry = watch_metrics()
     got = samples(generate_latest(registry))
-    assert got[("vmctl_watch_ip_node_connected", (("node", "kvm2"),))] == 0
+    assert ("vmctl_watch_ip_node_connected", (("node", "kvm2"),)) not in got  # not reached yet
+    assert got[("vmctl_watch_ip_node_following", (("node", "kvm2"),))] == 0
     assert got[("vmctl_watch_ip_node_reconnects_total", (("node", "kvm1"),))] == 0
     assert got[("vmctl_watch_ip_addresses_recorded_total", (("source", "arp"),))] == 0
     promtool_check(generate_latest(registry))
@@ -252,3 +272,36 @@ def test_serving_on_a_taken_port_is_a_config_error_naming_it() -> None:
         busy = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{busy}"):
             serve("127.0.0.1", busy, registry)
+
+
+def test_a_follower_that_fails_then_recovers_counts_a_reconnect() -> None:
+    import logging
+
+    from vmctl.core.errors import NodeUnreachable
+
+    store = FakeStore([vm("a", MAC_A, state="creating")])
+    nodes = {
+        "kvm1": FollowingHypervisor(
+            [NodeUnreachable("node kvm1: connection lost"), [[lease(MAC_A, "10.20.1.10")]]]
+        ),
+        "kvm2": FollowingHypervisor([]),
+    }
+    metrics, registry = watch_metrics()
+    seen: list[float] = []
+    real = metrics.node_connected
+
+    def spy(node: str, connected: bool) -> None:
+        if node == "kvm1":
+            seen.append(1.0 if connected else 0.0)
+        real(node, connected)
+
+    metrics.node_connected = spy  # type: ignore[method-assign]
+    w = Watcher(
+        INVENTORY, store, FakeCache(), lambda node: nodes[node.name],
+        logging.getLogger("test-watch-ip"), sources=("lease", "arp"), timing=FAST,
+        metrics=metrics,
+    )  # fmt: skip
+    run_until(w, lambda: store.vms["a"].ip_state == "confirmed")  # after 1 s of backoff
+    got = samples(generate_latest(registry))
+    assert got[("vmctl_watch_ip_node_reconnects_total", (("node", "kvm1"),))] == 1
+    assert 0.0 in seen and seen[-1] == 1.0  # down while the follower failed, then up

@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from vmctl.services.metrics import CloudReport
+from vmctl.core.records import OperationFigures
+from vmctl.services.metrics import DURATION_BOUNDS_S, CloudReport
 
 STATES = ("creating", "running", "stopped", "deleting", "error")
 RESULTS = ("ok", "failed")
@@ -97,11 +98,14 @@ class _Report(Collector):
                 labels=["result"],
             )
             for result in RESULTS:
-                o = ops.get((action, result))
-                total.add_metric([result], o.count if o else 0)
-                if o is None:
-                    duration.add_metric([result], [("+Inf", 0)], 0)
-                    continue
+                # Every bucket of every result from the start: a bucket series that appeared
+                # with its first create would miss that create in rate() while +Inf counts it,
+                # and histogram_quantile() would answer the highest bound.
+                none = OperationFigures(
+                    action, result, 0, 0, 0.0, DURATION_BOUNDS_S, (0,) * len(DURATION_BOUNDS_S)
+                )
+                o = ops.get((action, result), none)
+                total.add_metric([result], o.count)
                 buckets = [(_bound(b), n) for b, n in zip(o.bounds_s, o.at_most, strict=True)]
                 duration.add_metric([result], [*buckets, ("+Inf", o.timed)], o.seconds)
             yield total

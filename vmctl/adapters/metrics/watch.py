@@ -48,7 +48,7 @@ class PrometheusWatchMetrics:
         )
         self.connected = Gauge(
             f"{prefix}_node_connected",
-            "1 when the last look at the node worked",
+            "1 when the last contact with the node (look, lease follower) worked, 0 if it failed",
             ["node"],
             registry=registry,
         )
@@ -84,8 +84,7 @@ class PrometheusWatchMetrics:
         self.store = Gauge(
             f"{prefix}_store_up", "1 while PostgreSQL answers the watcher", registry=registry
         )
-        for node in nodes:  # every node has its series from the start, so no panel is empty
-            self.connected.labels(node).set(0)
+        for node in nodes:  # known from the start (connected: only once the node was reached)
             self.following.labels(node).set(0)
             self.reconnects.labels(node)
         for source in ("lease", "arp", "agent"):

@@ -13,7 +13,7 @@ class WatchMetrics(Protocol):
         ``wait_s`` from the VM's creation (None: unknown)."""
 
     def node_connected(self, node: str, connected: bool) -> None:
-        """The last look at ``node`` worked (or not)."""
+        """The last contact with ``node`` (a look, the lease follower) worked (or not)."""
 
     def node_reconnected(self, node: str) -> None:
         """A look or the lease follower works again after failing."""

@@ -152,6 +152,7 @@ class NodeWatch:
                 self.log.info("following leases again", extra=fields(node=node))
             if not self.shared.is_followed(node):
                 self.metrics.node_following(node, True)
+                self.metrics.node_connected(node, True)
             vms = self.shared.follow(node, leases)
             self.shared.report(vms, match(Observation(leases=tuple(leases)), vms, ("lease",)))
 
@@ -164,6 +165,7 @@ class NodeWatch:
                 self.metrics.node_following(node, False)
             if error is None or stop.is_set():
                 return
+            self.metrics.node_connected(node, False)
             if backoff.failed():
                 self.log.warning(
                     f"not following leases; looking at the node every {self.timing.fast_s} s"
