@@ -211,8 +211,9 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Create rollbacks per hour",
-                "Failed creates undone, per hour: clean, or pending when a node did not "
-                "answer and the VM stays deleting until reconcile finishes it.",
+                "Failed creates undone, per hour: clean, or incomplete when a cleanup step "
+                "failed (a node that did not answer: the VM stays deleting until watch-ip or "
+                "reconcile finishes it).",
                 [
                     (
                         "sum by (outcome) (increase(vmctl_create_rollbacks_total[1h]))",
