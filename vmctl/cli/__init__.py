@@ -15,6 +15,7 @@ import typer
 
 from vmctl import __version__
 from vmctl.cli import (
+    ansible,
     daemons,
     images,
     lifecycle,
@@ -41,6 +42,7 @@ app.registered_commands += (
     + move.app.registered_commands
     + daemons.app.registered_commands
     + reconcile.app.registered_commands
+    + ansible.app.registered_commands
 )
 app.add_typer(daemons.db_app, name="db")
 app.add_typer(tokens.app, name="token")

@@ -340,18 +340,48 @@ def _check_nodes(nodes: list[Node]) -> list[Node]:
     return nodes
 
 
+class Manager(_Model):
+    """A host that runs vmctl's side of the cloud (the API, PostgreSQL, Redis, HAProxy,
+    Prometheus): vmctl never connects to it, Ansible does (`vmctl ansible-inventory`)."""
+
+    name: NodeName
+    ssh: Ssh
+
+
+def _check_managers(managers: list[Manager]) -> list[Manager]:
+    names = [manager.name for manager in managers]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        _fail(f"duplicate manager name {', '.join(map(repr, twice))}")
+    return managers
+
+
 class Inventory(_Model):
     """The whole inventory.yaml."""
 
     defaults: Defaults
     images: dict[ImageName, Image]
     nodes: Annotated[list[Node], AfterValidator(_check_nodes)]
+    managers: Annotated[list[Manager], AfterValidator(_check_managers)] = []
     monitoring: Monitoring = Monitoring()
 
     @model_validator(mode="after")
     def _default_image_exists(self) -> Inventory:
         if self.defaults.image not in self.images:
             _fail(f"defaults.image: {_unknown('image', self.defaults.image, self.images)}")
+        return self
+
+    @model_validator(mode="after")
+    def _manager_on_a_node_is_that_node(self) -> Inventory:
+        """A manager may share a node's name (one machine, both roles) only with its ssh."""
+        nodes = {node.name: node for node in self.nodes}
+        for manager in self.managers:
+            node = nodes.get(manager.name)
+            if node is not None and node.ssh != manager.ssh:
+                _fail(
+                    f"managers: {manager.name!r} is also a node, with another ssh: a name is one "
+                    "host, so give it the node's ssh (the same machine) or another name"
+                )
         return self
 
     def node(self, name: str) -> Node:
