@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 # Create and delete durations: seconds (a create is a few seconds; a delete waits for a shutdown).
 DURATION_BOUNDS_S = (0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
-POOL_SPACE_TTL_S = 30.0  # shared storage's room is asked of its cluster at most this often
+# Shared storage's room is asked of its cluster (`ceph df` over SSH, ~0.7 s: the scrape that
+# asks takes that long) at most this often.
+POOL_SPACE_TTL_S = 60.0
 GIB = 1024**3
 MIB = 1024**2
 
