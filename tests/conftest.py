@@ -81,6 +81,16 @@ def vmctl_env(lab: dict) -> dict[str, str]:  # type: ignore[type-arg]
     return env
 
 
+def lab_daemons_up() -> None:
+    """The lab's watch-ip (serving its metrics) and both API replicas running, whatever a test
+    before stopped or restarted otherwise (each start is a no-op when it runs already)."""
+    from labkit import api as lab_api
+    from labkit import cli, watcher
+
+    watcher.start(cli.vmctl_settings())
+    lab_api.start(cli.vmctl_settings())
+
+
 def run_vmctl(
     env: dict[str, str], *args: str, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:

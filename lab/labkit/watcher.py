@@ -50,8 +50,9 @@ def serves_metrics() -> bool:
     return value is not None and METRICS_OPTION in _cmdline(value)
 
 
-def start(env: dict[str, str], metrics: bool = False) -> None:
-    """Start the watcher unless it runs already (needs vmctl installed in .venv); one that runs
+def start(env: dict[str, str], metrics: bool = True) -> None:
+    """Start the watcher unless it runs already (needs vmctl installed in .venv), serving its
+    metrics (tests that restart it get the lab's watcher back, metrics and all); one that runs
     without the metrics it should serve (started before vmctl had --metrics-listen) is
     restarted."""
     if pid() is not None and metrics and not serves_metrics():

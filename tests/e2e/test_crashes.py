@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, leftovers, run_vmctl
+from tests.conftest import REPO, eventually, leftovers, run_vmctl
 
 pytestmark = pytest.mark.e2e
 
@@ -135,6 +135,9 @@ def test_reconcile_cleans_up_after_an_api_replica_killed_during_a_create(
         os.kill(pid, signal.SIGKILL)
         client.join(timeout=60)
     finally:
+        # Dead first (SIGKILL is not instant): a replica still seen alive is not started again,
+        # and the tests after this one would run with one replica down.
+        eventually(f"replica pid {pid} gone", lambda: replica.pid() is None, timeout=30)
         lab_api.start(cli.vmctl_settings())  # the replica back for the tests after this one
     reconcile(vmctl_env, "--fix")
     _, again = reconcile(vmctl_env)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, eventually, leftovers, run_vmctl
+from tests.conftest import REPO, eventually, lab_daemons_up, leftovers, run_vmctl
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +45,7 @@ def has_numbers(result: list[dict]) -> bool:  # type: ignore[type-arg]
 def exercised(lab: dict, booted: list, vmctl_env: dict[str, str], tmp_path_factory) -> str:  # type: ignore[type-arg,no-untyped-def]
     """The lab after a create (waited for its address), a failed create and a delete: the
     Prometheus URL."""
+    lab_daemons_up()
     base = prometheus_url(lab)
     suffix = secrets.token_hex(3)
     good, bad = f"mon-{suffix}", f"mon-fail-{suffix}"
@@ -138,7 +139,12 @@ def test_a_stopped_replica_fires_the_replica_down_alert_then_clears(lab: dict) -
     base = prometheus_url(lab)
     victim = lab_api.REPLICAS[0]
     address = lab_api.replica_address(0)
-    assert alert_states(base, "VmctlApiReplicaDown") == [], "a replica is down already"
+    lab_daemons_up()  # both replicas up (a test before may have left one down)
+    eventually(
+        "no VmctlApiReplicaDown before the test",
+        lambda: alert_states(base, "VmctlApiReplicaDown") == [],
+        timeout=60,
+    )
     try:
         victim.stop()
         states = eventually(

@@ -12,6 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import lab_daemons_up
+
 pytestmark = pytest.mark.integration
 
 
@@ -23,6 +25,7 @@ def scrape(url: str) -> str:
 
 
 def endpoints(lab: dict[str, Any]) -> dict[str, str]:
+    lab_daemons_up()  # a test before may have stopped a replica or restarted the watcher
     monitoring = lab["monitoring"]
     urls = {f"replica {r['url']}": f"{r['url']}/metrics" for r in lab["api"]["replicas"]}
     urls["cloud"] = f"http://{monitoring['haproxy']}/metrics/cloud"
@@ -66,6 +69,7 @@ def test_the_cloud_figures_match_postgresql_on_every_replica(
 ) -> None:
     from vmctl.adapters.store import PgStore
 
+    lab_daemons_up()
     with PgStore(vmctl_env["VMCTL_DATABASE_URL"]) as store:
         recorded = len(store.list())
         nodes = {node["name"] for node in lab["nodes"]}

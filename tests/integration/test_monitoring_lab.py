@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LAB, eventually
+from tests.conftest import LAB, eventually, lab_daemons_up
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +61,7 @@ def test_env_exports_the_prometheus_url(lab: dict[str, Any]) -> None:
 
 
 def test_every_target_is_up_in_prometheus(lab: dict[str, Any]) -> None:
+    lab_daemons_up()  # a test before may have stopped a replica or restarted the watcher
     expected = EXPORTER_JOBS | VMCTL_JOBS
     if lab["monitoring"]["watch_ip"]:
         expected.add("vmctl-watch-ip")
