@@ -90,8 +90,6 @@ def up(count: int) -> None:
 
 
 def _up(count: int, state: dict[str, object] | None, background: ThreadPoolExecutor) -> None:
-    # asked now, answered by the time the inventory is written (vmctl takes ~0.5 s to start)
-    watch_ip_metrics = background.submit(_watch_ip_metrics)
     image_dir = _build_image()
     authorized = _ensure_ssh_key()
     lab_nodes = config.nodes(count)
@@ -107,24 +105,18 @@ def _up(count: int, state: dict[str, object] | None, background: ThreadPoolExecu
     services.ensure_redis()
     ceph.ensure(lab_nodes)
     ceph.ensure_base_image(config.IMAGE_NAME, nodes.base_image_path(lab_nodes[0]))
-    metrics = watch_ip_metrics.result()
-    config.INVENTORY.write_text(inventory.render(lab_nodes, watch_ip_metrics=metrics))
+    config.INVENTORY.write_text(inventory.render(lab_nodes))
     # Prometheus and the exporters start while the schema is upgraded and the vmctl processes
     # start (a scrape that comes before them fails; the next one works)
     started_monitoring: Future[None] = background.submit(
         monitoring.ensure, lab_nodes, vmctl_settings()
     )
     _migrate()
-    _start_vmctl(metrics)
+    _start_vmctl()
     started_monitoring.result()
     new_state = {"node_count": count, "prefix": config.PREFIX, "image_dir": str(image_dir)}
     if new_state != state:
         config.STATE_FILE.write_text(json.dumps(new_state, indent=2) + "\n")
-
-
-def _watch_ip_metrics() -> bool:
-    """Whether the lab's watcher serves metrics: only when vmctl has watch-ip --metrics-listen."""
-    return procs.VMCTL.exists() and watcher.metrics_supported()
 
 
 def _migrate() -> None:
@@ -134,9 +126,9 @@ def _migrate() -> None:
         log(procs.run_vmctl(env, "db", "upgrade").stderr.strip().removeprefix("vmctl: "))
 
 
-def _start_vmctl(watch_ip_metrics: bool) -> None:
+def _start_vmctl() -> None:
     """The lab's own vmctl processes: the watcher, the API replicas and HAProxy."""
-    watcher.start(vmctl_settings(), metrics=watch_ip_metrics)
+    watcher.start(vmctl_settings())
     api.start(vmctl_settings())
 
 
@@ -282,7 +274,7 @@ def main(argv: list[str]) -> int:
             if _load_state() is None:
                 raise LabError("the lab is not up: run `lab/lab up`")
             _stop_vmctl()
-            _start_vmctl(_watch_ip_metrics())
+            _start_vmctl()
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 1

@@ -27,11 +27,10 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import api, ceph, config, nodes, services, watcher
 from .config import Node
-from .procs import Daemon, run_vmctl
+from .procs import Daemon, cmdline, run_vmctl
 from .sh import LabError, log, run, wait_for
 
 DIR = config.MONITORING_DIR
@@ -142,13 +141,13 @@ def prometheus_argv() -> list[str]:
     ]
 
 
-def inventory_section(watch_ip_metrics: bool) -> dict[str, object]:
+def inventory_section() -> dict[str, object]:
     """The `monitoring:` section of the lab's inventory: where each target is."""
     return {
         "prometheus": prometheus_address(),
         "api": [api.replica_address(i) for i in range(len(config.API_REPLICA_PORTS))],
         "haproxy": api.monitoring_address(),
-        "watch_ip": [watcher.metrics_address()] if watch_ip_metrics else [],
+        "watch_ip": [watcher.metrics_address()],
         "postgres_exporter": f"127.0.0.1:{config.POSTGRES_EXPORTER_PORT}",
         "redis_exporter": f"127.0.0.1:{config.REDIS_EXPORTER_PORT}",
         "ceph": [ceph.metrics_address()],
@@ -187,20 +186,13 @@ def _answers(url: str) -> Callable[[str], bool]:
     return lambda _logged: _get(url) == 200
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-    except OSError:
-        return []
-
-
 def _keep(daemon: Daemon, argv: list[str]) -> bool:
     """True if ``daemon`` runs with ``argv`` (what follows nsenter's `--`: nsenter execs it);
     one that runs with another command line (the lab's code changed) is stopped."""
     pid = daemon.pid()
     if pid is None:
         return False
-    if _cmdline(pid) == (argv[argv.index("--") + 1 :] if "--" in argv else argv):
+    if cmdline(pid) == (argv[argv.index("--") + 1 :] if "--" in argv else argv):
         return True
     log(f"{daemon.name}: its command line changed: restarting it")
     daemon.stop()

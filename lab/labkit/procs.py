@@ -17,6 +17,14 @@ from .sh import LabError, alive, log, wait_for, wait_gone
 VMCTL = config.REPO / ".venv" / "bin" / "vmctl"  # lab/setup-host.sh installs it
 
 
+def cmdline(pid: int) -> list[str]:
+    """The command line process ``pid`` runs ([] once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return []
+
+
 def require_vmctl() -> str:
     if not VMCTL.exists():
         raise LabError(f"{VMCTL} is missing: run lab/setup-host.sh first")

@@ -17,7 +17,7 @@ from tests.conftest import LAB, eventually, lab_daemons_up
 pytestmark = pytest.mark.integration
 
 EXPORTER_JOBS = {"node", "libvirt", "postgres", "redis", "ceph", "haproxy", "prometheus"}
-VMCTL_JOBS = {"vmctl-api", "vmctl-cloud"}  # and vmctl-watch-ip when the watcher serves metrics
+VMCTL_JOBS = {"vmctl-api", "vmctl-cloud", "vmctl-watch-ip"}
 
 
 def prometheus(lab: dict[str, Any], path: str, **params: str) -> Any:
@@ -63,8 +63,6 @@ def test_env_exports_the_prometheus_url(lab: dict[str, Any]) -> None:
 def test_every_target_is_up_in_prometheus(lab: dict[str, Any]) -> None:
     lab_daemons_up()  # a test before may have stopped a replica or restarted the watcher
     expected = EXPORTER_JOBS | VMCTL_JOBS
-    if lab["monitoring"]["watch_ip"]:
-        expected.add("vmctl-watch-ip")
 
     def all_up() -> list[dict[str, Any]]:
         found = targets(lab)

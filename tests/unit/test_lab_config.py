@@ -33,11 +33,9 @@ def test_generated_inventory_lists_every_node() -> None:
 
 def test_generated_inventory_has_the_monitoring_section() -> None:
     yaml = pytest.importorskip("yaml")
-    data = yaml.safe_load(inventory.render(config.nodes(2), watch_ip_metrics=True))
+    data = yaml.safe_load(inventory.render(config.nodes(2)))
     monitoring = data["monitoring"]
     assert monitoring["node_exporter_port"] == config.NODE_EXPORTER_PORT
     assert monitoring["watch_ip"] == [f"127.0.0.1:{config.WATCH_IP_METRICS_PORT}"]
     assert monitoring["haproxy"] == f"127.0.0.1:{config.HAPROXY_MONITORING_PORT}"
     assert monitoring["scrape_interval"] == "2s"
-    plain = yaml.safe_load(inventory.render(config.nodes(2)))
-    assert plain["monitoring"]["watch_ip"] == []

@@ -39,7 +39,7 @@ def test_each_node_gets_a_node_and_a_libvirt_exporter_on_its_own_address() -> No
 def test_everything_listens_on_loopback_or_a_lab_address() -> None:
     lab = config.lab_network()
     addresses = [e.address for e in monitoring.exporters(config.nodes(9))]
-    section = monitoring.inventory_section(watch_ip_metrics=True)
+    section = monitoring.inventory_section()
     addresses += [
         str(section["prometheus"]),
         str(section["haproxy"]),
@@ -98,13 +98,12 @@ def test_prometheus_keeps_its_data_in_the_lab_directory_for_a_day() -> None:
 
 
 def test_the_inventory_section_names_every_target() -> None:
-    section = monitoring.inventory_section(watch_ip_metrics=True)
+    section = monitoring.inventory_section()
     assert section["api"] == [api.replica_address(0), api.replica_address(1)]
     assert section["haproxy"] == api.monitoring_address()
     assert section["watch_ip"] == [watcher.metrics_address()]
     assert section["ceph"] == [ceph.metrics_address()]
     assert section["scrape_interval"] == section["evaluation_interval"] == "2s"
-    assert monitoring.inventory_section(watch_ip_metrics=False)["watch_ip"] == []
 
 
 def test_the_ceph_module_is_told_the_bridge_address_and_the_labs_port() -> None:
@@ -176,7 +175,7 @@ def test_a_daemon_is_kept_only_with_the_same_command_line(
     stopped = []
     monkeypatch.setattr(Daemon, "pid", lambda self: 4242)
     monkeypatch.setattr(Daemon, "stop", lambda self: stopped.append(self.name))
-    monkeypatch.setattr(monitoring, "_cmdline", lambda pid: ["exporter", "--a"])
+    monkeypatch.setattr(monitoring, "cmdline", lambda pid: ["exporter", "--a"])
     # nsenter execs the exporter: its command line is what follows `--`
     assert monitoring._keep(daemon, ["nsenter", "--target=1", "--", "exporter", "--a"]) is True
     assert monitoring._keep(daemon, ["exporter", "--a"]) is True

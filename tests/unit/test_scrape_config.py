@@ -200,7 +200,7 @@ def test_the_cli_writes_what_promtool_accepts_for_the_lab_and_the_example(
     tmp_path: Path,
 ) -> None:
     lab_inventory = tmp_path / "lab-inventory.yaml"
-    lab_inventory.write_text(inventory.render(config.nodes(3), watch_ip_metrics=True))
+    lab_inventory.write_text(inventory.render(config.nodes(3)))
     for source in (lab_inventory, REPO / "inventory.yaml"):
         output = tmp_path / f"{source.stem}.prometheus.yml"
         result = CliRunner().invoke(
@@ -229,7 +229,7 @@ def test_the_cli_prints_to_stdout_and_reports_a_bad_inventory(tmp_path: Path) ->
 
 
 def test_the_lab_inventory_scrapes_every_lab_part() -> None:
-    inv_text = inventory.render(config.nodes(3), watch_ip_metrics=True)
+    inv_text = inventory.render(config.nodes(3))
     cfg = scrape.scrape_config(Inventory.model_validate(yaml.safe_load(inv_text)))
     by_name = jobs(cfg)
     assert cfg["global"] == {"scrape_interval": "2s", "evaluation_interval": "2s"}
@@ -242,10 +242,6 @@ def test_the_lab_inventory_scrapes_every_lab_part() -> None:
         "node3",
     ]
     assert cfg["rule_files"] == [f"{monitoring.RULES_DIR}/*.yml"]
-    # a vmctl without watch-ip --metrics-listen: no job that could never be up
-    without = inventory.render(config.nodes(3), watch_ip_metrics=False)
-    cfg = scrape.scrape_config(Inventory.model_validate(yaml.safe_load(without)))
-    assert "vmctl-watch-ip" not in jobs(cfg)
 
 
 def test_the_commented_example_in_inventory_yaml_loads_once_uncommented() -> None:
