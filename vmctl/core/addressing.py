@@ -11,6 +11,8 @@ from datetime import datetime
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
+from vmctl.core import validation
+
 if TYPE_CHECKING:  # inventory brings pydantic and yaml: not for `vmctl --help`
     from vmctl.core.inventory import AddressPool
 
@@ -97,7 +99,7 @@ def parse_sources(text: str) -> tuple[str, ...]:
             f"{', '.join(unknown) or 'nothing'} is not a source: use a comma-separated list "
             f"of {', '.join(SOURCES)}"
         )
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise ValueError(f"{', '.join(twice)} is named twice in {text!r}")
+    repeated = validation.twice(names)
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} is named twice in {text!r}")
     return names

@@ -26,7 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from vmctl.core.errors import ConfigError, NotFound
 from vmctl.core.inventory_problems import CUSTOM, describe, yaml_problem
-from vmctl.core.validation import NAME_RE
+from vmctl.core.validation import NAME_RE, twice
 
 _NODE_NAME = NAME_RE  # node names are DNS labels, as VM names are
 _IMAGE_NAME = re.compile(r"[a-z][a-z0-9.-]{0,62}")  # dots for versions: ubuntu-24.04
@@ -298,9 +298,9 @@ def _check_duration(value: str) -> str:
 
 
 def _check_unique(values: list[str]) -> list[str]:
-    twice = sorted({value for value in values if values.count(value) > 1})
-    if twice:
-        _fail(f"listed twice: {', '.join(twice)}")
+    repeated = twice(values)
+    if repeated:
+        _fail(f"listed twice: {', '.join(repeated)}")
     return values
 
 
@@ -333,10 +333,9 @@ class Monitoring(_Model):
 def _check_nodes(nodes: list[Node]) -> list[Node]:
     if not nodes:
         _fail("at least one node is needed")
-    names = [node.name for node in nodes]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        _fail(f"duplicate node name {', '.join(map(repr, twice))}")
+    repeated = twice([node.name for node in nodes])
+    if repeated:
+        _fail(f"duplicate node name {', '.join(map(repr, repeated))}")
     return nodes
 
 
@@ -349,10 +348,9 @@ class Manager(_Model):
 
 
 def _check_managers(managers: list[Manager]) -> list[Manager]:
-    names = [manager.name for manager in managers]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        _fail(f"duplicate manager name {', '.join(map(repr, twice))}")
+    repeated = twice([manager.name for manager in managers])
+    if repeated:
+        _fail(f"duplicate manager name {', '.join(map(repr, repeated))}")
     return managers
 
 

@@ -110,6 +110,11 @@ def since(value: str, now: datetime) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def twice(values: Sequence[str]) -> list[str]:
+    """The values that appear more than once, sorted."""
+    return sorted({value for value in values if values.count(value) > 1})
+
+
 def listen_address(field: str, value: str) -> tuple[str, int]:
     """HOST:PORT to listen on ("[::1]:9469" for IPv6; port 0: any free port)."""
     host, sep, port = value.rpartition(":")
