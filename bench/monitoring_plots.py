@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lab"))
-from labkit import promql  # noqa: E402
+from labkit import inventory, promql  # noqa: E402
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "vmctl.json"
 OUT = REPO / "docs" / "monitoring"
@@ -64,12 +63,9 @@ def workload(count: int) -> None:
         wait = ("--ram", "384", "--disk", "1", "--wait-for", "ip", "--timeout", "600")
         with ThreadPoolExecutor(count) as pool:
             list(pool.map(lambda n: vmctl("create", n, *wait), names))
-        inventory = yaml.safe_load(Path(os.environ["VMCTL_INVENTORY"]).read_text())
-        image = dict(next(iter(inventory["images"].values())))
-        image["path"] = "/var/lib/libvirt/images/vmctl-no-such-image.qcow2"
-        inventory["images"]["missing"] = image
+        text = Path(os.environ["VMCTL_INVENTORY"]).read_text()
         with tempfile.NamedTemporaryFile("w", suffix=".yaml") as broken:
-            yaml.safe_dump(inventory, broken)
+            broken.write(inventory.with_missing_image(text))
             broken.flush()
             env = {**os.environ, "VMCTL_INVENTORY": broken.name}
             vmctl("create", f"plot-{suffix}-fail", "--image", "missing", env=env)

@@ -8,6 +8,20 @@ from . import ceph, config, monitoring
 from .config import Node
 from .nodes import base_image_path
 
+MISSING_IMAGE = "missing"  # with_missing_image's image: its file exists on no node
+
+
+def with_missing_image(text: str) -> str:
+    """The inventory ``text`` plus an image `missing` whose file no node has: a create of it
+    is placed, then fails on its node and is rolled back (what failed creates look like)."""
+    import yaml
+
+    inventory = yaml.safe_load(text)
+    image = dict(next(iter(inventory["images"].values())))
+    image["path"] = "/var/lib/libvirt/images/vmctl-no-such-image.qcow2"
+    inventory["images"][MISSING_IMAGE] = image
+    return str(yaml.safe_dump(inventory))
+
 
 def render(nodes: list[Node]) -> str:
     """The lab's inventory: its nodes and what Prometheus scrapes (`monitoring:`)."""

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.conftest import REPO, eventually, lab_daemons_up, leftovers, run_vmctl
 
@@ -60,15 +59,13 @@ def exercised(lab: dict, booted: list, vmctl_env: dict[str, str], tmp_path_facto
     assert deleted.returncode == 0, deleted.stderr
 
     # A create that fails on its node (its image's file is not there) and is rolled back.
-    inventory = yaml.safe_load(Path(vmctl_env["VMCTL_INVENTORY"]).read_text())
-    image = dict(next(iter(inventory["images"].values())))
-    image["path"] = "/var/lib/libvirt/images/vmctl-no-such-image.qcow2"
-    inventory["images"]["missing"] = image
+    from labkit import inventory
+
     broken = tmp_path_factory.mktemp("monitoring") / "inventory.yaml"
-    broken.write_text(yaml.safe_dump(inventory))
+    broken.write_text(inventory.with_missing_image(Path(vmctl_env["VMCTL_INVENTORY"]).read_text()))
     failed = run_vmctl(
         {**vmctl_env, "VMCTL_INVENTORY": str(broken)},
-        "create", bad, "--node", "node1", "--image", "missing", "--ram", "256",
+        "create", bad, "--node", "node1", "--image", inventory.MISSING_IMAGE, "--ram", "256",
     )  # fmt: skip
     assert failed.returncode != 0
     assert leftovers(lab, vmctl_env, [good, bad]) == {}
