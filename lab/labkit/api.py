@@ -13,7 +13,7 @@ import urllib.request
 
 from . import config
 from .procs import Daemon, require_vmctl, run_vmctl
-from .sh import LabError, run
+from .sh import LabError, listening, run
 
 API_DIR = config.LAB_DIR / "api"
 CA_PEM = API_DIR / "ca.pem"  # the certificate clients trust (self-signed)
@@ -105,18 +105,13 @@ def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
         return False
 
 
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) != 0
-
-
 def start(env: dict[str, str]) -> None:
     """Replicas, certificate, HAProxy and the demo token (each only if missing)."""
     vmctl = require_vmctl()
     _make_certificate()
     for i, replica in enumerate(REPLICAS):
         port = config.API_REPLICA_PORTS[i]
-        if replica.pid() is None and not _port_free(port):
+        if replica.pid() is None and listening("127.0.0.1", port):
             raise LabError(f"port {port} is taken by another program; set VMCTL_LAB_API_PORT_BASE")
         replica.start(
             [vmctl, "serve", "--host", "127.0.0.1", "--port", str(port)],

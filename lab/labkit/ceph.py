@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 from . import config, nodes
 from .config import Node
 from .procs import Daemon
-from .sh import LabError, log, run, wait_for
+from .sh import LabError, listening, log, run, wait_for
 
 CEPH_DIR = config.LAB_DIR / "ceph"
 CONF = CEPH_DIR / "ceph.conf"
@@ -190,12 +189,6 @@ def _cluster() -> dict[str, str] | None:
         return None
 
 
-def _port_in_use(ip: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex((ip, port)) == 0
-
-
 def ensure(lab_nodes: list[Node]) -> None:
     """Bootstrap the cluster unless all its daemons run; then make every node a client."""
     cluster = _cluster()
@@ -230,7 +223,7 @@ def _bootstrap() -> dict[str, str]:
     started = time.monotonic()
     ip = config.bridge_address()
     for port in (MON_PORT_V2, MON_PORT_V1):
-        if _port_in_use(ip, port):
+        if listening(ip, port):
             raise LabError(f"port {ip}:{port} is taken by another program (not the lab's monitor)")
     fsid = str(uuid.uuid4())
     log(f"ceph: bootstrapping cluster {fsid}, monitor {mon_host()}")

@@ -21,14 +21,13 @@ is a `Daemon` (PID file, log) in MONITORING_DIR; `stop` ends each by its PID.
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import api, ceph, config, nodes, services, watcher
+from . import api, ceph, config, nodes, services, sh, watcher
 from .config import Node
 from .procs import Daemon, cmdline, run_vmctl
 from .sh import LabError, log, run, wait_for
@@ -165,9 +164,7 @@ def _split(address: str) -> tuple[str, int]:
 
 
 def listening(address: str) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(_split(address)) == 0
+    return sh.listening(*_split(address))
 
 
 def _get(url: str, timeout: float = 2) -> int:
@@ -233,15 +230,11 @@ def ensure_ceph_metrics() -> None:
     wait_for("the Ceph manager's prometheus module", lambda: _get(url) == 200, timeout=60)
 
 
-def lab_rules() -> dict[str, str] | None:
+def lab_rules() -> dict[str, str]:
     """The lab's rule files (name → text): deploy/prometheus/rules/*.yml through
-    labkit.promql.lab_rules; None while that module is not there yet."""
-    try:
-        from . import promql  # type: ignore[attr-defined,unused-ignore]
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.promql":
-            raise LabError(f"labkit.promql needs {exc.name} (run lab/setup-host.sh)") from exc
-        return None
+    labkit.promql.lab_rules."""
+    from . import promql
+
     return {
         path.name: promql.lab_rules(path.read_text(), cap=RULE_FOR_CAP)
         for path in sorted(RULES_SOURCE.glob("*.yml"))
@@ -252,12 +245,7 @@ def _write_rules() -> bool:
     """Bring RULES_DIR in line with lab_rules(); True if anything changed."""
     RULES_DIR.mkdir(parents=True, exist_ok=True)
     rules = lab_rules()
-    if rules is None:
-        # TODO(monitoring): lab/labkit/promql.py (lab_rules) is on its way: until it lands the
-        # lab's Prometheus loads no rules. Nothing to do here once it is there.
-        log("monitoring: no rules loaded: lab/labkit/promql.py (lab_rules) is missing (TODO)")
-        rules = {}
-    elif not rules:
+    if not rules:
         log(f"monitoring: no rules loaded: {RULES_SOURCE} has no *.yml")
     changed = False
     for stale in RULES_DIR.glob("*.yml"):

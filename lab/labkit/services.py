@@ -10,17 +10,12 @@ import time
 from pathlib import Path
 
 from . import config
-from .sh import LabError, log, run, wait_for, wait_gone
+from .sh import LabError, listening, log, run, wait_for, wait_gone
 
 PG_DIR = config.LAB_DIR / "postgres"
 PG_DATA = PG_DIR / "data"
 PG_SOCKET_DIR = PG_DIR / "run"
 REDIS_DIR = config.LAB_DIR / "redis"
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _secret(path: Path) -> str:
@@ -72,7 +67,7 @@ def ensure_postgres() -> None:
             "--auth-host=scram-sha-256",
         )
     if postgres_pid() is None:
-        if _port_in_use(config.PG_PORT):
+        if listening("127.0.0.1", config.PG_PORT):
             raise LabError(
                 f"port {config.PG_PORT} is taken by another program; set VMCTL_LAB_PG_PORT"
             )
@@ -155,14 +150,14 @@ appendonly no
 """
     )
     if redis_pid() is None:
-        if _port_in_use(config.REDIS_PORT):
+        if listening("127.0.0.1", config.REDIS_PORT):
             raise LabError(
                 f"port {config.REDIS_PORT} is taken by another program; set VMCTL_LAB_REDIS_PORT"
             )
         log(f"redis: starting on 127.0.0.1:{config.REDIS_PORT}")
         _chown(REDIS_DIR, "redis")
         run(["runuser", "-u", "redis", "--", "redis-server", str(conf)])
-        wait_for("redis", lambda: _port_in_use(config.REDIS_PORT), timeout=15)
+        wait_for("redis", lambda: listening("127.0.0.1", config.REDIS_PORT), timeout=15)
 
 
 def stop_redis() -> None:

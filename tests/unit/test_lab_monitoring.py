@@ -139,7 +139,6 @@ def test_ports_follow_the_environment() -> None:
 def test_the_labs_rules_are_the_repositorys_with_every_for_capped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("labkit.promql", reason="labkit.promql has not landed yet")
     source = tmp_path / "source"
     source.mkdir()
     (source / "a.yml").write_text(
@@ -157,15 +156,6 @@ def test_the_labs_rules_are_the_repositorys_with_every_for_capped(
     assert "for: 5s" in (tmp_path / "rules" / "a.yml").read_text()
     assert "for: 2s" in (tmp_path / "rules" / "b.yml").read_text()
     assert monitoring._write_rules() is False  # nothing changed: Prometheus is not reloaded
-
-
-def test_no_promql_module_means_no_rules_and_a_todo(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(monitoring, "lab_rules", lambda: None)
-    monkeypatch.setattr(monitoring, "RULES_DIR", tmp_path / "rules")
-    assert monitoring._write_rules() is False
-    assert "promql.py (lab_rules) is missing (TODO)" in capsys.readouterr().err
 
 
 def test_a_daemon_is_kept_only_with_the_same_command_line(
