@@ -17,5 +17,5 @@ if [[ $status == *'"running": true'* ]]; then
 else
   trap 'lab/lab down || true' EXIT
 fi
-lab/lab up
+lab/lab up --bare  # with the bare hosts deploy/ansible is tested on
 .venv/bin/pytest "$@"

@@ -14,7 +14,7 @@ APT_PACKAGES=(
   prometheus prometheus-alertmanager prometheus-node-exporter prometheus-libvirt-exporter
   prometheus-postgres-exporter prometheus-redis-exporter
   ceph-mgr-modules-core python3-cherrypy3 python3-yaml
-  ansible ansible-lint
+  ansible ansible-lint apt-cacher-ng systemd-container
 )
 
 missing=()

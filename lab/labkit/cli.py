@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import (
     api,
+    bare,
     ceph,
     config,
     inventory,
@@ -68,9 +69,11 @@ def _ensure_ssh_key() -> Path:
     return authorized
 
 
-def up(count: int) -> None:
+def up(count: int, bare_count: int = 0) -> None:
     started = time.monotonic()
     state = _load_state()
+    # bare hosts are only ever added by `up` (`down` removes them): a lab up with two keeps them
+    bare_count = max(bare_count, _bare_count(state))
     if state and state.get("node_count") != count:
         raise LabError(
             f"the lab is up with {state['node_count']} nodes; "
@@ -82,14 +85,26 @@ def up(count: int) -> None:
         config.BEFORE_FILE.write_text(json.dumps(snapshot.machine_state()))
     background = ThreadPoolExecutor(max_workers=2)
     try:
-        _up(count, state, background)
+        _up(count, bare_count, state, background)
     finally:
         background.shutdown(wait=True)
     elapsed = time.monotonic() - started
-    log(f"up: {count} nodes, PostgreSQL, Redis, Ceph and monitoring ready in {elapsed:.1f} s")
+    extra = f", {bare_count} bare hosts" if bare_count else ""
+    log(
+        f"up: {count} nodes{extra}, PostgreSQL, Redis, Ceph and monitoring ready in {elapsed:.1f} s"
+    )
 
 
-def _up(count: int, state: dict[str, object] | None, background: ThreadPoolExecutor) -> None:
+def _bare_count(state: dict[str, object] | None) -> int:
+    return int((state or {}).get("bare_count", 0))  # type: ignore[call-overload]
+
+
+def _up(
+    count: int,
+    bare_count: int,
+    state: dict[str, object] | None,
+    background: ThreadPoolExecutor,
+) -> None:
     image_dir = _build_image()
     authorized = _ensure_ssh_key()
     lab_nodes = config.nodes(count)
@@ -100,6 +115,9 @@ def _up(count: int, state: dict[str, object] | None, background: ThreadPoolExecu
         host_keys.append(nodes.prepare(node, image_dir, authorized))
         nodes.start(node)
         nodes.ensure_guest_network(node)
+    nspawn_run_existed = (state or {}).get("nspawn_run_existed", bare.NSPAWN_RUN.exists())
+    if bare_count:
+        host_keys += bare.ensure(bare_count, authorized)
     config.KNOWN_HOSTS.write_text("\n".join(host_keys) + "\n")
     services.ensure_postgres()
     services.ensure_redis()
@@ -114,7 +132,13 @@ def _up(count: int, state: dict[str, object] | None, background: ThreadPoolExecu
     _migrate()
     _start_vmctl()
     started_monitoring.result()
-    new_state = {"node_count": count, "prefix": config.PREFIX, "image_dir": str(image_dir)}
+    new_state = {
+        "node_count": count,
+        "prefix": config.PREFIX,
+        "image_dir": str(image_dir),
+        "bare_count": bare_count,
+        "nspawn_run_existed": nspawn_run_existed,
+    }
     if new_state != state:
         config.STATE_FILE.write_text(json.dumps(new_state, indent=2) + "\n")
 
@@ -142,6 +166,8 @@ def down() -> None:
     _stop_vmctl()
     ceph.stop()
     state = _load_state() or {}
+    bare_count = max([_bare_count(state), *(h.index for h in bare.found_hosts())])
+    bare.stop_all(bare_count, bool(state.get("nspawn_run_existed", True)))
     count = int(state.get("node_count", 0))  # type: ignore[call-overload]
     known = {n.netns: n for n in config.nodes(count)}
     for netns in sorted(set(net.lab_netns()) | set(known)):
@@ -172,6 +198,7 @@ def status() -> dict[str, object]:
             "redis": {"up": False},
             "ceph": {"up": False},
             "monitoring": {"up": False, "prometheus_url": monitoring.prometheus_url()},
+            "bare": {"proxy": {"up": False, "url": bare.proxy_url()}, "hosts": []},
         }
     lab_nodes = config.nodes(int(state["node_count"]))  # type: ignore[call-overload]
     node_info = []
@@ -183,8 +210,14 @@ def status() -> dict[str, object]:
     pg_up = services.postgres_pid() is not None and services.postgres_answers()
     redis_up = services.redis_pid() is not None and services.redis_answers()
     ceph_info = ceph.status()
+    bare_info = bare.status(_bare_count(state))
+    bare_up = all(h["up"] for h in bare_info["hosts"])  # type: ignore[attr-defined]
     return {
-        "running": all(n["up"] for n in node_info) and pg_up and redis_up and ceph_info["up"],
+        "running": all(n["up"] for n in node_info)
+        and pg_up
+        and redis_up
+        and ceph_info["up"]
+        and bare_up,
         "prefix": config.PREFIX,
         "bridge": {"name": config.BRIDGE, "address": config.bridge_address()},
         "nodes": node_info,
@@ -205,7 +238,30 @@ def status() -> dict[str, object]:
         "inventory": str(config.INVENTORY),
         "api": api.status(),
         "monitoring": monitoring.status(lab_nodes),
+        "bare": bare_info,
     }
+
+
+def reset_bare(names: list[str]) -> None:
+    """Bare hosts made fresh again (every one when ``names`` is empty)."""
+    state = _load_state()
+    count = _bare_count(state)
+    if not count:
+        raise LabError("the lab has no bare hosts: run `lab/lab up --bare`")
+    known = {h.name: h for h in bare.hosts(count)}
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise LabError(f"no bare host {', '.join(unknown)} (the lab has {', '.join(known)})")
+    chosen = [known[n] for n in names] if names else list(known.values())
+    authorized = _ensure_ssh_key()
+    lines = [bare.reset(h, count, authorized) for h in chosen]
+    addresses = {h.address for h in chosen}
+    kept = [
+        line
+        for line in config.KNOWN_HOSTS.read_text().splitlines()
+        if line.split(" ", 1)[0] not in addresses
+    ]
+    config.KNOWN_HOSTS.write_text("\n".join(kept + lines) + "\n")
 
 
 def vmctl_settings() -> dict[str, str]:
@@ -242,6 +298,15 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="create or complete the lab (idempotent)")
     p_up.add_argument("--nodes", type=int, default=3, help="number of virtualization nodes (1-9)")
+    p_up.add_argument(
+        "--bare",
+        type=int,
+        nargs="?",
+        const=2,
+        default=0,
+        metavar="N",
+        help="also N bare hosts (fresh Debian, systemd as PID 1) for deploy/ansible (default 2)",
+    )
     sub.add_parser("down", help="remove everything the lab made (safe to run twice)")
     p_status = sub.add_parser("status", help="what runs, where")
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -250,6 +315,8 @@ def main(argv: list[str]) -> int:
         "restart-vmctl",
         help="restart the lab's vmctl processes: watch-ip, API (after code changes)",
     )
+    p_reset = sub.add_parser("reset-bare", help="make bare hosts fresh Debian hosts again")
+    p_reset.add_argument("names", nargs="*", help="bare host names (default: all)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("lab: must run as root (namespaces, bridges, daemons)", file=sys.stderr)
@@ -258,7 +325,9 @@ def main(argv: list[str]) -> int:
         if args.command == "up":
             if not 1 <= args.nodes <= 9:
                 raise LabError(f"--nodes must be between 1 and 9, not {args.nodes}")
-            up(args.nodes)
+            if not 0 <= args.bare <= 9:
+                raise LabError(f"--bare must be between 0 and 9, not {args.bare}")
+            up(args.nodes, args.bare)
         elif args.command == "down":
             down()
         elif args.command == "status":
@@ -270,6 +339,8 @@ def main(argv: list[str]) -> int:
             return 0 if info["running"] else 3
         elif args.command == "env":
             print("\n".join(env_lines()))
+        elif args.command == "reset-bare":
+            reset_bare(args.names)
         elif args.command == "restart-vmctl":
             if _load_state() is None:
                 raise LabError("the lab is not up: run `lab/lab up`")
@@ -307,6 +378,9 @@ def _print_status(info: dict[str, object]) -> None:
     print(f"api      {a['external']} (external), {a['internal']} (internal); {replicas}")  # type: ignore[index]
     w = info["watcher"]
     print(f"watch-ip pid {w['pid'] or '-':<15} {'up' if w['up'] else 'DOWN'}  log {w['log']}")  # type: ignore[index]
+    b = info["bare"]
+    for h in b["hosts"]:  # type: ignore[index]
+        print(f"{h['name']:8} {h['address']:14} {'up' if h['up'] else 'DOWN':5} bare host")
     m = info["monitoring"]
     p = m["prometheus"]  # type: ignore[index]
     down = [name for name, e in m["exporters"].items() if not e["up"]]  # type: ignore[index]

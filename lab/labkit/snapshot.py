@@ -26,7 +26,19 @@ def machine_state() -> dict[str, list[str]]:
         "iptables": _iptables(),
         "pids": sorted(p for p in os.listdir("/proc") if p.isdigit()),
         "ceph_files": ceph_files(),
+        "nspawn": nspawn_leftovers(),
     }
+
+
+def nspawn_leftovers() -> list[str]:
+    """What the bare hosts' systemd-nspawn leaves unless `down` removes it: the lab's cgroup
+    directories and nspawn's runtime directory."""
+    paths = [
+        "/sys/fs/cgroup/systemd/vmctl-lab",
+        "/sys/fs/cgroup/unified/vmctl-lab",
+        "/run/systemd/nspawn",
+    ]
+    return [p for p in paths if os.path.exists(p)]
 
 
 CEPH_PATHS = ("/etc/ceph", "/var/lib/ceph", "/var/log/ceph", "/run/ceph")

@@ -207,6 +207,30 @@ def test_nothing_routes_guest_packets_out_of_the_lab(
         assert [r["gateway"] for r in defaults] == [guest.node["guest_gateway"]]
 
 
+def test_bare_hosts_route_only_inside_the_lab(lab: dict) -> None:  # type: ignore[type-arg]
+    """Bare hosts get packages through the lab's proxy, never straight from outside: their routes
+    stay inside the lab's /16 (from their routing tables, never by sending packets out)."""
+    assert len(lab["bare"]["hosts"]) >= 2, "run `lab/lab up --bare`"
+    lab_net = ipaddress.IPv4Network(f"{lab['prefix']}.0.0/16")
+    for host in lab["bare"]["hosts"]:
+        assert host["up"], host
+        routes = json.loads(
+            subprocess.run(
+                ["ip", "-n", host["netns"], "-j", "route", "show", "table", "main"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        assert routes
+        for route in routes:
+            dst = route["dst"]
+            assert dst != "default", f"{host['name']} has a default route"
+            assert ipaddress.IPv4Network(dst).subnet_of(lab_net), f"{host['name']} routes {dst}"
+    assert lab["bare"]["proxy"]["up"]
+    assert lab["bare"]["proxy"]["url"].startswith(f"http://{lab['bridge']['address']}:")
+
+
 LAB_DAEMONS = (
     "libvirtd",
     "virtlogd",
@@ -285,7 +309,8 @@ def test_up_is_idempotent_and_down_restores_the_machine(lab: dict) -> None:  # t
     def daemon_pids() -> list[str]:
         ceph_pids = (config.LAB_DIR / "ceph" / "daemons").glob("*.pid")
         monitoring_pids = config.MONITORING_DIR.glob("*.pid")  # Prometheus, exporters
-        found = [*config.NODES_DIR.glob("*/*.pid"), *ceph_pids, *monitoring_pids]
+        bare_pids = (config.LAB_DIR / "bare").glob("*/*.pid")  # nspawn, apt-cacher-ng
+        found = [*config.NODES_DIR.glob("*/*.pid"), *ceph_pids, *monitoring_pids, *bare_pids]
         return sorted(p.read_text() for p in found)
 
     pids = daemon_pids()
@@ -300,11 +325,12 @@ def test_up_is_idempotent_and_down_restores_the_machine(lab: dict) -> None:  # t
     assert len(lab_pids) >= 3 * len(lab["nodes"]) + 2  # virtlogd, libvirtd, sshd per node; services
     subprocess.run([str(LAB), "down"], check=True)
     after = snapshot.machine_state()
-    for key in ("netns", "links", "routes", "mounts", "iptables", "ceph_files"):
+    for key in ("netns", "links", "routes", "mounts", "iptables", "ceph_files", "nspawn"):
         assert after[key] == before[key], key
     assert [p for p in lab_pids if Path(f"/proc/{p}").exists()] == []
     new = set(after["pids"]) - set(before["pids"])
     stray = [c for c in map(_cmdline, new) if any(d in c for d in LAB_DAEMONS)]
+    stray += [c for c in map(_cmdline, new) if "systemd-nspawn" in c or "apt-cacher-ng" in c]
     assert stray == []
     ceph_daemons = subprocess.run(["pgrep", "-a", "^ceph-(mon|mgr|osd)$"], capture_output=True)
     assert ceph_daemons.returncode == 1, ceph_daemons.stdout  # no Ceph daemon at all
