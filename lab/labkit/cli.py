@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shlex
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from . import (
     snapshot,
     watcher,
 )
-from .sh import LabError, log, run
+from .sh import LabError, log, run, write_atomically
 
 
 def _load_state() -> dict[str, object] | None:
@@ -118,12 +121,12 @@ def _up(
     nspawn_run_existed = (state or {}).get("nspawn_run_existed", bare.NSPAWN_RUN.exists())
     if bare_count:
         host_keys += bare.ensure(bare_count, authorized)
-    config.KNOWN_HOSTS.write_text("\n".join(host_keys) + "\n")
+    write_atomically(config.KNOWN_HOSTS, "\n".join(host_keys) + "\n")
     services.ensure_postgres()
     services.ensure_redis()
     ceph.ensure(lab_nodes)
     ceph.ensure_base_image(config.IMAGE_NAME, nodes.base_image_path(lab_nodes[0]))
-    config.INVENTORY.write_text(inventory.render(lab_nodes))
+    write_atomically(config.INVENTORY, inventory.render(lab_nodes))
     # Prometheus and the exporters start while the schema is upgraded and the vmctl processes
     # start (a scrape that comes before them fails; the next one works)
     started_monitoring: Future[None] = background.submit(
@@ -140,7 +143,7 @@ def _up(
         "nspawn_run_existed": nspawn_run_existed,
     }
     if new_state != state:
-        config.STATE_FILE.write_text(json.dumps(new_state, indent=2) + "\n")
+        write_atomically(config.STATE_FILE, json.dumps(new_state, indent=2) + "\n")
 
 
 def _migrate() -> None:
@@ -261,7 +264,7 @@ def reset_bare(names: list[str]) -> None:
         for line in config.KNOWN_HOSTS.read_text().splitlines()
         if line.split(" ", 1)[0] not in addresses
     ]
-    config.KNOWN_HOSTS.write_text("\n".join(kept + lines) + "\n")
+    write_atomically(config.KNOWN_HOSTS, "\n".join(kept + lines) + "\n")
 
 
 def vmctl_settings() -> dict[str, str]:
@@ -302,10 +305,10 @@ def main(argv: list[str]) -> int:
         "--bare",
         type=int,
         nargs="?",
-        const=2,
+        const=3,
         default=0,
         metavar="N",
-        help="also N bare hosts (fresh Debian, systemd as PID 1) for deploy/ansible (default 2)",
+        help="also N bare hosts (fresh Debian, systemd as PID 1) for deploy/ansible (default 3)",
     )
     sub.add_parser("down", help="remove everything the lab made (safe to run twice)")
     p_status = sub.add_parser("status", help="what runs, where")
@@ -322,33 +325,51 @@ def main(argv: list[str]) -> int:
         print("lab: must run as root (namespaces, bridges, daemons)", file=sys.stderr)
         return 1
     try:
-        if args.command == "up":
-            if not 1 <= args.nodes <= 9:
-                raise LabError(f"--nodes must be between 1 and 9, not {args.nodes}")
-            if not 0 <= args.bare <= 9:
-                raise LabError(f"--bare must be between 0 and 9, not {args.bare}")
-            up(args.nodes, args.bare)
-        elif args.command == "down":
-            down()
-        elif args.command == "status":
-            info = status()
-            if args.json:
-                print(json.dumps(info, indent=2))
-            else:
-                _print_status(info)
-            return 0 if info["running"] else 3
-        elif args.command == "env":
-            print("\n".join(env_lines()))
-        elif args.command == "reset-bare":
-            reset_bare(args.names)
-        elif args.command == "restart-vmctl":
-            if _load_state() is None:
-                raise LabError("the lab is not up: run `lab/lab up`")
-            _stop_vmctl()
-            _start_vmctl()
+        with _lab_lock(args.command):
+            return _dispatch(args)
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _lab_lock(command: str) -> Iterator[None]:
+    """One command that changes the lab at a time (two test runs side by side, a reset of bare
+    hosts during another run's `up`): they wait for each other. Reading commands do not."""
+    if command in ("status", "env"):
+        yield
+        return
+    config.CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(config.CACHE_DIR / "lab.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "up":
+        if not 1 <= args.nodes <= 9:
+            raise LabError(f"--nodes must be between 1 and 9, not {args.nodes}")
+        if not 0 <= args.bare <= 9:
+            raise LabError(f"--bare must be between 0 and 9, not {args.bare}")
+        up(args.nodes, args.bare)
+    elif args.command == "down":
+        down()
+    elif args.command == "status":
+        info = status()
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            _print_status(info)
+        return 0 if info["running"] else 3
+    elif args.command == "env":
+        print("\n".join(env_lines()))
+    elif args.command == "reset-bare":
+        reset_bare(args.names)
+    elif args.command == "restart-vmctl":
+        if _load_state() is None:
+            raise LabError("the lab is not up: run `lab/lab up`")
+        _stop_vmctl()
+        _start_vmctl()
     return 0
 
 

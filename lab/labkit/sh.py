@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 class LabError(Exception):
@@ -32,6 +33,14 @@ def run(
         output = proc.stderr.strip() or proc.stdout.strip()
         raise LabError(f"`{' '.join(args)}` exited {proc.returncode}: {output}")
     return proc
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path``'s content at once: a reader (another test run, an SSH client reading
+    known_hosts) sees the old file or the new one, never a half-written one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def ok(args: Sequence[str]) -> bool:

@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ ANSIBLE_DIR = REPO / "deploy" / "ansible"
 LAB = REPO / "lab" / "lab"
 VMCTL = "/opt/vmctl/venv/bin/vmctl"
 API_PORTS = (8081, 8082)
-VM = "e2e-ansible-1"
+VM = "e2e-ansible-1"  # on the dir node
+VM_RBD = "e2e-ansible-rbd-1"  # on the RBD node
 RECAP = re.compile(
     r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
 )
@@ -56,9 +58,10 @@ class BareCloud:
 
     def __init__(self, lab: dict[str, Any], work: Path) -> None:
         hosts = lab["bare"]["hosts"]
-        if len(hosts) < 2:
-            pytest.fail("the lab has fewer than 2 bare hosts: run `lab/lab up --bare`")
-        self.node, self.manager = hosts[0], hosts[1]
+        if len(hosts) < 3:
+            pytest.fail("the lab has fewer than 3 bare hosts: run `lab/lab up --bare`")
+        self.node, self.manager, self.rbd_node = hosts[0], hosts[1], hosts[2]
+        self.ceph = lab["ceph"]
         self.lab = lab
         self.work = work
         self.key = lab["ssh"]["key"]
@@ -71,8 +74,28 @@ class BareCloud:
 
     # --- the files --------------------------------------------------------------------------
 
+    def _node_entry(self, node: dict[str, Any], storage: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": node["name"],
+            "ssh": {"host": node["address"], "port": 22, "user": "root"},
+            "virt_type": "qemu",
+            "capacity": {"cpu": 2, "ram_mb": 4096, "disk_gb": 40},
+            "overcommit": {"cpu": 4.0, "ram": 1.0, "disk": 1.0},
+            "storage": storage,
+            "network": {
+                "name": "vmnet",
+                "subnet": node["guest_subnet"],
+                "gateway": node["guest_gateway"],
+                "managed": True,
+                "addresses": {
+                    "first": node["reserved_range"][0],
+                    "last": node["reserved_range"][1],
+                },
+            },
+        }
+
     def write_inventory(self) -> None:
-        node, mgr = self.node, self.manager
+        mgr = self.manager
         self.inventory.write_text(
             yaml.safe_dump(
                 {
@@ -91,24 +114,23 @@ class BareCloud:
                         }
                     },
                     "nodes": [
-                        {
-                            "name": node["name"],
-                            "ssh": {"host": node["address"], "port": 22, "user": "root"},
-                            "virt_type": "qemu",
-                            "capacity": {"cpu": 2, "ram_mb": 4096, "disk_gb": 40},
-                            "overcommit": {"cpu": 4.0, "ram": 1.0, "disk": 1.0},
-                            "storage": {"type": "dir", "path": "/var/lib/libvirt/images/vmctl"},
-                            "network": {
-                                "name": "vmnet",
-                                "subnet": node["guest_subnet"],
-                                "gateway": node["guest_gateway"],
-                                "managed": True,
-                                "addresses": {
-                                    "first": node["reserved_range"][0],
-                                    "last": node["reserved_range"][1],
-                                },
+                        self._node_entry(
+                            self.node, {"type": "dir", "path": "/var/lib/libvirt/images/vmctl"}
+                        ),
+                        # the lab's Ceph cluster; the base image is in its pool already
+                        self._node_entry(
+                            self.rbd_node,
+                            {
+                                "type": "rbd",
+                                "pool": self.ceph["pool"],
+                                "monitors": [self.ceph["monitor"]],
+                                "user": self.ceph["client"].removeprefix("client."),
+                                "secret_uuid": self.ceph["libvirt_secret_uuid"],
+                                "keyring": f"/etc/ceph/ceph.{self.ceph['client']}.keyring",
+                                "path": "/var/lib/libvirt/images/vmctl",
+                                "ratio": 10.0,
                             },
-                        }
+                        ),
                     ],
                     "managers": [
                         {
@@ -129,14 +151,12 @@ class BareCloud:
         )
 
     def write_vars(self, wheel: Path, wheelhouse: Path, pem: Path) -> None:
-        node = self.node
+        keyring = Path(self.ceph["dir"]) / f"ceph.{self.ceph['client']}.keyring"
+        key = re.search(r"key\s*=\s*(\S+)", keyring.read_text())
+        assert key, keyring
         self.vars.write_text(
             yaml.safe_dump(
                 {
-                    "vmctl_node_dhcp_range": {
-                        "start": node["dhcp_range"][0],
-                        "end": node["dhcp_range"][1],
-                    },
                     "vmctl_node_network_dns": False,
                     "vmctl_node_dnsmasq_options": ["no-ping"],
                     # a container's cgroup controllers are read-only (docs/deploy.md, "Lab")
@@ -148,6 +168,7 @@ class BareCloud:
                             "sha256": self.image_sha256,
                         }
                     ],
+                    "ceph_client_key": key[1],  # Ansible Vault on a real site
                     "vmctl_manager_wheel": str(wheel),
                     "vmctl_manager_wheelhouse": str(wheelhouse),
                     "vmctl_manager_tls_pem": str(pem),
@@ -297,7 +318,7 @@ def fresh(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Bare
     work = tmp_path_factory.mktemp("bare-cloud")
     probe = BareCloud(lab, work)
     subprocess.run(
-        [str(LAB), "reset-bare", probe.node["name"], probe.manager["name"]],
+        [str(LAB), "reset-bare", probe.node["name"], probe.manager["name"], probe.rbd_node["name"]],
         check=True,
         capture_output=True,
         timeout=300,
@@ -319,13 +340,13 @@ def cloud(fresh: BareCloud) -> Iterator[BareCloud]:
     cloud.first = cloud.playbook()  # type: ignore[attr-defined]
     cloud.second = cloud.playbook()  # type: ignore[attr-defined]
     yield cloud
-    cloud.vmctl("delete", "--yes", VM, check=False)
+    cloud.vmctl("delete", "--yes", VM, VM_RBD, check=False)
 
 
 def test_bare_hosts_are_fresh_debian_hosts(fresh: BareCloud) -> None:
     """What the roles start from: systemd as PID 1 with nothing failed, sshd, python3, and
     nothing of vmctl's (no libvirt, no QEMU, no PostgreSQL, no vmctl user)."""
-    for bare in (fresh.node, fresh.manager):
+    for bare in (fresh.node, fresh.manager, fresh.rbd_node):
         host = fresh.testinfra(bare)
         assert host.check_output("ps -o comm= -p 1") == "systemd"
         state = host.run("systemctl is-system-running --wait")
@@ -348,7 +369,7 @@ def test_bare_hosts_are_fresh_debian_hosts(fresh: BareCloud) -> None:
 def test_first_run_prepares_every_host_and_the_second_changes_nothing(cloud: BareCloud) -> None:
     first = recap(cloud.first.stdout)  # type: ignore[attr-defined]
     second = recap(cloud.second.stdout)  # type: ignore[attr-defined]
-    hosts = {cloud.node["name"], cloud.manager["name"]}
+    hosts = {cloud.node["name"], cloud.manager["name"], cloud.rbd_node["name"]}
     assert set(first) == hosts and set(second) == hosts
     for host in hosts:
         assert first[host]["failed"] == first[host]["unreachable"] == 0
@@ -446,18 +467,75 @@ def test_readyz_through_the_managers_haproxy(cloud: BareCloud) -> None:
     eventually(f"{url} answers 200", ready, timeout=60)
 
 
-def test_a_vm_on_the_prepared_node_gets_its_address_from_watch_ip(cloud: BareCloud) -> None:
-    cloud.vmctl("delete", "--yes", VM, check=False)  # an earlier, interrupted run
-    made = json.loads(cloud.vmctl("create", VM, "--wait", "--wait-for", "ssh", "-o", "json"))
-    vm = made[0] if isinstance(made, list) else made
-    assert vm["node"] == cloud.node["name"] and vm["ip"]
-    # recorded by the manager's watch-ip (a lease, the guest agent or ARP), not by phone-home
-    events = json.loads(cloud.vmctl("events", VM, "-o", "json"))
-    sources = [e["detail"].get("source") for e in events if e["action"] == "ip"]
-    assert sources and sources[0] in ("lease", "agent", "arp"), events
-    # vmctl logs in with the host key it recorded
-    assert cloud.vmctl("ssh", VM, "hostname").strip() == VM
-    cloud.vmctl("delete", "--yes", VM)
-    assert not json.loads(cloud.vmctl("list", "-o", "json"))
-    host = cloud.testinfra(cloud.node)
-    assert VM not in host.check_output("virsh -c qemu:///system list --all --name")
+def test_the_rbd_node_is_a_ceph_client(cloud: BareCloud) -> None:
+    host = cloud.testinfra(cloud.rbd_node)
+    client = cloud.ceph["client"]
+    for package in ("ceph-common", "qemu-block-extra", "libvirt-daemon-system"):
+        assert host.package(package).is_installed, package
+    keyring = host.file(f"/etc/ceph/ceph.{client}.keyring")
+    assert keyring.user == "root" and keyring.mode == 0o600
+    assert cloud.ceph["monitor"].split(":")[0] in host.file("/etc/ceph/ceph.conf").content_string
+    uuid = cloud.ceph["libvirt_secret_uuid"]
+    assert uuid in host.check_output("virsh -c qemu:///system secret-list")
+    # the secret holds the same key as the keyring, and the user reaches the pool with it
+    value = host.check_output(f"virsh -c qemu:///system secret-get-value {uuid}")
+    assert value in keyring.content_string
+    pool = cloud.ceph["pool"]
+    assert host.run(f"rbd --id {client.removeprefix('client.')} -p {pool} ls").rc == 0
+    assert not host.file(cloud.image_path).exists, "RBD nodes clone from the pool: no image file"
+
+
+def _pool_images(cloud: BareCloud) -> list[str]:
+    conf = str(Path(cloud.ceph["dir"]) / "ceph.conf")
+    return subprocess.run(
+        ["rbd", "-c", conf, "-p", cloud.ceph["pool"], "ls"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+
+
+def _remove_rbd_leftovers(cloud: BareCloud, name: str) -> None:
+    """RBD images of ``name`` an interrupted earlier run left in the lab's pool (its manager, and
+    so the record of them, was reset since)."""
+    conf = ["-c", str(Path(cloud.ceph["dir"]) / "ceph.conf")]
+    pool = cloud.ceph["pool"]
+    for image in (i for i in _pool_images(cloud) if i.startswith(f"vmctl.{name}.")):
+        subprocess.run(["rbd", *conf, "snap", "purge", f"{pool}/{image}"], capture_output=True)
+        subprocess.run(["rbd", *conf, "rm", f"{pool}/{image}"], capture_output=True, check=True)
+
+
+def test_vms_on_the_prepared_nodes_get_their_addresses_from_watch_ip(cloud: BareCloud) -> None:
+    """One VM on each node the roles prepared (files, RBD), created at once by the manager's
+    vmctl: placed, booted, its address recorded by the manager's watch-ip, logged into, deleted."""
+    vms = {VM: cloud.node, VM_RBD: cloud.rbd_node}
+    for name in vms:
+        cloud.vmctl("delete", "--yes", name, check=False)
+    _remove_rbd_leftovers(cloud, VM_RBD)
+
+    def create(name: str) -> dict[str, Any]:
+        node = vms[name]["name"]
+        out = cloud.vmctl(
+            "create", name, "--node", node, "--wait", "--wait-for", "ssh", "-o", "json"
+        )
+        made = json.loads(out)
+        return made[0] if isinstance(made, list) else made  # type: ignore[no-any-return]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        made = dict(zip(vms, pool.map(create, vms), strict=True))
+    for name, vm in made.items():
+        assert vm["node"] == vms[name]["name"] and vm["ip"], vm
+        # recorded by the manager's watch-ip (a lease, the guest agent or ARP), not phone-home
+        events = json.loads(cloud.vmctl("events", name, "-o", "json"))
+        sources = [e["detail"].get("source") for e in events if e["action"] == "ip"]
+        assert sources and sources[0] in ("lease", "agent", "arp"), events
+        # vmctl logs in with the host key it recorded
+        assert cloud.vmctl("ssh", name, "hostname").strip() == name
+    assert f"vmctl.{VM_RBD}.root" in _pool_images(cloud), "the RBD node's VM boots from the pool"
+    cloud.vmctl("delete", "--yes", *vms)
+    listed = {vm["name"] for vm in json.loads(cloud.vmctl("list", "-o", "json"))}
+    assert listed.isdisjoint(vms)
+    for name, node in vms.items():
+        domains = cloud.testinfra(node).check_output("virsh -c qemu:///system list --all --name")
+        assert name not in domains
+    assert not [i for i in _pool_images(cloud) if i.startswith(f"vmctl.{VM_RBD}.")]

@@ -231,6 +231,19 @@ def test_bare_hosts_route_only_inside_the_lab(lab: dict) -> None:  # type: ignor
     assert lab["bare"]["proxy"]["url"].startswith(f"http://{lab['bridge']['address']}:")
 
 
+def test_reset_bare_names_an_unknown_host_and_changes_nothing(lab: dict) -> None:  # type: ignore[type-arg]
+    before = [h["name"] for h in lab["bare"]["hosts"]]
+    proc = subprocess.run(
+        [str(LAB), "reset-bare", "bare99"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    assert "no bare host bare99 (the lab has " in proc.stderr, proc.stderr
+    status = json.loads(
+        subprocess.run([str(LAB), "status", "--json"], capture_output=True, text=True).stdout
+    )
+    assert [h["name"] for h in status["bare"]["hosts"] if h["up"]] == before
+
+
 LAB_DAEMONS = (
     "libvirtd",
     "virtlogd",

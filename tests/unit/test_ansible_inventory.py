@@ -139,6 +139,7 @@ def test_the_documented_example(tmp_path: Path) -> None:
             "gateway": "10.20.1.1",
             "managed": True,
             "addresses": {"first": "10.20.1.10", "last": "10.20.1.99"},
+            "dhcp_range": {"start": "10.20.1.100", "end": "10.20.1.254"},
         },
         "images": {
             "debian-12": {
@@ -375,3 +376,48 @@ def test_the_commented_managers_example_of_inventory_yaml(tmp_path: Path) -> Non
     data = listed(path, tmp_path)
     assert data["vmctl_managers"] == {"hosts": ["mgr1"]}
     assert data["_meta"]["hostvars"]["mgr1"]["ansible_host"] == "mgr1.example.internal"
+
+
+@pytest.mark.parametrize(
+    ("subnet", "gateway", "first", "last", "expected"),
+    [
+        # the lab's layout: reservations low, the rest for the DHCP server
+        ("10.20.1.0/24", "10.20.1.1", "10.20.1.10", "10.20.1.99", ("10.20.1.100", "10.20.1.254")),
+        # reservations high: the run below them, without the gateway
+        ("10.20.1.0/24", "10.20.1.1", "10.20.1.128", "10.20.1.254", ("10.20.1.2", "10.20.1.127")),
+        # the gateway at the top splits nothing off the run below
+        ("10.20.1.0/24", "10.20.1.254", "10.20.1.200", "10.20.1.253", ("10.20.1.1", "10.20.1.199")),
+    ],
+)
+def test_the_dhcp_range_is_the_longer_run_outside_the_reserved_addresses(
+    subnet: str, gateway: str, first: str, last: str, expected: tuple[str, str]
+) -> None:
+    from vmctl.core.inventory import Network
+
+    network = Network.model_validate(
+        {
+            "name": "vmnet",
+            "subnet": subnet,
+            "gateway": gateway,
+            "managed": True,
+            "addresses": {"first": first, "last": last},
+        }
+    )
+    assert ansible.dhcp_range(network) == {"start": expected[0], "end": expected[1]}
+
+
+def test_no_dhcp_range_without_reserved_addresses_or_room() -> None:
+    from vmctl.core.inventory import Network
+
+    bridged = Network.model_validate({"name": "br", "subnet": "10.0.0.0/24", "gateway": "10.0.0.1"})
+    assert ansible.dhcp_range(bridged) is None
+    full = Network.model_validate(
+        {
+            "name": "vmnet",
+            "subnet": "10.0.0.0/30",
+            "gateway": "10.0.0.1",
+            "managed": True,
+            "addresses": {"first": "10.0.0.2", "last": "10.0.0.2"},
+        }
+    )
+    assert ansible.dhcp_range(full) is None

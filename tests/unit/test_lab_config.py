@@ -39,3 +39,22 @@ def test_generated_inventory_has_the_monitoring_section() -> None:
     assert monitoring["watch_ip"] == [f"127.0.0.1:{config.WATCH_IP_METRICS_PORT}"]
     assert monitoring["haproxy"] == f"127.0.0.1:{config.HAPROXY_MONITORING_PORT}"
     assert monitoring["scrape_interval"] == "2s"
+
+
+def test_bare_hosts_collide_with_no_node_and_stay_inside_the_lab() -> None:
+    from labkit import bare
+
+    lab = config.lab_network()
+    nodes, hosts = config.nodes(9), bare.hosts(9)
+    addresses = [n.address for n in nodes] + [h.address for h in hosts]
+    assert len(set(addresses)) == 18 and config.bridge_address() not in addresses
+    assert all(ipaddress.IPv4Address(a) in lab for a in addresses)
+    subnets = [ipaddress.IPv4Network(x.guest_subnet) for x in [*nodes, *hosts]]
+    assert all(s.subnet_of(lab) for s in subnets)  # type: ignore[arg-type]
+    assert all(not a.overlaps(b) for i, a in enumerate(subnets) for b in subnets[i + 1 :])
+    assert len({h.netns for h in hosts} | {n.netns for n in nodes}) == 18
+    for h in hosts:
+        subnet = ipaddress.IPv4Network(h.guest_subnet)
+        low, high = (ipaddress.IPv4Address(a) for a in h.reserved_range)
+        start, end = (ipaddress.IPv4Address(a) for a in h.dhcp_range)
+        assert low in subnet and end in subnet and high < start  # reservations below DHCP's range

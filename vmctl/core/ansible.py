@@ -54,7 +54,28 @@ def _network(network: Network) -> dict[str, Any]:
         "gateway": str(network.gateway),
         "managed": network.managed,
         "addresses": addresses,
+        "dhcp_range": dhcp_range(network),
     }
+
+
+def dhcp_range(network: Network) -> dict[str, str] | None:
+    """The dynamic DHCP range a managed network's DHCP server gets: the longer run of the
+    subnet's host addresses below or above the ones vmctl reserves (`addresses`), the gateway
+    left out. None when the network is not managed, reserves no range, or leaves nothing."""
+    if not network.managed or network.addresses is None:
+        return None
+    hosts = list(network.subnet.hosts())
+    first, last = network.addresses.first, network.addresses.last
+    runs: list[list[Any]] = [[]]
+    for address in hosts:
+        if first <= address <= last or address == network.gateway:
+            runs.append([])
+        else:
+            runs[-1].append(address)
+    best = max(runs, key=len)
+    if not best:
+        return None
+    return {"start": str(best[0]), "end": str(best[-1])}
 
 
 def _image(image: Image) -> dict[str, Any]:
