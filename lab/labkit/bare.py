@@ -16,14 +16,15 @@ import hashlib
 import os
 import shutil
 import signal
-import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from . import config, net
 from .procs import Daemon
-from .sh import LabError, alive, listening, log, run, wait_for, wait_gone
+from .sh import LabError, listening, log, run, wait_gone
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -48,45 +49,11 @@ NSPAWN_RUN = Path("/run/systemd/nspawn")
 
 
 @dataclass(frozen=True)
-class BareHost:
-    """One bare host of the lab (index counts from 1): bare1, bare2, ..."""
+class BareHost(config.LabHost):
+    """One bare host of the lab: bare1, bare2, ... at PREFIX.0.41, .42, ..."""
 
-    index: int
-
-    @property
-    def name(self) -> str:
-        return f"bare{self.index}"
-
-    @property
-    def netns(self) -> str:
-        return f"{config.NETNS_PREFIX}{self.name}"
-
-    @property
-    def veth(self) -> str:
-        return f"{config.NETNS_PREFIX}{self.name}"
-
-    @property
-    def address(self) -> str:
-        return f"{config.PREFIX}.0.{40 + self.index}"
-
-    @property
-    def guest_subnet(self) -> str:
-        """The subnet this host's guests get if it is made a vmctl node (routed by the lab)."""
-        return f"{config.PREFIX}.{40 + self.index}.0/24"
-
-    @property
-    def guest_gateway(self) -> str:
-        return f"{config.PREFIX}.{40 + self.index}.1"
-
-    @property
-    def dhcp_range(self) -> tuple[str, str]:
-        base = f"{config.PREFIX}.{40 + self.index}"
-        return f"{base}.100", f"{base}.254"
-
-    @property
-    def reserved_range(self) -> tuple[str, str]:
-        base = f"{config.PREFIX}.{40 + self.index}"
-        return f"{base}.10", f"{base}.99"
+    kind: ClassVar[str] = "bare"
+    first_octet: ClassVar[int] = 40
 
     @property
     def dir(self) -> Path:
@@ -97,22 +64,12 @@ class BareHost:
         return self.dir / "merged"
 
     @property
-    def leader_file(self) -> Path:
-        return self.dir / "nspawn.pid"
-
-    @property
     def cgroups(self) -> list[Path]:
         return [top / "vmctl-lab" / self.name for top in CGROUP_ROOTS]
 
     def describe(self) -> dict[str, object]:
         return {
-            "name": self.name,
-            "address": self.address,
-            "ssh_port": 22,
-            "ssh_user": "root",
-            "netns": self.netns,
-            "guest_subnet": self.guest_subnet,
-            "guest_gateway": self.guest_gateway,
+            **super().describe(),
             "dhcp_range": list(self.dhcp_range),
             "reserved_range": list(self.reserved_range),
             "root": str(self.root),
@@ -215,11 +172,7 @@ def ensure_tree() -> Path:
 
 def leader(host: BareHost) -> int | None:
     """The PID of the host's systemd-nspawn (None when it is not running)."""
-    try:
-        pid = int(host.leader_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if alive(pid) else None
+    return _nspawn(host).pid()
 
 
 def is_running(host: BareHost) -> bool:
@@ -267,7 +220,7 @@ def _ensure_network(host: BareHost, peers: list[BareHost]) -> None:
     """The host's namespace on the lab bridge, and a route to each other bare host's guest
     subnet through that host (the lab's root namespace forwards nothing): a manager among them
     reaches the guests of the nodes among them, guests reach the manager. No default route."""
-    net.ensure_node_network(host)  # type: ignore[arg-type]  # same attributes as a Node
+    net.ensure_node_network(host)
     for peer in peers:
         if peer != host:
             run(
@@ -275,10 +228,15 @@ def _ensure_network(host: BareHost, peers: list[BareHost]) -> None:
             )
 
 
+def _nspawn(host: BareHost) -> Daemon:
+    """The host's systemd-nspawn (its PID file is the host's leader file)."""
+    return Daemon(f"{host.name}-nspawn", host.dir)
+
+
 def _boot(host: BareHost) -> None:
     for group in host.cgroups:
         group.mkdir(parents=True, exist_ok=True)
-    log_file = host.dir / "console.log"
+    # the launcher moves itself into the host's own cgroups before it becomes systemd-nspawn
     moves = " ".join(f"echo $$ > {g / 'cgroup.procs'};" for g in host.cgroups)
     argv = [
         "systemd-nspawn",
@@ -292,27 +250,12 @@ def _boot(host: BareHost) -> None:
         "--console=read-only",
         "--capability=CAP_NET_ADMIN",
     ]
-    script = f'{moves} exec "$@" </dev/null >>{log_file} 2>&1 & echo $!'
-    launched = subprocess.run(
-        ["setsid", "sh", "-c", script, "sh", *argv],
-        env={**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
-        capture_output=True,
-        text=True,
-        cwd="/",
+    _nspawn(host).start(
+        ["sh", "-c", f'{moves} exec "$@"', "sh", *argv],
+        {"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
+        ready=lambda _: listening(host.address, 22),
+        timeout=60,
     )
-    if launched.returncode != 0 or not launched.stdout.strip().isdigit():
-        raise LabError(f"{host.name}: systemd-nspawn did not start: {launched.stderr.strip()}")
-    pid = int(launched.stdout.strip())
-    host.leader_file.write_text(f"{pid}\n")
-
-    def booted() -> bool:
-        if not alive(pid):
-            tail = log_file.read_text(errors="replace")[-2000:]
-            raise LabError(f"{host.name}: systemd-nspawn exited: {tail}")
-        return listening(host.address, 22)
-
-    wait_for(f"{host.name} sshd", booted, timeout=60)
-    log(f"{host.name}: booted (systemd-nspawn pid {pid}, {host.address})")
 
 
 def ensure(count: int, authorized_keys: Path) -> list[str]:
@@ -324,7 +267,7 @@ def ensure(count: int, authorized_keys: Path) -> list[str]:
         _ensure_network(host, hosts(count))
         lines.append(_prepare(host, tree, authorized_keys))
         if not is_running(host):
-            stop_host(host, unmount=False)
+            stop_hosts([host], unmount=False)
             _boot(host)
     return lines
 
@@ -341,26 +284,33 @@ def _container_pid(host: BareHost) -> int | None:
     return None
 
 
-def stop_host(host: BareHost, unmount: bool = True) -> None:
-    """Power the host off (systemd's clean shutdown, SIGKILL after 20 s), then undo its
-    mounts and cgroups (and, with ``unmount``, its overlay)."""
-    nspawn = leader(host)
-    if nspawn is not None:
-        inner = _container_pid(host)
+def stop_hosts(chosen: list[BareHost], unmount: bool = True) -> None:
+    """Power the hosts off, all at once (systemd's clean shutdown; SIGKILL after 30 s), then
+    undo their cgroups (and, with ``unmount``, their overlays)."""
+    running = {}
+    for host in chosen:
+        nspawn = leader(host)
+        if nspawn is None:
+            continue
         log(f"{host.name}: powering off")
         with contextlib.suppress(ProcessLookupError):
-            os.kill(inner or nspawn, signal.SIGRTMIN + 3)
+            os.kill(_container_pid(host) or nspawn, signal.SIGRTMIN + 3)
+        running[host] = nspawn
+    deadline = time.monotonic() + 30
+    for host, nspawn in running.items():
         try:
-            wait_gone([nspawn], timeout=20)
+            wait_gone([nspawn], timeout=max(1.0, deadline - time.monotonic()))
         except LabError:
+            log(f"{host.name}: still running after 30 s: killed")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(nspawn, signal.SIGKILL)
             wait_gone([nspawn])
-    host.leader_file.unlink(missing_ok=True)
-    if unmount and os.path.ismount(host.root):
-        run(["umount", str(host.root)])
-    for group in host.cgroups:
-        _remove_cgroup(group)
+    for host in chosen:
+        _nspawn(host).pid_file.unlink(missing_ok=True)
+        if unmount and os.path.ismount(host.root):
+            run(["umount", str(host.root)])
+        for group in host.cgroups:
+            _remove_cgroup(group)
 
 
 def _remove_cgroup(group: Path) -> None:
@@ -373,23 +323,26 @@ def _remove_cgroup(group: Path) -> None:
         group.rmdir()
 
 
-def reset(host: BareHost, count: int, authorized_keys: Path) -> str:
-    """A fresh host again: power off, drop everything it wrote, boot the tree anew."""
-    stop_host(host)
-    # links the host made in its namespace (libvirt's bridges) outlive it: a new namespace
-    net.remove_node_network(host.netns, host.guest_subnet)
-    for sub in ("upper", "work"):
-        shutil.rmtree(host.dir / sub, ignore_errors=True)
-    line = _prepare(host, ensure_tree(), authorized_keys)
-    _ensure_network(host, hosts(count))
-    _boot(host)
-    return line
+def reset(chosen: list[BareHost], count: int, authorized_keys: Path) -> list[str]:
+    """Fresh hosts again: power off, drop everything they wrote, boot the tree anew; their
+    known_hosts lines."""
+    stop_hosts(chosen)
+    lines = []
+    for host in chosen:
+        # links the host made in its namespace (libvirt's bridges) outlive it: a new namespace
+        net.remove_node_network(host.netns, host.guest_subnet)
+        for sub in ("upper", "work"):
+            shutil.rmtree(host.dir / sub, ignore_errors=True)
+        lines.append(_prepare(host, ensure_tree(), authorized_keys))
+        _ensure_network(host, hosts(count))
+        _boot(host)
+    return lines
 
 
 def stop_all(count: int, nspawn_run_existed: bool) -> None:
     """Every bare host, their network and the proxy (the caches stay)."""
+    stop_hosts(hosts(count))
     for host in hosts(count):
-        stop_host(host)
         net.remove_node_network(host.netns, host.guest_subnet)
     for top in CGROUP_ROOTS:
         with contextlib.suppress(OSError):

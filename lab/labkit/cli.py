@@ -257,7 +257,7 @@ def reset_bare(names: list[str]) -> None:
         raise LabError(f"no bare host {', '.join(unknown)} (the lab has {', '.join(known)})")
     chosen = [known[n] for n in names] if names else list(known.values())
     authorized = _ensure_ssh_key()
-    lines = [bare.reset(h, count, authorized) for h in chosen]
+    lines = bare.reset(chosen, count, authorized)
     addresses = {h.address for h in chosen}
     kept = [
         line

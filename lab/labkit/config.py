@@ -6,6 +6,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_DIR = Path(os.environ.get("VMCTL_LAB_DIR", "/var/lib/vmctl-lab"))
@@ -61,45 +62,67 @@ def bridge_address() -> str:
 
 
 @dataclass(frozen=True)
-class Node:
-    """One virtualization node of the lab (index counts from 1)."""
+class LabHost:
+    """A host on the lab bridge, in its own network namespace, with a routed guest subnet
+    (index counts from 1). Its address is PREFIX.0.N and its guests' subnet PREFIX.N.0/24, with
+    N = ``first_octet`` + index: each kind of host has its own block of N."""
 
     index: int
+    kind: ClassVar[str] = "node"
+    first_octet: ClassVar[int] = 10
 
     @property
     def name(self) -> str:
-        return f"node{self.index}"
+        return f"{self.kind}{self.index}"
+
+    @property
+    def octet(self) -> int:
+        return self.first_octet + self.index
 
     @property
     def netns(self) -> str:
         return f"{NETNS_PREFIX}{self.name}"
 
     @property
-    def veth(self) -> str:  # the root-namespace end; the node's end is eth0
+    def veth(self) -> str:  # the root-namespace end; the host's end is eth0
         return f"{NETNS_PREFIX}{self.name}"
 
     @property
     def address(self) -> str:
-        return f"{PREFIX}.0.{10 + self.index}"
+        return f"{PREFIX}.0.{self.octet}"
 
     @property
     def guest_subnet(self) -> str:
-        return f"{PREFIX}.{10 + self.index}.0/24"
+        return f"{PREFIX}.{self.octet}.0/24"
 
     @property
     def guest_gateway(self) -> str:
-        return f"{PREFIX}.{10 + self.index}.1"
+        return f"{PREFIX}.{self.octet}.1"
 
     @property
     def dhcp_range(self) -> tuple[str, str]:
-        base = f"{PREFIX}.{10 + self.index}"
-        return f"{base}.100", f"{base}.254"
+        return f"{PREFIX}.{self.octet}.100", f"{PREFIX}.{self.octet}.254"
 
     @property
     def reserved_range(self) -> tuple[str, str]:
         """Where vmctl assigns addresses (DHCP reservations): below the dynamic range."""
-        base = f"{PREFIX}.{10 + self.index}"
-        return f"{base}.10", f"{base}.99"
+        return f"{PREFIX}.{self.octet}.10", f"{PREFIX}.{self.octet}.99"
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "ssh_port": 22,
+            "ssh_user": "root",
+            "netns": self.netns,
+            "guest_subnet": self.guest_subnet,
+            "guest_gateway": self.guest_gateway,
+        }
+
+
+@dataclass(frozen=True)
+class Node(LabHost):
+    """One virtualization node of the lab (daemons in namespaces, no systemd)."""
 
     @property
     def dir(self) -> Path:
@@ -113,15 +136,9 @@ class Node:
 
     def describe(self) -> dict[str, object]:
         return {
-            "name": self.name,
-            "address": self.address,
-            "ssh_port": 22,
-            "ssh_user": "root",
-            "netns": self.netns,
+            **super().describe(),
             "libvirt_uri": f"qemu+ssh://root@{self.address}/system",
             "guest_network": GUEST_NETWORK,
-            "guest_subnet": self.guest_subnet,
-            "guest_gateway": self.guest_gateway,
             "storage": self.storage,
         }
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from . import config
-from .config import Node
+from .config import LabHost
 from .sh import LabError, log, ok, run
 
 
@@ -72,7 +72,7 @@ def ensure_bridge() -> None:
     run(["ip", "link", "set", config.BRIDGE, "up"])
 
 
-def ensure_node_network(node: Node) -> None:
+def ensure_node_network(node: LabHost) -> None:
     if node.netns not in netns_list():
         log(f"{node.name}: namespace {node.netns}, address {node.address}")
         run(["ip", "netns", "add", node.netns])
