@@ -44,7 +44,19 @@ TREE_DIR = config.CACHE_DIR / "bare-tree"
 PROXY_CACHE = config.CACHE_DIR / "apt-cacher-ng"
 BARE_DIR = config.LAB_DIR / "bare"
 PROXY = Daemon("apt-cacher-ng", BARE_DIR / "proxy")
-CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+# The hosts' cgroups: nspawn's own hierarchies, and the CPU controller where the machine has it
+# (cgroup v1), for a low weight (CPU_SHARES against the default 1024): the bare hosts' package
+# installs run beside the rest of the test suite and yield the CPU to its emulated guests.
+CGROUP_ROOTS = tuple(
+    p
+    for p in (
+        Path("/sys/fs/cgroup/systemd"),
+        Path("/sys/fs/cgroup/unified"),
+        Path("/sys/fs/cgroup/cpu"),
+    )
+    if p.is_dir()
+)
+CPU_SHARES = 128
 NSPAWN_RUN = Path("/run/systemd/nspawn")
 
 
@@ -236,6 +248,9 @@ def _nspawn(host: BareHost) -> Daemon:
 def _boot(host: BareHost) -> None:
     for group in host.cgroups:
         group.mkdir(parents=True, exist_ok=True)
+    shares = Path("/sys/fs/cgroup/cpu/vmctl-lab/cpu.shares")
+    if shares.exists():
+        shares.write_text(f"{CPU_SHARES}\n")
     # the launcher moves itself into the host's own cgroups before it becomes systemd-nspawn
     moves = " ".join(f"echo $$ > {g / 'cgroup.procs'};" for g in host.cgroups)
     argv = [

@@ -36,6 +36,7 @@ def nspawn_leftovers() -> list[str]:
     paths = [
         "/sys/fs/cgroup/systemd/vmctl-lab",
         "/sys/fs/cgroup/unified/vmctl-lab",
+        "/sys/fs/cgroup/cpu/vmctl-lab",
         "/run/systemd/nspawn",
     ]
     return [p for p in paths if os.path.exists(p)]
