@@ -283,6 +283,7 @@ def ensure(count: int, authorized_keys: Path) -> list[str]:
         lines.append(_prepare(host, tree, authorized_keys))
         if not is_running(host):
             stop_hosts([host], unmount=False)
+            net.clear_guest_links(host.netns)
             _boot(host)
     return lines
 

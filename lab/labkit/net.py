@@ -101,6 +101,20 @@ def ensure_node_network(node: LabHost) -> None:
     run(["ip", "route", "replace", node.guest_subnet, "via", node.address, "dev", config.BRIDGE])
 
 
+def clear_guest_links(netns: str, only: str | None = None) -> None:
+    """Remove what a host's libvirt left in its namespace when it ended without tearing its
+    networks down (killed, or the lab interrupted): the guest bridge and the guests' taps. Its next
+    libvirtd starts with a fresh /run, so it no longer knows the network is up, and would refuse
+    to start it ("Network is already in use by interface vmbr0"). A rebooted real host has none
+    of these either. Only for a namespace where nothing runs (or, with ``only``, for a link that
+    nothing running uses)."""
+    for link in _ip_json("-n", netns, "link", "show"):
+        name = str(link["ifname"])
+        if name not in ("lo", "eth0") and only in (None, name):
+            log(f"{netns}: removing {name}, left by a libvirtd that is gone")
+            ok(["ip", "-n", netns, "link", "del", name])
+
+
 def remove_node_network(node_netns: str, guest_subnet: str | None) -> None:
     if guest_subnet:
         ok(["ip", "route", "del", guest_subnet])

@@ -16,7 +16,7 @@ import signal
 import time
 from pathlib import Path
 
-from . import config
+from . import config, net
 from .config import Node
 from .sh import LabError, alive, log, ok, run, wait_for, wait_gone
 
@@ -157,6 +157,7 @@ def start(node: Node) -> None:
     if is_running(node):
         return
     stop(node.netns)  # a partly running node is restarted whole
+    net.clear_guest_links(node.netns)
     log(f"{node.name}: starting virtlogd, libvirtd, sshd")
     run(
         [
@@ -230,6 +231,8 @@ def ensure_guest_network(node: Node) -> None:
     active = virsh(node, "net-list", "--name").split()
     if config.GUEST_NETWORK not in active:
         log(f"{node.name}: guest network {node.guest_subnet} (routed, DHCP, no DNS forwarding)")
+        # a bridge of that name now is a dead libvirtd's: the network is not up
+        net.clear_guest_links(node.netns, only=config.GUEST_BRIDGE)
         virsh(node, "net-start", config.GUEST_NETWORK)
 
 

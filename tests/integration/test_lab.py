@@ -333,6 +333,17 @@ def test_up_is_idempotent_and_down_restores_the_machine(lab: dict) -> None:  # t
     ports = _monitoring_ports(lab)
     assert ports <= _listening_ports(lab), "monitoring is not listening"
 
+    # A node whose daemons died without `down` (killed, the lab interrupted) left its guest bridge
+    # in its namespace; `up` brings it back whole, guest network included.
+    node = lab["nodes"][-1]
+    netns_pids = subprocess.run(["ip", "netns", "pids", node["netns"]], capture_output=True)
+    for pid in netns_pids.stdout.split():
+        subprocess.run(["kill", "-KILL", pid.decode()], check=False)
+    subprocess.run([str(LAB), "up"], check=True)
+    active = ssh_node(lab, node, "virsh", "-q", "net-list", "--name")
+    assert active.returncode == 0, active.stderr
+    assert "vmnet" in active.stdout.split()
+
     before = json.loads(config.BEFORE_FILE.read_text())
     lab_pids = _lab_pids(lab)
     assert len(lab_pids) >= 3 * len(lab["nodes"]) + 2  # virtlogd, libvirtd, sshd per node; services
