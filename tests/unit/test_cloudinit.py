@@ -28,13 +28,14 @@ def test_user_data_sets_hostname_user_key_and_data_disk() -> None:
     assert user["ssh_authorized_keys"] == ["ssh-ed25519 AAAA op@desk"]
     assert user["lock_passwd"] is True
     assert data["ssh_pwauth"] is False
-    assert data["fs_setup"][0] == {
-        "label": "DATA_XFS",
-        "filesystem": "xfs",
-        "device": "/dev/vdb",
-        "partition": "none",
-    }
-    assert data["mounts"][0][:3] == ["/dev/vdb", "/dataxfs", "xfs"]
+    # The data disk is made and mounted by runcmd (after sshd: SSH never waits for mkfs), first,
+    # before the agent's step and any runcmd of the user's; not by fs_setup/mounts (before sshd).
+    assert "fs_setup" not in data and "mounts" not in data
+    disk = data["runcmd"][0][2]
+    assert "mkfs.xfs -q -L DATA_XFS /dev/vdb" in disk
+    assert "'/dev/vdb /dataxfs xfs defaults,nofail 0 2' >> /etc/fstab" in disk
+    assert disk.endswith("mount /dataxfs")
+    assert "qemu-guest-agent" in data["runcmd"][1][2]
     assert "ssh_keys" not in data
 
 
@@ -108,7 +109,7 @@ def test_extra_user_data_script_and_garbage() -> None:
 
 
 def test_guest_agent_is_installed_if_missing_and_enabled() -> None:
-    data = yaml.safe_load(cloudinit.render(seed())["user-data"])
+    data = yaml.safe_load(cloudinit.render(seed(data_disk=None))["user-data"])
     (cmd,) = data["runcmd"]
     assert "qemu-guest-agent" in cmd[2] and "systemctl enable --now qemu-guest-agent" in cmd[2]
 

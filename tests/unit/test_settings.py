@@ -49,3 +49,13 @@ def test_the_lock_timeout_is_seconds_from_env_or_file(tmp_path: Path) -> None:
     for bad in ("soon", "-1", "nan"):
         with pytest.raises(ConfigError, match="VMCTL_LOCK_TIMEOUT: lock_timeout"):
             settings.load(environ={"VMCTL_LOCK_TIMEOUT": bad}, config_file=none)
+
+
+def test_create_per_node_is_a_small_whole_number(tmp_path: Path) -> None:
+    none = tmp_path / "none.toml"
+    assert settings.load(environ={}, config_file=none).create_per_node == 4
+    env = {"VMCTL_CREATE_PER_NODE": "2"}
+    assert settings.load(environ=env, config_file=none).create_per_node == 2
+    for bad in ("0", "many", "65", "1.5"):
+        with pytest.raises(ConfigError, match="VMCTL_CREATE_PER_NODE: create_per_node"):
+            settings.load(environ={"VMCTL_CREATE_PER_NODE": bad}, config_file=none)

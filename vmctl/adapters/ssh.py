@@ -60,10 +60,18 @@ class FabricRunner:
         self.node = target.node
         self._target = target
         self._conn: fabric.Connection | None = None
+        # Several threads (`create --count`) share the connection, each command a channel of its
+        # own; it is opened once, and its one SFTP session is used by one upload at a time.
+        self._opening = threading.Lock()
+        self._sftp = threading.Lock()
 
     def _connection(self) -> fabric.Connection:
-        if self._conn is not None:
-            return self._conn
+        with self._opening:
+            if self._conn is not None:
+                return self._conn
+            return self._open()
+
+    def _open(self) -> fabric.Connection:
         t = self._target
         conn = fabric.Connection(
             host=t.host,
@@ -134,10 +142,11 @@ class FabricRunner:
     def put(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
         conn = self._connection()
         try:
-            sftp = conn.sftp()
-            with sftp.open(remote_path, "wb") as f:
-                f.chmod(mode)
-                f.write(data)
+            with self._sftp:
+                sftp = conn.sftp()
+                with sftp.open(remote_path, "wb") as f:
+                    f.chmod(mode)
+                    f.write(data)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             transport = conn.client.get_transport()
             if isinstance(exc, EOFError) or transport is None or not transport.is_active():

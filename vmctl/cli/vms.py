@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -14,12 +14,8 @@ from vmctl.cli.complete import node_names, vm_names
 from vmctl.cli.options import Format, LockTimeoutOpt, output_options, settings, vm_service
 from vmctl.cli.output import NODE_COLUMNS, SHOW_COLUMNS, VM_COLUMNS, emit, record
 from vmctl.core import validation
-from vmctl.core.errors import InvalidInput
+from vmctl.core.errors import ExitStatus, InvalidInput
 from vmctl.core.readiness import check_step
-
-if TYPE_CHECKING:
-    from vmctl.core.requests import CreateRequest
-    from vmctl.services.vms import VmService
 
 app = typer.Typer()
 
@@ -101,9 +97,19 @@ def create(
         for vm_name in names
     ]
     svc = vm_service(lock_timeout=lock_timeout)
-    made = _create_all(svc, requests, wait or wait_for is not None, timeout, until)
+    until_or_none = until if wait or wait_for is not None else None
+    outcomes = svc.create_many(requests, until_or_none, timeout)
+    made = [o.vm for o in outcomes if o.vm is not None]
+    failed = [o for o in outcomes if o.error is not None]
+    if n == 1 and failed:
+        assert failed[0].error is not None
+        raise failed[0].error
     rows = [record(vm) for vm in made]
     emit(rows[0] if n == 1 else rows, SHOW_COLUMNS if n == 1 else VM_COLUMNS, fmt)
+    if failed:  # each one's error was told as it came
+        which = ", ".join(o.name for o in failed)
+        print(f"vmctl: {len(failed)} of {n} VMs failed to create ({which}).", file=sys.stderr)
+        raise typer.Exit(ExitStatus.ERROR)
 
 
 def _read_user_data(path: Path | None) -> str | None:
@@ -113,17 +119,6 @@ def _read_user_data(path: Path | None) -> str | None:
         return path.read_text()
     except OSError as exc:
         raise InvalidInput("user-data", f"cannot read {path}: {exc.strerror}") from exc
-
-
-def _create_all(
-    svc: VmService, requests: list[CreateRequest], wait: bool, timeout: float, until: str
-) -> list[Any]:
-    for req in requests:  # refuse bad input for all of them before making any
-        svc.check(req)
-    made = [svc.create(req) for req in requests]
-    if wait:
-        made = [svc.wait(vm.name, timeout, until) for vm in made]
-    return made
 
 
 @app.command("list")

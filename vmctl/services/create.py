@@ -113,7 +113,8 @@ def _create(svc: VmService, req: CreateRequest, new: NewVm) -> VmRecord:
         node = svc.inventory.node(record.node)
         hv = svc.connect(node)
         mark = Mark(svc.store.installation_id(), record.id, new.name, socket.gethostname())
-        _build(svc, hv, node, new, host_key, req, record, phone_home_url, mark)
+        with svc.node_slot(node.name):
+            _build(svc, hv, node, new, host_key, req, record, phone_home_url, mark)
         svc.store.set_state(new.name, "running")
         svc.cache.set_node(new.name, node.name)
     except BaseException as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -26,8 +27,9 @@ from vmctl.services.ports.storage import PoolSpace, Storage
 if TYPE_CHECKING:
     from vmctl.core.inventory import Inventory, Node
     from vmctl.core.snapshots import Snapshot
+    from vmctl.services.batch import Outcome
     from vmctl.services.move import DrainResult
-    from vmctl.services.reconcile import Outcome
+    from vmctl.services.reconcile import Outcome as ReconcileOutcome
 
 Progress = Callable[[str], None]
 
@@ -57,6 +59,14 @@ class VmService:
     lock_timeout: float = 30.0  # how long an operation waits for another one on the same VM
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("vmctl"))
     storage_of: Callable[[Node], Storage] | None = None  # None: ask the node's hypervisor
+    per_node: int = 4  # creates whose node work runs at once on one node (`create --count`)
+    _slots: dict[str, threading.BoundedSemaphore] = field(default_factory=dict, repr=False)
+    _slots_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def node_slot(self, node: str) -> threading.BoundedSemaphore:
+        """Held while a create's node work (disks, seed, start) runs on ``node``."""
+        with self._slots_lock:
+            return self._slots.setdefault(node, threading.BoundedSemaphore(self.per_node))
 
     def storage(self, node: Node) -> Storage:
         """Where ``node`` keeps VM disks (no connection is made)."""
@@ -155,6 +165,14 @@ class VmService:
 
         return create.create(self, req)
 
+    def create_many(
+        self, requests: list[CreateRequest], until: str | None, timeout: float
+    ) -> list[Outcome]:
+        """Several VMs side by side (see ``vmctl.services.batch``)."""
+        from vmctl.services import batch
+
+        return batch.create_many(self, requests, until, timeout)
+
     def wait(self, name: str, timeout: float, until: str = "cloud-init") -> VmRecord:
         from vmctl.services import wait
 
@@ -245,13 +263,13 @@ class VmService:
 
     # -- reconcile (vmctl.services.reconcile) ------------------------------------------------
 
-    def reconcile_report(self, node: str | None = None) -> Outcome:
+    def reconcile_report(self, node: str | None = None) -> ReconcileOutcome:
         """What differs between PostgreSQL, the nodes and Redis; changes nothing."""
         from vmctl.services import reconcile
 
         return reconcile.report(self, node)
 
-    def reconcile_fix(self, node: str | None = None) -> Outcome:
+    def reconcile_fix(self, node: str | None = None) -> ReconcileOutcome:
         """Repair what is safe, then report what is left."""
         from vmctl.services import reconcile
 

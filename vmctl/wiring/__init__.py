@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -40,10 +41,13 @@ class _Lazy:
     def __init__(self, make: Callable[[], object]) -> None:
         self._make = make
         self._made: object | None = None
+        self._lock = threading.Lock()  # `create --count` asks from several threads at once
 
     def __getattr__(self, name: str) -> object:
         if self._made is None:
-            self._made = self._make()
+            with self._lock:
+                if self._made is None:
+                    self._made = self._make()
         return getattr(self._made, name)
 
 
@@ -121,6 +125,7 @@ def vm_service(
         lock_timeout=settings.lock_timeout if lock_timeout is None else lock_timeout,
         log=log or logging.getLogger("vmctl"),
         storage_of=_storage_of,
+        per_node=settings.create_per_node,
     )
 
 
@@ -198,9 +203,15 @@ def watcher(
 def connector(settings: Settings) -> Callable[[Node], Hypervisor]:
     """Fabric is imported only when a node is first reached."""
     connections: dict[str, Hypervisor] = {}
+    lock = threading.Lock()
 
     def connect(node: Node) -> Hypervisor:
-        """One SSH connection per node for the life of the command."""
+        """One SSH connection per node for the life of the command (its commands, from several
+        threads, run as channels of that one connection)."""
+        with lock:
+            return _connect(node)
+
+    def _connect(node: Node) -> Hypervisor:
         from vmctl.adapters.hypervisor import LibvirtOverSsh
         from vmctl.adapters.ssh import FabricRunner, SshTarget
 

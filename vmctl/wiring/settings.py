@@ -26,6 +26,7 @@ class Settings:
     guest_ssh_keys: tuple[Path, ...] = ()  # public keys put into guests; default: ssh_key + .pub
     api_internal_url: str | None = None  # where guests phone home (the internal HAProxy)
     lock_timeout: float = 30.0  # seconds an operation waits while another holds the VM
+    create_per_node: int = 4  # creates whose node work (disks, seed, start) runs at once per node
 
     @property
     def authorized_key_files(self) -> tuple[Path, ...]:
@@ -56,6 +57,14 @@ def _convert(name: str, value: object, source: str) -> object:
         if not 0 <= seconds < 86400:
             raise ConfigError(f"{source}: lock_timeout must be seconds (0 or more), not {value!r}")
         return seconds
+    if name == "create_per_node":
+        try:
+            count = int(str(value))
+        except ValueError:
+            count = 0
+        if not 1 <= count <= 64:
+            raise ConfigError(f"{source}: create_per_node must be a number 1-64, not {value!r}")
+        return count
     if not isinstance(value, str):
         raise ConfigError(f"{source}: {name} must be a string")
     return value
