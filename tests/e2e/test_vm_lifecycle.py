@@ -179,24 +179,7 @@ def test_ten_concurrent_creates_for_room_for_five(
     vmctl_env: dict[str, str],
     tmp_path: Path,  # type: ignore[type-arg]
 ) -> None:
-    # 256 MiB each: node1 has room for 3, node2 for 2, any other node for none, on top of what a
-    # used lab holds already (someone's own VMs take their share of each node's capacity).
-    used = {n["name"]: n for n in json.loads(run_vmctl(vmctl_env, "nodes", "-o", "json").stdout)}
-    small = _inventory_with(
-        Path(vmctl_env["VMCTL_INVENTORY"]),
-        tmp_path,
-        {
-            name: {
-                "capacity": {
-                    "cpu": used[name]["cpu_used"] + 8,
-                    "ram_mb": used[name]["ram_mb_used"] + room,
-                    "disk_gb": used[name]["disk_gb_used"] + 100,
-                }
-            }
-            for name, room in [("node1", 768), ("node2", 512)]
-            + [(n["name"], 128) for n in lab["nodes"][2:]]
-        },
-    )
+    small = _room_for_five(lab, vmctl_env, tmp_path)
     env = {**vmctl_env, "VMCTL_INVENTORY": str(small)}
     names = [f"e2e-race-{i}" for i in range(10)]
     with ThreadPoolExecutor(10) as pool:
@@ -221,3 +204,56 @@ def test_ten_concurrent_creates_for_room_for_five(
         if made:
             run_vmctl(env, "delete", "--yes", *made)
     assert leftovers(lab, vmctl_env, names) == {}
+
+
+def test_create_count_ten_for_room_for_five_side_by_side(
+    lab: dict,
+    vmctl_env: dict[str, str],
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    """`create --count 10` on the same room: the VMs are made side by side in one process (its
+    threads share one SSH connection per node), five are refused and leave nothing, the five
+    made get their addresses (their waits overlap), and the summary names the failures."""
+    env = {**vmctl_env, "VMCTL_INVENTORY": str(_room_for_five(lab, vmctl_env, tmp_path))}
+    names = [f"e2e-count-{i}" for i in range(1, 11)]
+    create = ["create", "e2e-count", "--count", "10", "--ram", "256", "--wait-for", "ip"]
+    proc = run_vmctl(env, *create, "--timeout", "300", "-o", "json")
+    made = [vm["name"] for vm in json.loads(proc.stdout or "[]")]
+    try:
+        assert proc.returncode == 1, proc.stderr
+        assert len(made) == 5, proc.stderr
+        assert "vmctl: 5 of 10 VMs failed to create (" in proc.stderr
+        assert proc.stderr.count("failed: no node has room") == 5
+        vms = json.loads(proc.stdout)
+        assert all(vm["ip_state"] == "confirmed" for vm in vms)  # waited for, each of them
+        per_node: dict[str, int] = {}
+        for vm in vms:
+            per_node[vm["node"]] = per_node.get(vm["node"], 0) + vm["ram_mb"]
+        assert per_node == {"node1": 768, "node2": 512}
+        refused = sorted(set(names) - set(made))
+        assert leftovers(lab, vmctl_env, refused) == {}
+    finally:
+        if made:
+            run_vmctl(env, "delete", "--yes", *made)
+    assert leftovers(lab, vmctl_env, names) == {}
+
+
+def _room_for_five(lab: dict, vmctl_env: dict[str, str], tmp_path: Path) -> Path:  # type: ignore[type-arg]
+    """An inventory in which 256 MiB VMs find room for 3 on node1, 2 on node2 and none on any
+    other node, on top of what a used lab holds already (someone's own VMs take their share)."""
+    used = {n["name"]: n for n in json.loads(run_vmctl(vmctl_env, "nodes", "-o", "json").stdout)}
+    return _inventory_with(
+        Path(vmctl_env["VMCTL_INVENTORY"]),
+        tmp_path,
+        {
+            name: {
+                "capacity": {
+                    "cpu": used[name]["cpu_used"] + 8,
+                    "ram_mb": used[name]["ram_mb_used"] + room,
+                    "disk_gb": used[name]["disk_gb_used"] + 100,
+                }
+            }
+            for name, room in [("node1", 768), ("node2", 512)]
+            + [(n["name"], 128) for n in lab["nodes"][2:]]
+        },
+    )
