@@ -16,8 +16,12 @@
 # is made in the pool, and nothing in it is removed on failure. Only domain.xml is staged.
 #
 # Usage: create-vm.sh --name NAME --base BASE_QCOW2|BASE_IMAGE --root-gb N --data-gb N
-#                     --storage DIR --staging DIR [--no-start] [RBD options]
+#                     --storage DIR --staging DIR [--unpack-stdin] [--no-start] [RBD options]
 #                     [--network NET --mac MAC --ip IPV4] [--installation UUID --record-id N]
+#
+# --unpack-stdin: the staged files come as a tar archive on standard input (the whole create is then
+# one SSH round trip); STAGING must not exist yet and be STORAGE/.staging/NAME.<8 hex digits>: it
+# is made (mode 0700) once every argument has been checked, and removed however the script ends.
 #
 # STORAGE/NAME/.vmctl marks the VM directory as vmctl's; with --installation/--record-id it holds
 # `installation=UUID` and `id=N` (the installation and row that made it: vmctl's ownership mark).
@@ -45,7 +49,7 @@ die() { local code=$1; shift; echo "create-vm.sh: $*" >&2; exit "$code"; }
 [[ $(type -t rbd_option) == function ]] || source "$(dirname "${BASH_SOURCE[0]}")/lib/rbd.sh"
 
 name='' base='' root_gb='' data_gb='' storage='' staging='' start=1 installation='' record_id=''
-adopt=0
+adopt=0 unpack=0
 net='' mac='' ip='' net_set=0 mac_set=0 ip_set=0
 while (($#)); do
   case $1 in
@@ -62,6 +66,7 @@ while (($#)); do
     --record-id) record_id=${2-} ;;
     --no-start) start=0; shift; continue ;;
     --adopt) adopt=1; shift; continue ;;
+    --unpack-stdin) unpack=1; shift; continue ;;
     *) rbd_option "$1" "${2-}" || die 2 "unknown argument: $1" ;;
   esac
   (($# >= 2)) || die 2 "missing value after $1"
@@ -72,7 +77,12 @@ done
 [[ $root_gb =~ ^[1-9][0-9]{0,3}$ ]] || die 2 "invalid --root-gb '$root_gb' (1-9999)"
 [[ $data_gb =~ ^[0-9]{1,5}$ ]] || die 2 "invalid --data-gb '$data_gb' (0-99999)"
 [[ $storage == /* && $storage != *..* ]] || die 2 "invalid --storage '$storage' (an absolute path)"
-[[ $staging == /* && $staging != *..* && -d $staging ]] || die 2 "invalid --staging '$staging' (an existing directory)"
+if ((unpack)); then
+  [[ ${staging%.*} == "$storage/.staging/$name" && ${staging##*.} =~ ^[0-9a-f]{8}$ && ! -e $staging ]] \
+    || die 2 "invalid --staging '$staging' (with --unpack-stdin: $storage/.staging/$name.<8 hex digits>, not existing)"
+else
+  [[ $staging == /* && $staging != *..* && -d $staging ]] || die 2 "invalid --staging '$staging' (an existing directory)"
+fi
 [[ -z $installation || $installation =~ ^[0-9a-f-]{36}$ ]] || die 2 "invalid --installation '$installation' (a UUID)"
 rbd_check create-vm.sh
 [[ -z $record_id || $record_id =~ ^[1-9][0-9]{0,18}$ ]] || die 2 "invalid --record-id '$record_id'"
@@ -90,11 +100,6 @@ if ((net_set + mac_set + ip_set)); then
 fi
 if ((adopt)); then
   rbd_used || die 2 "--adopt needs the RBD options (disks in shared storage)"
-  [[ -f $staging/domain.xml ]] || die 2 "missing $staging/domain.xml"
-else
-  for f in domain.xml user-data meta-data; do
-    [[ -f $staging/$f ]] || die 2 "missing $staging/$f"
-  done
 fi
 if ((adopt)); then
   for kind in root seed $( ((data_gb > 0)) && echo data); do
@@ -111,6 +116,20 @@ elif rbd_used; then
     || die 3 "base image $rbd_pool/$base@base does not exist (vmctl images import puts it there)"
 else
   [[ -f $base ]] || die 3 "base image $base does not exist on $(hostname)"
+fi
+
+if ((unpack)); then
+  mkdir -p -m 0700 "$storage/.staging"
+  mkdir -m 0700 "$staging"
+  trap 'rm -rf -- "$staging"' EXIT
+  tar -x -C "$staging" --no-same-owner -f - || die 2 "cannot unpack the staged files (a tar archive) from standard input"
+fi
+if ((adopt)); then
+  [[ -f $staging/domain.xml ]] || die 2 "missing $staging/domain.xml"
+else
+  for f in domain.xml user-data meta-data; do
+    [[ -f $staging/$f ]] || die 2 "missing $staging/$f"
+  done
 fi
 
 vmdir=$storage/$name

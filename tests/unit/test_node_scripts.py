@@ -257,3 +257,43 @@ def test_create_replaces_stale_reservations_and_undoes_its_own_on_failure(tmp_pa
     ]
     assert "removing what this run made" in proc.stderr
     assert not (tmp_path / "vms" / "web-1").exists()
+
+
+def test_create_unpacks_the_staged_files_from_stdin_and_removes_them(tmp_path: Path) -> None:
+    from vmctl.core.nodecmd import staged_archive
+
+    env, _ = fake_node(tmp_path)
+    (tmp_path / "base.qcow2").write_text("")
+    storage, seen = tmp_path / "vms", tmp_path / "seen"
+    # qemu-img (the first step after the unpacking) shows what was staged, then fails
+    qemu_img = tmp_path / "bin" / "qemu-img"
+    qemu_img.write_text(f"#!/bin/bash\ncp -a {storage}/.staging/. {seen}/\nexit 1\n")
+    files = {"domain.xml": "<domain/>", "user-data": "#cloud-config\nhostname: wéb\n"}
+    files["meta-data"] = "instance-id: x\n"
+    staging = f"{storage}/.staging/web-1.0123abcd"
+    argv = ["bash", str(SCRIPTS / "create-vm.sh"), "--name", "web-1"]
+    argv += ["--base", str(tmp_path / "base.qcow2"), "--root-gb", "4", "--data-gb", "1"]
+    argv += ["--storage", str(storage), "--staging", staging, "--unpack-stdin"]
+    proc = subprocess.run(argv, input=staged_archive(files), capture_output=True, env=env)
+    assert proc.returncode == 1, proc.stderr
+    unpacked = seen / "web-1.0123abcd"
+    assert {p.name: p.read_text() for p in unpacked.iterdir()} == files
+    assert {p.stat().st_mode & 0o777 for p in unpacked.iterdir()} == {0o600}
+    assert unpacked.stat().st_mode & 0o777 == 0o700
+    assert list((storage / ".staging").iterdir()) == []  # removed on the way out
+
+
+@pytest.mark.parametrize(
+    "staging",
+    [
+        "/elsewhere/web-1.0123abcd",
+        "{storage}/.staging/web-2.0123abcd",
+        "{storage}/.staging/web-1.xyz",
+    ],
+)
+def test_create_refuses_an_unpack_staging_of_another_form(tmp_path: Path, staging: str) -> None:
+    storage = tmp_path / "vms"
+    proc = create(tmp_path, staging=staging.format(storage=storage), extra=("--unpack-stdin",))
+    assert proc.returncode == 2, proc.stderr
+    assert "invalid --staging" in proc.stderr
+    assert not storage.exists()

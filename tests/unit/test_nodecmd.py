@@ -280,3 +280,22 @@ def test_a_script_is_named_in_messages_by_its_name_and_arguments_not_its_text() 
     assert describe(argv) == "delete-vm.sh --name web-1 --storage /srv/vms"
     assert describe(["virsh", "-q", "list", "--name"]) == "virsh -q list --name"
     assert describe(["bash", "-c", "echo hi", "x"]) == "bash -c 'echo hi' x"  # one line: as is
+
+
+def test_the_staged_files_travel_as_a_tar_of_private_files() -> None:
+    import io
+    import tarfile
+
+    from vmctl.core.nodecmd import staged_archive
+
+    files = {"domain.xml": "<domain/>", "user-data": "#cloud-config\nhostname: wéb\n"}
+    with tarfile.open(fileobj=io.BytesIO(staged_archive(files))) as archive:
+        members = archive.getmembers()
+        assert [(m.name, m.mode, m.isfile()) for m in members] == [
+            ("domain.xml", 0o600, True),
+            ("user-data", 0o600, True),
+        ]
+        got = {m.name: archive.extractfile(m).read().decode() for m in members}  # type: ignore[union-attr]
+    assert got == files
+    argv = create_args(SPEC, Disks("/b", 4, 0), "/s", unpack=True)
+    assert argv[-1] == "--unpack-stdin"

@@ -5,7 +5,6 @@ The command lines are built by the pure functions of ``vmctl.core.nodecmd``.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import threading
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from vmctl.adapters.storage import storage_for
 from vmctl.core.addressing import Lease, Observation
 from vmctl.core.domainxml import GuestSpec
 from vmctl.core.domainxml import render as render_domain
-from vmctl.core.errors import RemoteCommandFailed, VmctlError
+from vmctl.core.errors import RemoteCommandFailed
 from vmctl.core.nodecmd import (
     VIRSH,
     Disks,
@@ -32,6 +31,7 @@ from vmctl.core.nodecmd import (
     parse_lease_status,
     parse_observation,
     script_command,
+    staged_archive,
 )
 from vmctl.services.ports import Runner
 from vmctl.services.ports.storage import PoolSpace, Storage
@@ -72,24 +72,20 @@ class LibvirtOverSsh(PowerMixin, SnapshotsMixin, SurveyMixin):
         spec = replace(spec, disks=self.storage.disks(spec.name, spec.data_disk))
         disks = replace(disks, base_image=self.storage.base(disks.base_image, spec.image))
         staging = f"{spec.storage_dir}/.staging/{spec.name}.{secrets.token_hex(4)}"
-        self.runner.run(["mkdir", "-p", "-m", "0700", staging])
-        try:
-            self.runner.put(render_domain(spec).encode(), f"{staging}/domain.xml")
-            for name, text in seed_files.items():
-                self.runner.put(text.encode(), f"{staging}/{name}")
-            self.runner.run(
-                script_command(
-                    "create-vm.sh",
-                    [
-                        *create_args(spec, disks, staging, start and not adopt, reservation),
-                        *self.storage.node_args(),
-                        *(["--adopt"] if adopt else []),
-                    ],
-                )
-            )
-        finally:  # the script removes it too, except when it refuses its arguments
-            with contextlib.suppress(VmctlError):
-                self.runner.run(["rm", "-rf", "--", staging], check=False)
+        files = {"domain.xml": render_domain(spec), **seed_files}
+        # One round trip: the script, its arguments, and the files as a tar on its stdin (it
+        # makes the staging directory and removes it however it ends).
+        self.runner.run(
+            script_command(
+                "create-vm.sh",
+                [
+                    *create_args(spec, disks, staging, start and not adopt, reservation, True),
+                    *self.storage.node_args(),
+                    *(["--adopt"] if adopt else []),
+                ],
+            ),
+            stdin=staged_archive(files),
+        )
 
     def delete(
         self,

@@ -111,10 +111,16 @@ class FabricRunner:
         *,
         check: bool = True,
         timeout: float | None = None,
+        stdin: bytes | None = None,
     ) -> Result:
         command = shlex.join(argv)
         what = describe(argv)
         conn = self._connection()
+        if stdin is not None:
+            result = self._run_with_input(conn, command, what, stdin, timeout)
+            if check and result.exit_status != 0:
+                raise RemoteCommandFailed(self.node, what, result.exit_status, result.stderr)
+            return result
         try:
             res = conn.run(
                 command,
@@ -138,6 +144,43 @@ class FabricRunner:
         if check and result.exit_status != 0:
             raise RemoteCommandFailed(self.node, what, result.exit_status, result.stderr)
         return result
+
+    def _run_with_input(
+        self, conn: fabric.Connection, command: str, what: str, data: bytes, timeout: float | None
+    ) -> Result:
+        """The command on a channel of its own, ``data`` on its standard input (sent whole, as
+        bytes: invoke's stdin relay would decode it in chunks, and pause between them)."""
+        transport = conn.client.get_transport()
+        channel = None
+        try:
+            if transport is None or not transport.is_active():
+                raise paramiko.SSHException("no transport")
+            channel = transport.open_session()
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            channel.sendall(data)
+            channel.shutdown_write()
+            out = channel.makefile("rb", -1).read()  # until the command closes its output
+            err = channel.makefile_stderr("rb", -1).read()
+            status = channel.recv_exit_status()
+        except TimeoutError as exc:
+            self.close()
+            raise RemoteCommandFailed(self.node, what, -1, f"timed out after {timeout} s") from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            detail = str(exc).strip() or type(exc).__name__
+            raise NodeUnreachable(f"node {self.node}: connection lost: {detail}") from exc
+        finally:
+            if channel is not None:
+                channel.close()
+        if status == -1:  # the channel closed without an exit status: the link died
+            self.close()
+            raise NodeUnreachable(f"node {self.node}: connection lost while running `{what}`")
+        return Result(
+            stdout=out.decode(errors="replace"),
+            stderr=err.decode(errors="replace"),
+            exit_status=status,
+        )
 
     def put(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
         conn = self._connection()

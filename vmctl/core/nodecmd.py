@@ -54,7 +54,10 @@ def create_args(
     staging: str,
     start: bool = True,
     reservation: Reservation | None = None,
+    unpack: bool = False,
 ) -> list[str]:
+    """create-vm.sh's arguments; ``unpack``: the staged files come on its standard input (a tar
+    archive), into ``staging`` (which the script makes)."""
     argv = [
         "--name",
         spec.name,
@@ -74,7 +77,24 @@ def create_args(
         argv += ["--ip", reservation.ip]
     if spec.mark is not None:
         argv += ["--installation", spec.mark.installation, "--record-id", str(spec.mark.record_id)]
+    if unpack:
+        argv.append("--unpack-stdin")
     return argv if start else [*argv, "--no-start"]
+
+
+def staged_archive(files: dict[str, str]) -> bytes:
+    """The staged files (name -> text) as an uncompressed tar archive, each mode 0600."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def delete_args(

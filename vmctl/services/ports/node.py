@@ -31,7 +31,12 @@ class Runner(Protocol):
     node: str
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
     ) -> Result: ...
 
     def put(self, data: bytes, remote_path: str, mode: int = 0o600) -> None: ...
