@@ -1,5 +1,5 @@
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmctl.core.errors import CapacityError, InvalidInput, NotFound
@@ -268,3 +268,112 @@ def test_placement_respects_room_group_and_enabled(
     rooms = [room_after(n, need) for n in allowed]
     best = max(rooms) if policy == "spread" else min(rooms)
     assert room_after(target, need) == best
+
+
+# many at once (placement_batch): exactly what `place` gives one after another
+
+
+def sequential(requests: list[Request], nodes: list[NodeLoad]) -> list[tuple[str, str]]:
+    """The reference: `place` for each request in turn, booking what it placed."""
+    from dataclasses import replace
+
+    loads = {n.name: n for n in nodes}
+    out = []
+    for r in requests:
+        try:
+            name = place(r, list(loads.values()))
+        except (CapacityError, InvalidInput, NotFound) as exc:
+            out.append((r.name, f"{type(exc).__name__}: {exc}"))
+            continue
+        n = loads[name]
+        used = Resources(
+            n.used.cpu + r.need.cpu, n.used.ram_mb + r.need.ram_mb, n.used.disk_gb + r.need.disk_gb
+        )
+        groups = n.groups | {r.group} if r.group else n.groups
+        loads[name] = replace(n, used=used, groups=groups)
+        out.append((r.name, name))
+    return out
+
+
+def batched(requests: list[Request], nodes: list[NodeLoad]) -> list[tuple[str, str]]:
+    from vmctl.core.placement_batch import place_many
+
+    return [
+        (p.name, p.node if p.node else f"{type(p.error).__name__}: {p.error}")
+        for p in place_many(requests, nodes)
+    ]
+
+
+NAMES = ["n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "n9", "n10", "n11", "n12"]
+nodes_st = st.integers(1, 12).flatmap(
+    lambda count: st.tuples(
+        *[
+            st.builds(
+                NodeLoad,
+                name=st.just(NAMES[i]),
+                capacity=st.builds(
+                    Resources, st.integers(0, 16), st.integers(0, 8192), st.integers(0, 200)
+                ),
+                overcommit_cpu=st.sampled_from([1.0, 1.5, 4.0]),
+                overcommit_ram=st.sampled_from([1.0, 1.25, 2.0]),
+                overcommit_disk=st.sampled_from([1.0, 3.0]),
+                used=st.builds(
+                    Resources, st.integers(0, 8), st.integers(0, 4096), st.integers(0, 100)
+                ),
+                groups=st.frozensets(st.sampled_from(["g1", "g2"]), max_size=2),
+                enabled=st.booleans() | st.just(True),
+                disk_in=st.sampled_from([None, "pool vms"]),
+            )
+            for i in range(count)
+        ]
+    )
+)
+sizes = st.sampled_from(
+    [Resources(1, 512, 10), Resources(2, 2048, 20), Resources(4, 4096, 40), Resources(0, 0, 0)]
+) | st.builds(Resources, st.integers(-1, 6), st.integers(-1, 5000), st.integers(-1, 120))
+requests_st = st.lists(
+    st.builds(
+        Request,
+        name=st.sampled_from(["a", "b", "c"]),
+        need=sizes,
+        node=st.none() | st.none() | st.sampled_from(["n1", "n2", "n13"]),
+        group=st.none() | st.sampled_from(["g1", "g2", "g3"]),
+        policy=st.sampled_from(["spread", "spread", "pack", "random"]),
+    ),
+    max_size=30,
+)
+
+
+@given(nodes=nodes_st, requests=requests_st)
+@settings(max_examples=400, deadline=None)
+def test_many_at_once_is_one_after_another(
+    nodes: tuple[NodeLoad, ...], requests: list[Request]
+) -> None:
+    assert batched(requests, list(nodes)) == sequential(requests, list(nodes))
+
+
+def test_equal_vms_spread_round_robin_by_name_and_pack_fills_one_node_first() -> None:
+    nodes = [node("c"), node("a"), node("b")]
+    reqs = [Request(f"vm{i}", SMALL) for i in range(6)]
+    assert [n for _, n in batched(reqs, nodes)] == ["a", "b", "c", "a", "b", "c"]
+    packed = [Request(f"vm{i}", SMALL, policy="pack") for i in range(5)]
+    assert [n for _, n in batched(packed, nodes)] == ["a", "a", "a", "a", "b"]
+
+
+def test_a_failure_in_the_middle_books_nothing_and_the_rest_go_on() -> None:
+    nodes = [node("a", cpu=2), node("b", cpu=1)]
+    reqs = [Request("big", Resources(3, 0, 0)), *(Request(f"vm{i}", SMALL) for i in range(3))]
+    reqs.append(Request("late", SMALL))
+    result = batched(reqs, nodes)
+    assert result[0][1].startswith("CapacityError: no node has room for 3 vCPU")
+    assert [n for _, n in result[1:4]] == ["a", "a", "b"]  # room is a fraction of each node
+    assert result[4][1].startswith("CapacityError")  # all three vCPUs are booked now
+    assert result == sequential(reqs, nodes)
+
+
+def test_anti_affinity_in_a_batch_puts_one_per_node() -> None:
+    nodes = [node("a"), node("b")]
+    reqs = [Request(f"vm{i}", SMALL, group="web") for i in range(3)]
+    result = batched(reqs, nodes)
+    assert [n for _, n in result[:2]] == ["a", "b"]
+    assert "anti-affinity keeps vm2 off them" in result[2][1]
