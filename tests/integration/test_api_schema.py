@@ -394,8 +394,8 @@ def test_the_contract_test_can_fail(api: Api, monkeypatch: pytest.MonkeyPatch) -
     with monkeypatch.context() as patch:
         patch.setattr(
             vmctl.adapters.store.PgStore,
-            "list_contract_json",
-            lambda *_a, **_k: '[{"Name": "shape-1", "RAM": 512}]',
+            "list_contract_page",
+            lambda *_a, **_k: ('[{"Name": "shape-1", "RAM": 512}]', 1, "shape-1"),
         )
         with pytest.raises(BaseException, match="Response violates schema"):
             _fuzz(api, "GET", "/api/v1/vm")
@@ -767,3 +767,37 @@ def test_another_projects_vm_has_no_day2_verbs(client: TestClient, api: Api) -> 
     for path in ("stop", "start", "reboot"):
         assert client.post(f"/api/v1/vm/day2-3/{path}", headers=other).status_code == 404
     assert client.get("/api/v1/vm/day2-3/events", headers=other).status_code == 404
+
+
+def test_the_list_pages_with_limit_and_after_and_links_the_next_page(
+    client: TestClient, api: Api
+) -> None:
+    """Without `limit` the seed's whole array; with it, pages by name and a Link to the next."""
+    import psycopg
+
+    with psycopg.connect(api.url, autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image, mac,
+                                project)
+               SELECT 'page-' || lpad(i::text, 2, '0'), 'kvm1', 'running', 512, 1, 2, 4,
+                      'debian-12', '52:54:00:00:10:' || lpad(i::text, 2, '0'), 'demo'
+               FROM generate_series(1, 25) AS i"""
+        )
+    whole = client.get("/api/v1/vm")
+    assert whole.status_code == 200 and "link" not in whole.headers
+    names = [vm["Name"] for vm in whole.json()]
+    assert names == [f"page-{i:02d}" for i in range(1, 26)]
+    seen, url, pages = [], "/api/v1/vm?limit=10", 0
+    while url:
+        page = client.get(url)
+        assert page.status_code == 200, page.text
+        seen += [vm["Name"] for vm in page.json()]
+        pages += 1
+        link = page.headers.get("link")
+        url = link.split(">")[0].lstrip("<") if link else ""
+        assert link is None or link.endswith('; rel="next"')
+    assert (seen, pages) == (names, 3)  # 10 + 10 + 5: the last page is short, no Link
+    assert client.get("/api/v1/vm?limit=10&after=page-20").json()[0]["Name"] == "page-21"
+    for bad in ("limit=0", "limit=10001", "limit=ten"):
+        assert client.get(f"/api/v1/vm?{bad}").status_code == 422, bad
+    assert client.get("/api/v1/vm?after=Not_A_Name").status_code == 400

@@ -173,20 +173,64 @@ class FakeStore(Failing):
         return self.vms[name]
 
     def list(
-        self, node: str | None = None, state: str | None = None, project: str | None = None
+        self,
+        node: str | None = None,
+        state: str | None = None,
+        project: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> list[VmRecord]:
         self._call("list")
-        return [
+        found = [
             vm
             for vm in sorted(self.vms.values(), key=lambda v: v.name)
             if node in (None, vm.node)
             and state in (None, vm.state)
             and project in (None, vm.project)
+            and (after is None or vm.name > after)
         ]
+        return found if limit is None else found[:limit]
+
+    def count(
+        self, node: str | None = None, state: str | None = None, project: str | None = None
+    ) -> int:
+        return len(self.list(node, state, project))
+
+    def list_json(
+        self,
+        node: str | None = None,
+        state: str | None = None,
+        project: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Iterator[str]:
+        """What PgStore's SQL makes, made here the way the CLI's json output does."""
+        import json
+        import textwrap
+
+        from vmctl.cli.output import _plain, record
+
+        for vm in self.list(node, state, project, limit, after):
+            yield textwrap.indent(json.dumps(_plain(record(vm)), indent=2), "  ")
 
     def list_contract_json(
-        self, project: str, node: str | None = None, state: str | None = None
+        self,
+        project: str,
+        node: str | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> str:
+        raise NotImplementedError("the HTTP list is tested against PostgreSQL")
+
+    def list_contract_page(
+        self,
+        project: str,
+        node: str | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> tuple[str, int, str | None]:
         raise NotImplementedError("the HTTP list is tested against PostgreSQL")
 
     def set_state(self, name: str, state: str) -> VmRecord:

@@ -49,3 +49,19 @@ def test_wide_or_unicode_tables_go_to_rich() -> None:
     assert out.getvalue() == rich(
         [{"name": "wéb", "created_at": datetime(2026, 12, 2, tzinfo=UTC)}], VM_COLUMNS
     )
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_a_streamed_json_list_is_what_emit_writes(count: int) -> None:
+    import io
+    import json
+    import textwrap
+
+    from vmctl.cli.options import Format
+    from vmctl.cli.output import emit, stream_json
+
+    rows = [{"name": f"vm-{i}", "ip": None, "n": i, "nested": {"a": [1, 2]}} for i in range(count)]
+    emitted, streamed = io.StringIO(), io.StringIO()
+    emit(rows, [], Format.json, emitted)
+    stream_json((textwrap.indent(json.dumps(r, indent=2), "  ") for r in rows), streamed)
+    assert streamed.getvalue() == emitted.getvalue()

@@ -7,7 +7,7 @@ always arrays in JSON/YAML, times ISO-8601 UTC. Only data goes to stdout.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
@@ -152,6 +152,18 @@ def emit(
         _rich_table(records, columns, out)
     else:
         out.write(plain_table(records, columns) or _rich_table(records, columns, out))
+
+
+def stream_json(elements: Iterable[str], stream: IO[str] | None = None) -> None:
+    """A JSON list written as its elements come (each one's text as `emit` would indent it):
+    what `emit(..., Format.json)` writes for the same records, in constant memory."""
+    out = stream or sys.stdout
+    first = True
+    for text in elements:
+        out.write("[\n" if first else ",\n")
+        out.write(text)
+        first = False
+    out.write("[]\n" if first else "\n]\n")
 
 
 PIPE_WIDTH = 200  # the width of a table written to a pipe or a file

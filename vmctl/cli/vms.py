@@ -12,12 +12,14 @@ import typer
 
 from vmctl.cli.complete import node_names, vm_names
 from vmctl.cli.options import Format, LockTimeoutOpt, output_options, settings, vm_service
-from vmctl.cli.output import NODE_COLUMNS, SHOW_COLUMNS, VM_COLUMNS, emit, record
+from vmctl.cli.output import NODE_COLUMNS, SHOW_COLUMNS, VM_COLUMNS, emit, record, stream_json
 from vmctl.core import validation
 from vmctl.core.errors import ExitStatus, InvalidInput
 from vmctl.core.readiness import check_step
 
 app = typer.Typer()
+
+TABLE_LIMIT = 500  # rows `vmctl list` shows as a table unless --limit says otherwise
 
 WaitForOpt = Annotated[
     str | None,
@@ -127,12 +129,38 @@ def list_vms(
     node: NodeOpt = None,
     state: Annotated[str | None, typer.Option(help="Only VMs in this state.")] = None,
     project: Annotated[str | None, typer.Option(help="Only VMs of this project.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(help=f"At most N VMs (0: all). Tables show {TABLE_LIMIT} unless told."),
+    ] = None,
+    after: Annotated[
+        str | None, typer.Option(help="Only VMs whose names come after NAME (the next page).")
+    ] = None,
     *,
     fmt: Format,
 ) -> None:
-    """List VMs (from PostgreSQL)."""
-    vms = vm_service(quiet=True).list_vms(node=node, state=state, project=project)
-    emit([record(vm) for vm in vms], VM_COLUMNS, fmt)
+    """List VMs (from PostgreSQL), by name. `-o json` streams them: any number, little memory."""
+    if limit is not None and limit < 0:
+        raise InvalidInput("limit", f"must be 0 or more, not {limit}")
+    svc = vm_service(quiet=True)
+    cap = None if limit == 0 else limit
+    if fmt is Format.json:
+        stream_json(svc.list_json(node, state, project, limit=cap, after=after))
+        return
+    if fmt is Format.table and limit is None:
+        cap = TABLE_LIMIT
+    # one more than shown: whether there are more to say so
+    vms = svc.list_vms(node, state, project, limit=None if cap is None else cap + 1, after=after)
+    shown = vms if cap is None else vms[:cap]
+    emit([record(vm) for vm in shown], VM_COLUMNS, fmt)
+    if len(vms) > len(shown):
+        total = svc.count_vms(node, state, project)
+        where = f"VMs after {after}" if after else "VMs"
+        print(
+            f"vmctl: showing {len(shown)} {where} of {total} in all (by name); --after "
+            f"{shown[-1].name} shows the next ones, --limit 0 all of them, -o json streams them.",
+            file=sys.stderr,
+        )
 
 
 @app.command()

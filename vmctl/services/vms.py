@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmctl.core import placement, tokens, validation
 from vmctl.core.addressing import SOURCES
-from vmctl.core.errors import Forbidden, NotFound, Unavailable, VmctlError
+from vmctl.core.errors import Forbidden, InvalidInput, NotFound, Unavailable, VmctlError
 from vmctl.core.records import NewVm, NodeUsage, VmRecord, default_actor
 from vmctl.core.requests import CreateRequest
 from vmctl.services.ports import Cache, Connect, GuestProbe, Store
@@ -108,19 +108,60 @@ class VmService:
         return vm
 
     def list_vms(
-        self, node: str | None = None, state: str | None = None, project: str | None = None
+        self,
+        node: str | None = None,
+        state: str | None = None,
+        project: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> list[VmRecord]:
+        """VMs by name; a page of them with ``limit`` (at most that many) and ``after`` (names
+        after that one)."""
+        self._check_list(node, limit, after)
+        return self.store.list(node=node, state=state, project=project, limit=limit, after=after)
+
+    def count_vms(
+        self, node: str | None = None, state: str | None = None, project: str | None = None
+    ) -> int:
+        self._check_list(node)
+        return self.store.count(node=node, state=state, project=project)
+
+    def list_json(
+        self,
+        node: str | None = None,
+        state: str | None = None,
+        project: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Iterator[str]:
+        """``list_vms`` as the elements of `vmctl list -o json`, streamed from PostgreSQL."""
+        self._check_list(node, limit, after)
+        return self.store.list_json(
+            node=node, state=state, project=project, limit=limit, after=after
+        )
+
+    def _check_list(
+        self, node: str | None, limit: int | None = None, after: str | None = None
+    ) -> None:
         if node is not None:
             self.inventory.node(node)  # NotFound for an unknown node
-        return self.store.list(node=node, state=state, project=project)
+        if limit is not None and limit < 0:
+            raise InvalidInput("limit", f"must be 0 or more, not {limit}")
+        if after is not None:
+            validation.name(after, "after")
 
     def list_contract_json(
-        self, project: str, node: str | None = None, state: str | None = None
-    ) -> str:
-        """The HTTP API's list, as JSON text built by PostgreSQL."""
-        if node is not None:
-            self.inventory.node(node)
-        return self.store.list_contract_json(project, node=node, state=state)
+        self,
+        project: str,
+        node: str | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> tuple[str, int, str | None]:
+        """The HTTP API's list (a page of it with ``limit``/``after``), as JSON text built by
+        PostgreSQL; with how many VMs it holds and the last one's name."""
+        self._check_list(node, limit, after)
+        return self.store.list_contract_page(project, node, state, limit, after)
 
     def nodes(self) -> list[dict[str, Any]]:
         usage = {u.node: u for u in self.store.usage()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from vmctl.api.deps import Project, Svc
 from vmctl.api.errors import ERRORS
@@ -15,6 +15,7 @@ from vmctl.core.requests import CreateRequest
 
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
 log = logging.getLogger("vmctl.serve")
+MAX_PAGE = 10000  # the most VMs one page of GET /api/v1/vm holds
 
 
 @router.post("/vm", status_code=201, response_model=VmDetail)
@@ -39,11 +40,29 @@ def create_vm(body: VmIn, project: Project, svc: Svc) -> dict[str, Any]:
 def list_vms(
     project: Project,
     svc: Svc,
+    request: Request,
     node: Annotated[str | None, Query(description="only VMs on this node")] = None,
     state: Annotated[str | None, Query(description="only VMs in this state")] = None,
+    limit: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_PAGE,
+            description="a page: at most this many VMs (by name); without it, all of them",
+        ),
+    ] = None,
+    after: Annotated[
+        str | None, Query(description="a page: only VMs whose names come after this one")
+    ] = None,
 ) -> Response:
-    body = svc.vms.list_contract_json(project, node=node, state=state)
-    return Response(content=body, media_type="application/json")
+    body, count, last = svc.vms.list_contract_json(project, node, state, limit, after)
+    headers = {}
+    if limit is not None and count == limit and last is not None:
+        # the next page, as GitHub's API links it (relative: behind HAProxy the replica does
+        # not know the address the client used)
+        url = request.url.include_query_params(after=last)
+        headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
+    return Response(content=body, media_type="application/json", headers=headers)
 
 
 @router.get("/vm/{name}", response_model=VmDetail)

@@ -4,7 +4,7 @@ snapshots, base images and the cloud's metrics, and ``Store``, all of them."""
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,12 +46,44 @@ class VmStore(VmReader, Protocol):
     ) -> VmRecord: ...
 
     def list(
-        self, node: str | None = None, state: str | None = None, project: str | None = None
+        self,
+        node: str | None = None,
+        state: str | None = None,
+        project: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> builtins.list[VmRecord]: ...
 
+    def count(
+        self, node: str | None = None, state: str | None = None, project: str | None = None
+    ) -> int: ...
+
+    def list_json(
+        self,
+        node: str | None = None,
+        state: str | None = None,
+        project: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Iterator[str]: ...
+
     def list_contract_json(
-        self, project: str, node: str | None = None, state: str | None = None
+        self,
+        project: str,
+        node: str | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> str: ...
+
+    def list_contract_page(
+        self,
+        project: str,
+        node: str | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> tuple[str, int, str | None]: ...
 
     def set_state(self, name: str, state: str) -> VmRecord: ...
 
