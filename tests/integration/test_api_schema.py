@@ -801,3 +801,32 @@ def test_the_list_pages_with_limit_and_after_and_links_the_next_page(
     for bad in ("limit=0", "limit=10001", "limit=ten"):
         assert client.get(f"/api/v1/vm?{bad}").status_code == 422, bad
     assert client.get("/api/v1/vm?after=Not_A_Name").status_code == 400
+
+
+def test_a_kept_list_is_given_until_the_vms_table_changes(client: TestClient, api: Api) -> None:
+    """GET /api/v1/vm's JSON is kept with the vms table's version (schema 0007): given again
+    while nothing changed, built again after any insert, update or delete."""
+    import psycopg
+
+    store = api.store
+    first = store.list_contract_page("demo")
+    key = ("demo", None, None, None, None)
+    version, _ = store._lists[key]
+    store._lists[key] = (version, ("kept", 0, None))  # what a second call gives if it is kept
+    assert store.list_contract_page("demo") == ("kept", 0, None)
+    changes = [
+        """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image, mac, project)
+           VALUES ('kept-1', 'kvm1', 'running', 512, 1, 2, 4, 'debian-12', 'm1', 'demo')""",
+        "UPDATE vms SET state = 'stopped' WHERE name = 'kept-1'",
+        "DELETE FROM vms WHERE name = 'kept-1'",
+    ]
+    states = []
+    for change in changes:
+        with psycopg.connect(api.url, autocommit=True) as conn:
+            conn.execute(change)
+        body = store.list_contract_page("demo")[0]
+        states.append([vm["Name"] for vm in json.loads(body)])
+        assert body != "kept"
+        store._lists[key] = (store._lists[key][0], ("kept", 0, None))
+    assert states == [["kept-1"], ["kept-1"], []]
+    assert first[0] == "[]"

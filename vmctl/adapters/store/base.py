@@ -108,6 +108,9 @@ class StoreBase:
         self._pool: ConnectionPool[Connection] | None = None
         self._attempts = _ConnectAttempts()
         self._lock = threading.Lock()
+        # the API's lists, by (project, node, state, limit, after): (vms version, page)
+        self._lists: dict[tuple[object, ...], tuple[int, tuple[str, int, str | None]]] = {}
+        self._lists_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the pool and its connections; the next call opens a new pool."""

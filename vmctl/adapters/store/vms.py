@@ -65,9 +65,12 @@ _CONTRACT_SQL = f"""
                           THEN host(ip) ELSE 'unassigned' END,
                'CreatedAt', to_char(created_at AT TIME ZONE 'UTC',
                                     'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-           ) ORDER BY name), '[]')::text AS body, count(*) AS n, max(name) AS last
+           ) ORDER BY name), '[]')::text AS body, count(*) AS n, max(name) AS last,
+           (SELECT version FROM vms_version) AS version
     FROM (SELECT * FROM vms WHERE {_PAGE_FILTER} {_PAGE_END}) AS page
 """
+_VERSION_SQL = "SELECT version FROM vms_version"
+CACHED_LISTS = 64  # the most API lists (project, filters, page) a store keeps
 
 
 def _json_field(key: str, sql: str, last: bool = False) -> str:
@@ -289,11 +292,31 @@ class VmsMixin(StoreBase):
         limit: int | None = None,
         after: str | None = None,
     ) -> tuple[str, int, str | None]:
-        """``list_contract_json``'s body, how many VMs it holds, and the last one's name."""
+        """``list_contract_json``'s body, how many VMs it holds, and the last one's name.
+
+        Kept, with the version of the vms table it was built at (schema 0007), and given again
+        while that version has not moved: asking for the version is ~300 times cheaper than
+        building 10,000 VMs' JSON. The version and the list are read in one statement (one
+        snapshot), so a kept list is never older than its version."""
         params = _list_params(node, state, project, limit, after)
-        row = self._run(lambda c: c.execute(_CONTRACT_SQL, params).fetchone())
-        assert row is not None
-        return str(row["body"]), int(row["n"]), row["last"]
+        key = (project, node, state, limit, after)
+
+        def work(conn: Connection) -> tuple[str, int, str | None]:
+            kept = self._lists.get(key)
+            if kept is not None:
+                row = conn.execute(_VERSION_SQL).fetchone()
+                if row is not None and row["version"] == kept[0]:
+                    return kept[1]
+            row = conn.execute(_CONTRACT_SQL, params).fetchone()
+            assert row is not None
+            page = (str(row["body"]), int(row["n"]), row["last"])
+            with self._lists_lock:
+                self._lists[key] = (row["version"], page)
+                while len(self._lists) > CACHED_LISTS:
+                    self._lists.pop(next(iter(self._lists)))
+            return page
+
+        return self._run(work)
 
     def set_state(self, name: str, state: str) -> VmRecord:
         if state not in STATES:
