@@ -232,7 +232,8 @@ def main() -> None:
         ("cloud-init", args.cloud_init_runs),
     ):
         if runs:
-            results.append(report(until, series(node, until, runs, until[0])))
+            tag = f"{until[:2]}{os.getpid() % 1000}-"  # unique: old leases keep old names
+            results.append(report(until, series(node, until, runs, tag)))
     print(json.dumps({"bench": "peers", "node": args.node, "results": results}))
 
 
