@@ -70,6 +70,7 @@ class FakeStore(Failing):
         self._lock = threading.Lock()
         self.held: dict[str, str] = {}  # VM name -> the operation holding its lock
         self.images: dict[tuple[str, str], ImageRecord] = {}  # (name, location) -> record
+        self.open_streams = 0  # list_json iterators neither exhausted nor closed
 
     @contextmanager
     def vm_lock(self, name: str, operation: str, timeout: float) -> Iterator[None]:
@@ -194,6 +195,7 @@ class FakeStore(Failing):
     def count(
         self, node: str | None = None, state: str | None = None, project: str | None = None
     ) -> int:
+        self._call("count")
         return len(self.list(node, state, project))
 
     def list_json(
@@ -204,14 +206,21 @@ class FakeStore(Failing):
         limit: int | None = None,
         after: str | None = None,
     ) -> Iterator[str]:
-        """What PgStore's SQL makes, made here the way the CLI's json output does."""
+        """Each VM's element of `vmctl list -o json`, as emit writes it (PgStore's SQL makes the
+        same text: tests/integration/test_list_scale.py compares them), one at a time as a
+        stream gives them; ``open_streams`` counts those not yet exhausted or closed."""
         import json
         import textwrap
 
         from vmctl.cli.output import _plain, record
 
-        for vm in self.list(node, state, project, limit, after):
-            yield textwrap.indent(json.dumps(_plain(record(vm)), indent=2), "  ")
+        self._call("list_json")
+        self.open_streams += 1
+        try:
+            for vm in self.list(node, state, project, limit, after):
+                yield textwrap.indent(json.dumps(_plain(record(vm)), indent=2), "  ")
+        finally:
+            self.open_streams -= 1
 
     def list_contract_json(
         self,
@@ -221,7 +230,7 @@ class FakeStore(Failing):
         limit: int | None = None,
         after: str | None = None,
     ) -> str:
-        raise NotImplementedError("the HTTP list is tested against PostgreSQL")
+        return self.list_contract_page(project, node, state, limit, after)[0]
 
     def list_contract_page(
         self,
@@ -231,7 +240,14 @@ class FakeStore(Failing):
         limit: int | None = None,
         after: str | None = None,
     ) -> tuple[str, int, str | None]:
-        raise NotImplementedError("the HTTP list is tested against PostgreSQL")
+        """The HTTP API's list (what vm_out makes of each record), how many, the last name."""
+        import json
+
+        from vmctl.api.models import vm_out
+
+        self._call("list_contract_page")
+        page = self.list(node, state, project, limit, after)
+        return json.dumps([vm_out(vm) for vm in page]), len(page), page[-1].name if page else None
 
     def set_state(self, name: str, state: str) -> VmRecord:
         self._call(f"set_state:{state}")

@@ -3,8 +3,10 @@ service, and hands records to `output.emit`."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -144,23 +146,56 @@ def list_vms(
         raise InvalidInput("limit", f"must be 0 or more, not {limit}")
     svc = vm_service(quiet=True)
     cap = None if limit == 0 else limit
-    if fmt is Format.json:
-        stream_json(svc.list_json(node, state, project, limit=cap, after=after))
-        return
     if fmt is Format.table and limit is None:
         cap = TABLE_LIMIT
-    # one more than shown: whether there are more to say so
-    vms = svc.list_vms(node, state, project, limit=None if cap is None else cap + 1, after=after)
+    fetch = None if cap is None else cap + 1  # one more than shown: whether there are more
+    if fmt is Format.json:
+        capped = _Capped(svc.list_json(node, state, project, limit=fetch, after=after), cap)
+        stream_json(capped)
+        if capped.more:
+            last = json.loads(capped.last)["name"]
+            _say_there_are_more(svc.count_vms(node, state, project), capped.shown, last, after)
+        return
+    vms = svc.list_vms(node, state, project, limit=fetch, after=after)
     shown = vms if cap is None else vms[:cap]
     emit([record(vm) for vm in shown], VM_COLUMNS, fmt)
     if len(vms) > len(shown):
-        total = svc.count_vms(node, state, project)
-        where = f"VMs after {after}" if after else "VMs"
-        print(
-            f"vmctl: showing {len(shown)} {where} of {total} in all (by name); --after "
-            f"{shown[-1].name} shows the next ones, --limit 0 all of them, -o json streams them.",
-            file=sys.stderr,
-        )
+        _say_there_are_more(svc.count_vms(node, state, project), len(shown), shown[-1].name, after)
+
+
+class _Capped:
+    """The first ``cap`` elements (all of them for None); then whether more came, how many were
+    given and the last one. The elements are closed when no more are wanted (a stream from
+    PostgreSQL then gives its connection back)."""
+
+    def __init__(self, elements: Iterator[str], cap: int | None) -> None:
+        self.elements, self.cap = elements, cap
+        self.shown, self.more, self.last = 0, False, ""
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for text in self.elements:
+                if self.shown == self.cap:
+                    self.more = True
+                    return
+                self.shown += 1
+                self.last = text
+                yield text
+        finally:
+            close = getattr(self.elements, "close", None)
+            if close is not None:
+                close()
+
+
+def _say_there_are_more(total: int, shown: int, last: str, after: str | None) -> None:
+    """The note on stderr of a list cut short: how many in all, how to see the rest."""
+    vms = "VM" if shown == 1 else "VMs"
+    where = f"{vms} after {after}" if after else vms
+    print(
+        f"vmctl: showing {shown} {where} of {total} in all (by name); --after {last} shows the "
+        "next ones, --limit 0 all of them, -o json streams them.",
+        file=sys.stderr,
+    )
 
 
 @app.command()
