@@ -21,20 +21,15 @@ lab/lab up --bare  # with the bare hosts deploy/ansible is tested on
 if (($#)); then
   exec .venv/bin/pytest "$@"
 fi
-# The deploy/ansible test (~5 min, mostly package installs) runs on the bare hosts alongside the
-# rest of the suite: it shares nothing else with it (its own hosts, their own PostgreSQL). The
-# test that takes the lab down waits for both.
+# The deploy/ansible test (~7 min, mostly package installs) runs on the bare hosts after the rest
+# of the suite, alone. Beside it, on 2 cores, one side's emulated guests missed their deadlines:
+# a day-2 reboot of the suite's (bare hosts at full CPU weight), or a VM on a prepared bare node
+# that got no address in 300 s (bare hosts at a low weight, the suite booting 5 guests at once).
 deploy=tests/e2e/test_deploy_ansible.py
-deploy_log=$(mktemp /tmp/vmctl-deploy-tests.XXXXXX)
-.venv/bin/pytest -p no:cacheprovider "$deploy" >"$deploy_log" 2>&1 &
-deploy_pid=$!
 rc=0
 .venv/bin/pytest --ignore="$deploy" -m "not lab_teardown" || rc=$?
 deploy_rc=0
-wait "$deploy_pid" || deploy_rc=$?
-echo "run-tests: $deploy (run alongside the suite above; exit $deploy_rc):" >&2
-cat "$deploy_log" >&2
-rm -f "$deploy_log"
+.venv/bin/pytest -p no:cacheprovider "$deploy" || deploy_rc=$?
 teardown_rc=0
 .venv/bin/pytest -m lab_teardown || teardown_rc=$?
 ((teardown_rc == 5)) && teardown_rc=0 # no test selected
