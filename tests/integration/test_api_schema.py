@@ -701,11 +701,11 @@ def test_the_list_built_by_postgresql_is_what_vm_out_makes(client: TestClient, a
     api.store.record_ip("same-2", vm.mac, "10.9.1.77", "lease")  # one with an address
     api.store.set_ip("same-3", "10.9.1.78", "expected")  # one only expected: "unassigned"
     try:
-        from_sql = json.loads(api.store.list_contract_json("demo"))
+        from_sql = json.loads(api.store.list_contract_page("demo")[0])
         from_python = [vmctl.api.models.vm_out(vm) for vm in api.store.list(project="demo")]
         assert from_sql == from_python
         assert [v["IP"] for v in from_sql] == ["unassigned", "10.9.1.77", "unassigned"]
-        assert api.store.list_contract_json("nobody") == "[]"
+        assert api.store.list_contract_page("nobody") == ("[]", 0, None)
     finally:
         for name in ("same-1", "same-2", "same-3"):
             client.delete(f"/api/v1/vm/{name}")

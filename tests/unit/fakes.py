@@ -222,16 +222,6 @@ class FakeStore(Failing):
         finally:
             self.open_streams -= 1
 
-    def list_contract_json(
-        self,
-        project: str,
-        node: str | None = None,
-        state: str | None = None,
-        limit: int | None = None,
-        after: str | None = None,
-    ) -> str:
-        return self.list_contract_page(project, node, state, limit, after)[0]
-
     def list_contract_page(
         self,
         project: str,

@@ -318,11 +318,6 @@ class FakeStore:
     ) -> VmRecord:
         raise NotImplementedError
 
-    def list_contract_json(
-        self, project: str, node: str | None = None, state: str | None = None
-    ) -> str:
-        raise NotImplementedError
-
     def set_state(self, name: str, state: str) -> VmRecord:
         raise NotImplementedError
 

@@ -1,7 +1,7 @@
 """`create --count N`: the VMs made side by side. Each VM is its own create (claim, node work,
 rollback of that VM alone on failure) and, when asked, its own wait; they run in threads, so
 the node work of VMs on different nodes overlaps, and so do their boots and waits. The node work
-on one node is bounded (``VmService.node_slots``): a node is not asked to copy ten disks at once.
+on one node is bounded (``VmService.node_slot``): a node is not asked to copy ten disks at once.
 """
 
 from __future__ import annotations

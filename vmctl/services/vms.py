@@ -150,7 +150,7 @@ class VmService:
         if after is not None:
             validation.name(after, "after")
 
-    def list_contract_json(
+    def list_contract_page(
         self,
         project: str,
         node: str | None = None,

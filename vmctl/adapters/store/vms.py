@@ -48,7 +48,7 @@ _FINISH_MOVE_SQL = """
     WHERE name = %s RETURNING *
 """
 
-# The filters of list and list_contract_json (each one off when its value is NULL).
+# The filters of list and list_contract_page (each one off when its value is NULL).
 _LIST_FILTER = """(%(node)s::text IS NULL OR node = %(node)s)
                   AND (%(state)s::text IS NULL OR state = %(state)s)
                   AND (%(project)s::text IS NULL OR project = %(project)s)"""
@@ -302,19 +302,6 @@ class VmsMixin(StoreBase):
                     raise db.unreachable(self._url, e) from e
                 raise
 
-    def list_contract_json(
-        self,
-        project: str,
-        node: str | None = None,
-        state: str | None = None,
-        limit: int | None = None,
-        after: str | None = None,
-    ) -> str:
-        """``list`` in the HTTP API's contract shape ([{Name, RAM, CPU, Disk, IP, CreatedAt}],
-        what ``vmctl.api.vm_out`` makes of a record), as JSON text built by PostgreSQL: with
-        10,000 VMs this is several times faster than building records in Python."""
-        return self.list_contract_page(project, node, state, limit, after)[0]
-
     def list_contract_page(
         self,
         project: str,
@@ -323,7 +310,9 @@ class VmsMixin(StoreBase):
         limit: int | None = None,
         after: str | None = None,
     ) -> tuple[str, int, str | None]:
-        """``list_contract_json``'s body, how many VMs it holds, and the last one's name.
+        """A page of the HTTP API's list ([{Name, RAM, CPU, Disk, IP, CreatedAt}], what
+        ``vmctl.api.vm_out`` makes of each record) as JSON text built by PostgreSQL, how many VMs
+        it holds, and the last one's name.
 
         Kept, with the version of the vms table it was built at (schema 0007), and given again
         while that version has not moved: asking for the version is ~300 times cheaper than

@@ -55,7 +55,7 @@ def list_vms(
         str | None, Query(description="a page: only VMs whose names come after this one")
     ] = None,
 ) -> Response:
-    body, count, last = svc.vms.list_contract_json(project, node, state, limit, after)
+    body, count, last = svc.vms.list_contract_page(project, node, state, limit, after)
     headers = {}
     if limit is not None and count == limit and last is not None:
         # the next page, as GitHub's API links it (relative: behind HAProxy the replica does

@@ -67,15 +67,6 @@ class VmStore(VmReader, Protocol):
         after: str | None = None,
     ) -> Iterator[str]: ...
 
-    def list_contract_json(
-        self,
-        project: str,
-        node: str | None = None,
-        state: str | None = None,
-        limit: int | None = None,
-        after: str | None = None,
-    ) -> str: ...
-
     def list_contract_page(
         self,
         project: str,
