@@ -6,7 +6,8 @@ real PostgreSQL of `lab/lab env` ($VMCTL_DATABASE_URL), in a schema of its own (
 end): EXISTING rows already recorded on NODES nodes, then WORKERS processes (each with its own
 store, as separate `vmctl create` processes or API replicas are) claiming for SECONDS; rounds
 alternate 1 worker and WORKERS workers. Reports claims/s and the latency of one claim (p50, p99),
-and how long the usage query (what the lock is held for, mostly) takes at that size.
+and how long the usage query read under the lock takes at that size (it summed every VM until
+schema 0008; it reads the kept per-node sums since).
 
     eval "$(lab/lab env)"; .venv/bin/python bench/claims.py --workers 8 --existing 10000 --rounds 3
 """

@@ -586,3 +586,143 @@ def test_cloud_figures_count_vms_and_the_creates_and_deletes_of_the_event_log(
     assert ops[("delete", "ok")].at_most == (0, 1, 1)
     assert ("delete", "failed") not in ops
     assert figures.rollbacks == {"clean": 1, "incomplete": 1}
+
+
+_SUMMED_USAGE = """
+    SELECT node, sum(cpu) AS cpu, sum(ram_mb) AS ram_mb, sum(disk_gb) AS disk_gb, count(*) AS vms,
+           array_remove(array_agg(DISTINCT group_name), NULL) AS groups
+    FROM (SELECT node, cpu, ram_mb, disk_gb + root_gb AS disk_gb, group_name FROM vms
+          UNION ALL
+          SELECT move_node, cpu, ram_mb, 0, group_name FROM vms WHERE move_node IS NOT NULL) AS v
+    GROUP BY node ORDER BY node
+"""
+
+
+def _summed(pg_url: str) -> list[NodeUsage]:
+    """Every node's usage summed from the vms table itself (what claims read before schema 0008)."""
+    with psycopg.connect(pg_url) as conn:
+        return [
+            NodeUsage(r[0], int(r[1]), int(r[2]), int(r[3]), frozenset(r[5]), int(r[4]))
+            for r in conn.execute(_SUMMED_USAGE).fetchall()
+        ]
+
+
+def test_kept_node_usage_follows_every_change_of_vms(store: PgStore, pg_url: str) -> None:
+    """Schema 0008 keeps each node's usage in a table: after any mix of inserts, resizes, group
+    changes, moves begun, ended and abandoned, deletes and a TRUNCATE, it equals the sums of the
+    vms table, and writes that touch no counted column (addresses, states) leave it alone."""
+    rng = __import__("random").Random(8)
+    nodes = ["node-a", "node-b", "node-c"]
+    names: list[str] = []
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for step in range(300):
+            op = rng.choice(["insert"] * 4 + ["resize", "group", "move", "end", "state", "delete"])
+            name = rng.choice(names) if names else None
+            if op == "insert" or name is None:
+                name = f"vm-{step}"
+                names.append(name)
+                conn.execute(
+                    """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image,
+                                        mac, group_name)
+                       VALUES (%s, %s, 'creating', %s, %s, %s, %s, 'debian-12', 'm', %s)""",
+                    (name, rng.choice(nodes), rng.choice([256, 512]), rng.randint(1, 4),
+                     rng.randint(0, 5), rng.randint(1, 4), rng.choice([None, "g1", "g2"])),
+                )  # fmt: skip
+            elif op == "resize":
+                conn.execute(
+                    "UPDATE vms SET cpu = %s, ram_mb = %s, disk_gb = %s WHERE name = %s",
+                    (rng.randint(1, 4), rng.choice([256, 1024]), rng.randint(0, 9), name),
+                )
+            elif op == "group":
+                conn.execute(
+                    "UPDATE vms SET group_name = %s WHERE name = %s",
+                    (rng.choice([None, "g1", "g3"]), name),
+                )
+            elif op == "move":
+                conn.execute(
+                    "UPDATE vms SET move_node = %s WHERE name = %s", (rng.choice(nodes), name)
+                )
+            elif op == "end":
+                done = rng.random() < 0.5
+                conn.execute(
+                    "UPDATE vms SET node = CASE WHEN %s THEN coalesce(move_node, node) ELSE node"
+                    " END, move_node = NULL WHERE name = %s",
+                    (done, name),
+                )
+            elif op == "state":
+                conn.execute("UPDATE vms SET state = 'running' WHERE name = %s", (name,))
+            else:
+                conn.execute("DELETE FROM vms WHERE name = %s", (name,))
+                names.remove(name)
+            if step % 25 == 0:
+                assert store.usage() == _summed(pg_url), f"after step {step} ({op})"
+        assert store.usage() == _summed(pg_url)
+        with conn.transaction():  # several rows in one statement, and a rollback
+            conn.execute("UPDATE vms SET ram_mb = ram_mb * 2, move_node = 'node-d'")
+            kept = conn.execute("SELECT sum(ram_mb) FROM node_usage").fetchone()
+            summed = conn.execute("SELECT sum(ram_mb) FROM vms").fetchone()
+            moving = conn.execute("SELECT sum(ram_mb) FROM vms WHERE move_node IS NOT NULL")
+            assert kept and summed and kept[0] == summed[0] + moving.fetchone()[0]  # (its own view)
+            raise psycopg.Rollback()
+    assert store.usage() == _summed(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE vms SET ram_mb = ram_mb * 2, move_node = 'node-d'")
+        assert store.usage() == _summed(pg_url)
+        conn.execute("TRUNCATE vms CASCADE")
+    assert store.usage() == [] == _summed(pg_url)
+
+
+def test_node_usage_counts_the_vms_recorded_before_schema_0008(pg_url: str) -> None:
+    from yoyo import read_migrations
+
+    with db._yoyo_backend(pg_url) as backend:  # up to schema 0007
+        older = read_migrations(str(db.MIGRATIONS_DIR)).filter(lambda m: m.id < "0008")
+        backend.apply_migrations(backend.to_apply(older))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image, mac,
+                                group_name, move_node)
+               SELECT 'old-' || i, 'node-' || (i % 3), 'running', 512, 1 + i % 2, i % 4, 4,
+                      'debian-12', 'm', CASE WHEN i % 5 = 0 THEN 'g' END,
+                      CASE WHEN i % 7 = 0 THEN 'node-9' END
+               FROM generate_series(1, 50) AS i"""
+        )
+    assert db.upgrade(pg_url) == ["0008_node_usage"]
+    with PgStore(pg_url) as s:
+        kept = s.usage()
+    assert kept == _summed(pg_url) and len(kept) == 4
+
+
+def test_claims_moves_and_deletes_at_once_neither_deadlock_nor_lose_a_count(pg_url: str) -> None:
+    """Eight threads claim, resize, move (in both directions between two nodes) and delete at
+    once, as creates, `vmctl move` and deletes of several processes do: no deadlock, no error,
+    and the kept usage is still the vms table's sums."""
+    db.upgrade(pg_url)
+    errors: list[BaseException] = []
+
+    def choose(usages: list[NodeUsage]) -> str:
+        return min(["node-a", "node-b"], key=lambda n: sum(u.ram_mb for u in usages if u.node == n))
+
+    def work(t: int) -> None:
+        try:
+            with PgStore(pg_url) as s, psycopg.connect(pg_url, autocommit=True) as conn:
+                for i in range(25):
+                    name = f"t{t}-{i}"
+                    s.claim(_vm(name), choose)
+                    target = "node-b" if t % 2 else "node-a"
+                    s.begin_move(name, target, lambda _u: None, None)
+                    if i % 3 == 0:
+                        s.end_move(name, done=True)
+                    elif i % 3 == 1:
+                        conn.execute("DELETE FROM vms WHERE name = %s", (name,))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    with PgStore(pg_url) as s:
+        assert s.usage() == _summed(pg_url) != []

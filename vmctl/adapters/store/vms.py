@@ -22,12 +22,9 @@ if TYPE_CHECKING:
     from vmctl.core.inventory import AddressPool
 
 _USAGE_SQL = """
-    SELECT node, sum(cpu) AS cpu, sum(ram_mb) AS ram_mb, sum(disk_gb + root_gb) AS disk_gb,
-           count(*) AS vms, array_remove(array_agg(DISTINCT group_name), NULL) AS groups
-    FROM (SELECT node, cpu, ram_mb, disk_gb, root_gb, group_name FROM vms
-          UNION ALL  -- a VM being moved holds room on both nodes until the move ends
-          SELECT move_node, cpu, ram_mb, 0, 0, group_name FROM vms WHERE move_node IS NOT NULL
-         ) AS v
+    SELECT node, sum(cpu) AS cpu, sum(ram_mb) AS ram_mb, sum(disk_gb) AS disk_gb, sum(vms) AS vms,
+           array_remove(array_agg(NULLIF(group_name, '') ORDER BY group_name), NULL) AS groups
+    FROM node_usage WHERE vms > 0  -- kept by a trigger on vms (schema 0008)
     GROUP BY node ORDER BY node
 """
 
@@ -156,7 +153,8 @@ def _list_params(
 
 
 def node_usage(conn: Connection) -> list[NodeUsage]:
-    """Per node that has VMs, what they take, ordered by node name."""
+    """Per node that has VMs, what they take, ordered by node name: read from the sums that a
+    trigger keeps per node and group (schema 0008), one row each, however many VMs there are."""
     return [
         NodeUsage(
             node=row["node"],
