@@ -23,6 +23,11 @@ bench's own (its config and the lab's SSH key), and reaches the node through a w
 checks the node's host key against the lab's known_hosts. `kcli version` is never run (it goes
 to the internet). Guests are named pv-N (vmctl) and pk-N (kcli) and deleted after each run.
 
+vmctl runs as users install it: `--setup` builds a wheel of this checkout and installs it in a
+venv of its own (pip compiles the bytecode at install; this machine sets PYTHONDONTWRITEBYTECODE,
+so the checkout's editable install would compile at every run). `--start-runs N` times
+`vmctl --version` against `kcli -h`, N each, alternating.
+
     eval "$(lab/lab env)"; .venv/bin/python bench/peers.py --setup --runs 5 --cloud-init-runs 3
 """
 
@@ -40,8 +45,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-VMCTL = str(REPO / ".venv" / "bin" / "vmctl")
 HOME = Path("/var/cache/vmctl-peers")
+VMCTL_VENV = HOME / "vmctl-venv"
+VMCTL = str(VMCTL_VENV / "bin" / "vmctl")
 KCLI_VENV = HOME / "kcli-venv"
 PATCHED = HOME / "patched"
 POOL, POOL_DIR, IMAGE = "vmctl-base", "/var/lib/libvirt/images/base", "debian-12.qcow2"
@@ -54,7 +60,20 @@ def node_ssh(node: dict[str, str], command: str, check: bool = True) -> str:
     return proc.stdout
 
 
+def install_vmctl() -> None:
+    """A wheel of this checkout in a venv of its own, as users install vmctl."""
+    wheels = HOME / "wheels"
+    shutil.rmtree(wheels, ignore_errors=True)
+    shutil.rmtree(VMCTL_VENV, ignore_errors=True)
+    pip = [str(REPO / ".venv" / "bin" / "pip"), "wheel", "-q", "--no-deps", "-w", str(wheels)]
+    subprocess.run([*pip, str(REPO)], check=True)
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(VMCTL_VENV)], check=True)
+    wheel = next(wheels.glob("vmctl-*.whl"))
+    subprocess.run([str(VMCTL_VENV / "bin" / "pip"), "install", "-q", str(wheel)], check=True)
+
+
 def setup(node: dict[str, str]) -> None:
+    install_vmctl()
     home = HOME / "home"
     if not (KCLI_VENV / "bin" / "kcli").exists():
         subprocess.run(
@@ -197,11 +216,32 @@ def series(node: dict[str, str], until: str, runs: int, tag: str) -> dict[str, l
     return took
 
 
+def start_up(runs: int) -> dict[str, list[float]]:
+    took: dict[str, list[float]] = {"vmctl": [], "kcli": []}
+    for i in range(runs + 1):  # the first round is not counted (disk caches)
+        order = ("vmctl", "kcli") if i % 2 == 0 else ("kcli", "vmctl")
+        for tool in order:
+            started = time.monotonic()
+            proc = (
+                subprocess.run([VMCTL, "--version"], capture_output=True)
+                if tool == "vmctl"
+                else kcli("-h")
+            )
+            if proc.returncode != 0:
+                raise SystemExit(f"{tool} failed to start: {proc.stderr!r}")
+            if i:
+                took[tool].append(time.monotonic() - started)
+                print(f"start-up: run {i}: {tool} {took[tool][-1] * 1000:.0f} ms", flush=True)
+    return took
+
+
 def report(until: str, took: dict[str, list[float]]) -> dict[str, object]:
     med = {tool: statistics.median(v) for tool, v in took.items()}
     ratio = med["vmctl"] / med["kcli"]
+    digits = 3 if until == "start-up" else 1
     print(
-        f"{until}: median vmctl {med['vmctl']:.1f} s, kcli {med['kcli']:.1f} s, ratio {ratio:.2f}"
+        f"{until}: median vmctl {med['vmctl']:.{digits}f} s, kcli {med['kcli']:.{digits}f} s, "
+        f"ratio {ratio:.2f}"
     )
     return {"until": until, "runs": took, "median": med, "ratio": round(ratio, 3)}
 
@@ -213,6 +253,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="pairs to SSH")
     parser.add_argument("--cloud-init-runs", type=int, default=3)
     parser.add_argument("--started-runs", type=int, default=5)
+    parser.add_argument("--start-runs", type=int, default=10, help="`--version` / `-h` pairs")
     args = parser.parse_args()
     lab = json.loads(
         subprocess.run(
@@ -225,7 +266,11 @@ def main() -> None:
     node = next(n for n in lab["nodes"] if n["name"] == args.node)
     if args.setup:
         setup(node)
+    if not Path(VMCTL).exists():
+        raise SystemExit(f"no vmctl installed from a wheel at {VMCTL}: run with --setup")
     results = []
+    if args.start_runs:
+        results.append(report("start-up", start_up(args.start_runs)))
     for until, runs in (
         ("started", args.started_runs),
         ("ssh", args.runs),
