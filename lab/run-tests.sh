@@ -26,8 +26,15 @@ fi
 # a day-2 reboot of the suite's (bare hosts at full CPU weight), or a VM on a prepared bare node
 # that got no address in 300 s (bare hosts at a low weight, the suite booting 5 guests at once).
 deploy=tests/e2e/test_deploy_ansible.py
+# Its packages come through the lab's proxy, whose cache starts empty on a fresh machine (~10 min
+# of downloads): they are fetched meanwhile, beside the main suite (network, not CPU).
+warm_log=$(mktemp /tmp/vmctl-warm-bare.XXXXXX.log)
+lab/lab warm-bare >"$warm_log" 2>&1 &
+warm_pid=$!
 rc=0
 .venv/bin/pytest --ignore="$deploy" -m "not lab_teardown" || rc=$?
+wait "$warm_pid" || echo "run-tests: warning: lab/lab warm-bare failed (the deploy test fetches the packages itself): $(tail -3 "$warm_log")" >&2
+rm -f "$warm_log"
 deploy_rc=0
 .venv/bin/pytest -p no:cacheprovider "$deploy" || deploy_rc=$?
 teardown_rc=0

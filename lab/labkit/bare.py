@@ -384,3 +384,44 @@ def found_hosts() -> list[BareHost]:
         if d.name.startswith("bare") and d.name[4:].isdigit():
             found.append(BareHost(int(d.name[4:])))
     return sorted(found, key=lambda h: h.index)
+
+
+# --- warming the proxy -------------------------------------------------------------------------
+
+ROLES = config.REPO / "deploy" / "ansible" / "roles"
+
+
+def role_packages() -> list[str]:
+    """What the roles of deploy/ansible install with apt: their ``*_packages`` defaults and the
+    packages their apt tasks name literally."""
+    import yaml  # Debian's python3-yaml (setup-host)
+
+    names: set[str] = set()
+    for defaults in ROLES.glob("*/defaults/main.yml"):
+        for key, value in (yaml.safe_load(defaults.read_text()) or {}).items():
+            if key.endswith("_packages"):
+                names.update(value)
+    for tasks in ROLES.glob("*/tasks/*.yml"):
+        for task in yaml.safe_load(tasks.read_text()) or []:
+            name = (task.get("ansible.builtin.apt") or {}).get("name")
+            if isinstance(name, str) and "{{" not in name:
+                names.add(name)
+    return sorted(names)
+
+
+def warm(host: BareHost) -> None:
+    """Fetch through the proxy every package the roles install, with their dependencies, from
+    ``host`` (apt-get --download-only: nothing is installed, and the downloads are cleaned from
+    the host after): a later run of the roles on a fresh host waits for no mirror. The test suite
+    runs this beside its other tests; the first fetch from the mirrors takes minutes."""
+    packages = role_packages()
+    log(f"{host.name}: fetching {len(packages)} packages and their dependencies through the proxy")
+    script = (
+        "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; "
+        f"apt-get install -y -qq --download-only {' '.join(packages)} >/dev/null; apt-get clean"
+    )
+    ssh = ["ssh", "-i", str(config.SSH_KEY), "-o", f"UserKnownHostsFile={config.KNOWN_HOSTS}"]
+    ssh += ["-o", "BatchMode=yes", f"root@{host.address}", script]
+    started = time.monotonic()
+    run(ssh, timeout=3600)
+    log(f"{host.name}: the proxy holds them ({time.monotonic() - started:.0f} s)")

@@ -245,6 +245,16 @@ def status() -> dict[str, object]:
     }
 
 
+def warm_bare(name: str | None) -> None:
+    count = _bare_count(_load_state())
+    known = {h.name: h for h in bare.hosts(count)}
+    if not known:
+        raise LabError("the lab has no bare hosts: run `lab/lab up --bare`")
+    if name is not None and name not in known:
+        raise LabError(f"no bare host {name} (the lab has {', '.join(known)})")
+    bare.warm(known[name] if name else next(iter(known.values())))
+
+
 def reset_bare(names: list[str]) -> None:
     """Bare hosts made fresh again (every one when ``names`` is empty)."""
     state = _load_state()
@@ -320,6 +330,11 @@ def main(argv: list[str]) -> int:
     )
     p_reset = sub.add_parser("reset-bare", help="make bare hosts fresh Debian hosts again")
     p_reset.add_argument("names", nargs="*", help="bare host names (default: all)")
+    p_warm = sub.add_parser(
+        "warm-bare",
+        help="fetch the packages deploy/ansible's roles install into the bare hosts' proxy",
+    )
+    p_warm.add_argument("name", nargs="?", help="the bare host to fetch from (default: the first)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("lab: must run as root (namespaces, bridges, daemons)", file=sys.stderr)
@@ -336,7 +351,7 @@ def main(argv: list[str]) -> int:
 def _lab_lock(command: str) -> Iterator[None]:
     """One command that changes the lab at a time (two test runs side by side, a reset of bare
     hosts during another run's `up`): they wait for each other. Reading commands do not."""
-    if command in ("status", "env"):
+    if command in ("status", "env", "warm-bare"):  # (warm-bare changes only a proxy's cache)
         yield
         return
     config.CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -365,6 +380,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("\n".join(env_lines()))
     elif args.command == "reset-bare":
         reset_bare(args.names)
+    elif args.command == "warm-bare":
+        warm_bare(args.name)
     elif args.command == "restart-vmctl":
         if _load_state() is None:
             raise LabError("the lab is not up: run `lab/lab up`")
