@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -108,10 +110,44 @@ def test_extra_user_data_script_and_garbage() -> None:
         cloudinit.render(seed(), extra_user_data="packages: [x]\n")
 
 
-def test_guest_agent_is_installed_if_missing_and_enabled() -> None:
+def test_guest_agent_is_installed_if_missing_and_enabled_only_where_it_can_be(
+    tmp_path: Path,
+) -> None:
+    """The runcmd line, run by sh against a stand-in systemctl: a static unit (Debian's) is
+    neither enabled (15 s of systemd reloads under emulation) nor started again when active."""
+    import subprocess
+
     data = yaml.safe_load(cloudinit.render(seed(data_disk=None))["user-data"])
     (cmd,) = data["runcmd"]
-    assert "qemu-guest-agent" in cmd[2] and "systemctl enable --now qemu-guest-agent" in cmd[2]
+    assert cmd[:2] == ["sh", "-c"]
+    log = tmp_path / "calls"
+    for name in ("qemu-ga", "apt-get", "systemctl"):
+        stub = tmp_path / name
+        answer = 'case "$1" in is-enabled) echo "$STATE" ;; is-active) exit $ACTIVE ;; esac\n'
+        body = answer if name == "systemctl" else ""
+        stub.write_text(f'#!/bin/sh\necho "{name} $*" >>{log}\n{body}')
+        stub.chmod(0o755)
+
+    def calls(state: str, active: int, agent: bool = True) -> list[str]:
+        log.write_text("")
+        if not agent:
+            (tmp_path / "qemu-ga").unlink(missing_ok=True)
+        env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "STATE": state, "ACTIVE": str(active)}
+        subprocess.run(["sh", "-c", cmd[2]], env=env, check=True)
+        return [c for c in log.read_text().splitlines() if not c.startswith("systemctl is-")]
+
+    assert calls("static", 0) == []
+    assert calls("static", 3) == ["systemctl start qemu-guest-agent"]
+    assert calls("disabled", 3) == [
+        "systemctl enable qemu-guest-agent",
+        "systemctl start qemu-guest-agent",
+    ]
+    assert calls("enabled", 0) == []
+    assert calls("static", 3, agent=False) == [
+        "apt-get update",
+        "apt-get install -y qemu-guest-agent",
+        "systemctl start qemu-guest-agent",
+    ]
 
 
 def test_the_users_lists_add_to_vmctls() -> None:
