@@ -42,8 +42,8 @@ def on_node(node: dict, command: str) -> subprocess.CompletedProcess[str]:  # ty
     )
 
 
-def raw(node: dict, name: str) -> tuple[float, float]:  # type: ignore[type-arg]
-    """Returns (seconds to lease, seconds to SSH)."""
+def raw(node: dict, name: str, poll: float = 1.0) -> tuple[float, float]:  # type: ignore[type-arg]
+    """Returns (seconds to lease, seconds to SSH), polling every ``poll`` seconds."""
     key = hostkeys.new_host_key(name)
     mac = hostkeys.new_mac()
     pub = Path(os.environ["LAB_SSH_KEY"] + ".pub").read_text().strip()
@@ -106,7 +106,7 @@ def raw(node: dict, name: str) -> tuple[float, float]:  # type: ignore[type-arg]
         out = on_node(node, f"virsh -q domifaddr {name} --source lease").stdout
         ip = next((f.split()[3].split("/")[0] for f in out.splitlines() if mac in f), None)
         if ip is None:
-            time.sleep(1)
+            time.sleep(poll)
     lease = time.monotonic() - start
     want = key.public.split()[1]
     while (
@@ -115,7 +115,7 @@ def raw(node: dict, name: str) -> tuple[float, float]:  # type: ignore[type-arg]
             ["ssh-keyscan", "-T", "2", "-t", "ed25519", ip], capture_output=True, text=True
         ).stdout
     ):
-        time.sleep(1)
+        time.sleep(poll)
     done = time.monotonic()
     FROM_START.append((done - started, lease - (started - start)))
     return lease, done - start

@@ -10,7 +10,10 @@ of the command:
 - to cloud-init done: `vmctl create --wait-for cloud-init` against `kcli create vm`, the same
   SSH poll, then one login running `cloud-init status --wait` (what vmctl does; kcli's own `-w`
   polls SSH every 5 s and then its log every 2 s, which would count against it);
-- to the domain started: `vmctl create` and `kcli create vm`, neither waiting.
+- to the domain started: `vmctl create` and `kcli create vm`, neither waiting;
+- with `--raw`, to SSH also the raw path of bench/create_overhead.py (the same domain XML and
+  seed by scp, qemu-img, genisoimage, virsh define + start over plain ssh, then a poll every
+  0.5 s of the lease and of ssh-keyscan for the guest's host key), in the same rounds.
 
 What kcli needs to run on the lab at all, applied by `--setup` (and said in the output):
 a venv of its own with Debian's python3-libvirt (`--system-site-packages`; kcli from PyPI with
@@ -21,7 +24,8 @@ AHCI driver: on SATA the seed is invisible), used through PYTHONPATH; the guest'
 (the lab image boots with net.ifnames=0). kcli runs with HOME pointing at a directory of the
 bench's own (its config and the lab's SSH key), and reaches the node through a wrapper of ssh that
 checks the node's host key against the lab's known_hosts. `kcli version` is never run (it goes
-to the internet). Guests are named pv-N (vmctl) and pk-N (kcli) and deleted after each run.
+to the internet). Guests are named pv-N (vmctl), pk-N (kcli) and pr-N (raw) and deleted after
+each run.
 
 vmctl runs as users install it: `--setup` builds a wheel of this checkout and installs it in a
 venv of its own (pip compiles the bytecode at install; this machine sets PYTHONDONTWRITEBYTECODE,
@@ -194,24 +198,39 @@ def run_vmctl(node: dict[str, str], name: str, until: str) -> float:
     return time.monotonic() - started
 
 
-def cleanup(name: str) -> None:
+def cleanup(node: dict[str, str], name: str) -> None:
     if name.startswith("pk-"):
         kcli("delete", "vm", name, "-y")
+    elif name.startswith("pr-"):
+        where = f"/var/lib/libvirt/images/vmctl/{name}"
+        node_ssh(node, f"virsh -q destroy {name}; virsh -q undefine {name}; rm -rf {where}", False)
     else:
         subprocess.run([VMCTL, "delete", "--yes", name], capture_output=True)
 
 
-def series(node: dict[str, str], until: str, runs: int, tag: str) -> dict[str, list[float]]:
-    took: dict[str, list[float]] = {"vmctl": [], "kcli": []}
+def run_raw(node: dict[str, str], name: str, until: str) -> float:
+    assert until == "ssh"
+    sys.path.insert(0, str(REPO / "bench"))
+    sys.path.insert(0, str(REPO / "lab"))
+    import create_overhead
+
+    return create_overhead.raw(node, name, poll=0.5)[1]
+
+
+def series(
+    node: dict[str, str], until: str, runs: int, tag: str, raw: bool = False
+) -> dict[str, list[float]]:
+    tools = ["vmctl", "kcli", *(["raw"] if raw else [])]
+    took: dict[str, list[float]] = {tool: [] for tool in tools}
     for i in range(runs):
-        order = ("vmctl", "kcli") if i % 2 == 0 else ("kcli", "vmctl")
+        order = tools[i % len(tools) :] + tools[: i % len(tools)]  # each goes first in turn
         for tool in order:
-            name = f"{'pv' if tool == 'vmctl' else 'pk'}-{tag}{i}"
+            name = f"p{tool[0]}-{tag}{i}"
             try:
-                fn = run_vmctl if tool == "vmctl" else run_kcli
+                fn = {"vmctl": run_vmctl, "kcli": run_kcli, "raw": run_raw}[tool]
                 took[tool].append(fn(node, name, until))
             finally:
-                cleanup(name)
+                cleanup(node, name)
             print(f"{until}: run {i + 1}: {tool} {took[tool][-1]:.1f} s", flush=True)
     return took
 
@@ -238,6 +257,11 @@ def start_up(runs: int) -> dict[str, list[float]]:
 def report(until: str, took: dict[str, list[float]]) -> dict[str, object]:
     med = {tool: statistics.median(v) for tool, v in took.items()}
     ratio = med["vmctl"] / med["kcli"]
+    if "raw" in med:
+        print(
+            f"{until}: median raw path {med['raw']:.1f} s, "
+            f"vmctl / raw {med['vmctl'] / med['raw']:.2f}"
+        )
     digits = 3 if until == "start-up" else 1
     print(
         f"{until}: median vmctl {med['vmctl']:.{digits}f} s, kcli {med['kcli']:.{digits}f} s, "
@@ -254,6 +278,7 @@ def main() -> None:
     parser.add_argument("--cloud-init-runs", type=int, default=3)
     parser.add_argument("--started-runs", type=int, default=5)
     parser.add_argument("--start-runs", type=int, default=10, help="`--version` / `-h` pairs")
+    parser.add_argument("--raw", action="store_true", help="the raw path too, to SSH")
     args = parser.parse_args()
     lab = json.loads(
         subprocess.run(
@@ -278,7 +303,9 @@ def main() -> None:
     ):
         if runs:
             tag = f"{until[:2]}{os.getpid() % 1000}-"  # unique: old leases keep old names
-            results.append(report(until, series(node, until, runs, tag)))
+            results.append(
+                report(until, series(node, until, runs, tag, args.raw and until == "ssh"))
+            )
     print(json.dumps({"bench": "peers", "node": args.node, "results": results}))
 
 

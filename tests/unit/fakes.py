@@ -198,6 +198,10 @@ class FakeStore(Failing):
         self._call("count")
         return len(self.list(node, state, project))
 
+    def vms_version(self) -> int:
+        self._call("vms_version")
+        return hash(repr(sorted(self.vms.items())))
+
     def list_json(
         self,
         node: str | None = None,

@@ -58,6 +58,11 @@ class VmStore(VmReader, Protocol):
         self, node: str | None = None, state: str | None = None, project: str | None = None
     ) -> int: ...
 
+    def vms_version(self) -> int:
+        """A number that moves whenever any VM's row changes (a reader that saw it unchanged may
+        keep what it read of the VMs)."""
+        ...
+
     def list_json(
         self,
         node: str | None = None,

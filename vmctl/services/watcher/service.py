@@ -68,6 +68,7 @@ class Watcher:
         self._shared = Shared(n.name for n in inventory.nodes)
         self._unsaved: dict[str, Found] = {}
         self._store_down = False
+        self._read_at: int | None = None  # the vms_version the VMs to watch were read at
 
     # -- one pass (watch-ip --once, the API's discovery trigger, waiting without a watcher) -----
 
@@ -220,11 +221,18 @@ class Watcher:
             self._flush()
 
     def _refresh(self) -> None:
+        """The VMs to watch, read again only when a VM's row changed since the last read: with
+        nothing changing, a pass costs one tiny query, whatever the number of VMs."""
         try:
+            version = self.store.vms_version()  # first: a list read after it is at least as new
+            if version == self._read_at:
+                self._store_back()
+                return
             vms = self.store.list()
         except StoreUnavailable as exc:
             self._store_failed(exc)
             return
+        self._read_at = version
         self._store_back()
         targets: dict[str, dict[str, VmRecord]] = {name: {} for name in self._shared.targets}
         for vm in vms:
