@@ -726,3 +726,18 @@ def test_claims_moves_and_deletes_at_once_neither_deadlock_nor_lose_a_count(pg_u
     assert errors == []
     with PgStore(pg_url) as s:
         assert s.usage() == _summed(pg_url) != []
+
+
+def test_the_vms_version_moves_with_every_change_and_only_then(store: PgStore) -> None:
+    first = store.vms_version()
+    store.list()
+    store.usage()
+    assert store.vms_version() == first
+    store.claim(_vm("ver-1"), lambda _u: "node-a")
+    claimed = store.vms_version()
+    assert claimed > first
+    store.set_state("ver-1", "running")
+    assert store.vms_version() > claimed
+    running = store.vms_version()
+    store.delete("ver-1")
+    assert store.vms_version() > running
