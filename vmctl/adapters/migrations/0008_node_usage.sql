@@ -56,10 +56,9 @@ BEGIN
                sum(vms) AS vms
         FROM delta GROUP BY node, group_name
         HAVING sum(cpu) <> 0 OR sum(ram_mb) <> 0 OR sum(disk_gb) <> 0 OR sum(vms) <> 0
-        ORDER BY node, group_name
     )
     INSERT INTO node_usage AS u (node, group_name, cpu, ram_mb, disk_gb, vms)
-    SELECT node, group_name, cpu, ram_mb, disk_gb, vms FROM summed
+    SELECT node, group_name, cpu, ram_mb, disk_gb, vms FROM summed ORDER BY node, group_name
     ON CONFLICT (node, group_name) DO UPDATE
         SET cpu = u.cpu + EXCLUDED.cpu, ram_mb = u.ram_mb + EXCLUDED.ram_mb,
             disk_gb = u.disk_gb + EXCLUDED.disk_gb, vms = u.vms + EXCLUDED.vms;

@@ -225,15 +225,14 @@ class Watcher:
         nothing changing, a pass costs one tiny query, whatever the number of VMs."""
         try:
             version = self.store.vms_version()  # first: a list read after it is at least as new
-            if version == self._read_at:
-                self._store_back()
-                return
-            vms = self.store.list()
+            vms = None if version == self._read_at else self.store.list()
         except StoreUnavailable as exc:
             self._store_failed(exc)
             return
-        self._read_at = version
         self._store_back()
+        if vms is None:
+            return
+        self._read_at = version
         targets: dict[str, dict[str, VmRecord]] = {name: {} for name in self._shared.targets}
         for vm in vms:
             if vm.state in WATCHED_STATES and vm.node in targets:
