@@ -15,6 +15,19 @@ Run with the lab up:
     eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py latency --vms 10 --rounds 2 \
         --watchers follow,poll   # the lease follower against looks alone, alternating
     eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py idle --vms 100 --seconds 120
+
+idle-scale: the same at cloud scale, in a schema of its own in the lab's database (dropped
+afterwards): --vms rows (default 100,000) put in by INSERTs of 5,000, all with confirmed
+addresses, spread over the lab's nodes; then one `vmctl watch-ip` per --code (a checkout of
+vmctl: its own migrations and code, e.g. a `git worktree` of an older commit; default this one),
+in turn, each in a fresh schema. --changes N also changes N rows (one address each) per second
+during the window, so what one change costs shows; --watch-args gives watch-ip's arguments (repeat
+it for variants run in turn):
+
+    eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py idle-scale --vms 100000 --seconds 60 \
+        --watch-args="--reconcile-every 0" --watch-args=""
+    git worktree add /tmp/vmctl-old 4644391
+    eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py idle-scale --code /tmp/vmctl-old,.
 """
 
 from __future__ import annotations
@@ -23,11 +36,13 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -241,6 +256,100 @@ def idle(vms: int, seconds: float, settle: float) -> dict[str, object]:
     }
 
 
+def idle_scale(
+    vms: int, seconds: float, settle: float, code: Path, changes: float, args: Sequence[str]
+) -> dict[str, object]:
+    """One watcher of ``code`` over ``vms`` rows in a fresh schema (see the module's doc)."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    base = os.environ["VMCTL_DATABASE_URL"]
+    schema = f"bench_watch_{secrets.token_hex(4)}"
+    url = make_conninfo(base, options=f"-csearch_path={schema}")
+    lab_nodes = [n.name for n in nodes()]
+    python = str(REPO / ".venv" / "bin" / "python")
+    env = {**os.environ, "VMCTL_DATABASE_URL": url, "PYTHONPATH": str(code)}
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        upgrade = (
+            "import os; from vmctl.adapters import db; db.upgrade(os.environ['VMCTL_DATABASE_URL'])"
+        )
+        subprocess.run([python, "-c", upgrade], env=env, check=True, cwd=code)
+        with psycopg.connect(url, autocommit=True) as conn:
+            for first in range(1, vms + 1, 5000):  # in statements of 5,000 rows: see schema 0008
+                conn.execute(
+                    """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image,
+                                        mac, ip, ip_state)
+                       SELECT 'scale-' || i, (%(nodes)s::text[])[1 + i %% %(n)s], 'running', 256,
+                              1, 1, 4, 'bench',
+                              '52:54:01:' || regexp_replace(lpad(to_hex(i), 6, '0'),
+                                                            '(..)(..)(..)', '\\1:\\2:\\3'),
+                              ('10.250.0.0'::inet + i), 'confirmed'
+                       FROM generate_series(%(first)s::int, %(last)s::int) AS i""",
+                    {
+                        "nodes": lab_nodes,
+                        "n": len(lab_nodes),
+                        "first": first,
+                        "last": min(vms, first + 4999),
+                    },
+                )
+        log = Path(config.LAB_DIR) / f"bench-watch-ip-{schema}.log"
+        with open(log, "wb") as log_file:
+            proc = subprocess.Popen(
+                [python, "-m", "vmctl", "watch-ip", *args],
+                env=env,
+                cwd=code,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
+        stop = threading.Event()
+        changer = threading.Thread(target=_change_rows, args=(url, vms, changes, stop))
+        try:
+            time.sleep(settle)
+            if changes:
+                changer.start()
+            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            time.sleep(seconds)
+            cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            memory = memory_kib(proc.pid)
+        finally:
+            stop.set()
+            if changer.is_alive():
+                changer.join()
+            proc.terminate()
+            proc.wait(timeout=30)
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    return {
+        "code": str(code),
+        "vms_known": vms,
+        "changes_per_s": changes,
+        "args": " ".join(args),
+        "window_s": round(t1 - t0, 1),
+        "cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
+        "rss_mib": round(memory["VmRSS"] / 1024, 1),
+        "peak_rss_mib": round(memory["VmHWM"] / 1024, 1),
+        "exit": proc.returncode,
+        "log": str(log),
+    }
+
+
+def _change_rows(url: str, vms: int, per_s: float, stop: threading.Event) -> None:
+    """``per_s`` rows a second get another confirmed address, until ``stop``."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        i = 0
+        while not stop.wait(1 / per_s):
+            i += 1
+            conn.execute(
+                "UPDATE vms SET ip = ip + 1 WHERE name = %s", (f"scale-{1 + i * 7919 % vms}",)
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -257,6 +366,19 @@ def main() -> None:
         help="which watcher records, round by round in turn: lab (the lab's own), follow "
         "(vmctl watch-ip), poll (vmctl watch-ip --no-follow); e.g. follow,poll",
     )
+    p_scale = sub.add_parser("idle-scale")
+    p_scale.add_argument("--vms", type=int, default=100_000)
+    p_scale.add_argument("--seconds", type=float, default=60)
+    p_scale.add_argument("--settle", type=float, default=30)
+    p_scale.add_argument("--changes", type=float, default=0, help="row changes per second")
+    p_scale.add_argument("--code", default=".", help="vmctl checkouts, comma-separated, in turn")
+    p_scale.add_argument("--rounds", type=int, default=1)
+    p_scale.add_argument(
+        "--watch-args",
+        action="append",
+        default=[],
+        help="arguments of `vmctl watch-ip`, in turn (repeat: each a variant)",
+    )
     p_idle = sub.add_parser("idle")
     p_idle.add_argument("--vms", type=int, default=100)
     p_idle.add_argument("--seconds", type=float, default=120)
@@ -268,6 +390,16 @@ def main() -> None:
         if not set(kinds) <= {"lab", "follow", "poll"}:
             parser.error(f"--watchers: not lab, follow or poll: {args.watchers}")
         result = latency(args.vms, args.rounds, args.ram, args.stagger, kinds)
+    elif args.what == "idle-scale":
+        runs = [
+            idle_scale(
+                args.vms, args.seconds, args.settle, Path(code).resolve(), args.changes, extra
+            )
+            for _round in range(args.rounds)
+            for code in args.code.split(",")
+            for extra in [shlex.split(a) for a in args.watch_args or [""]]
+        ]
+        result = {"runs": runs}
     else:
         result = idle(args.vms, args.seconds, args.settle)
     print(json.dumps({"bench": args.what, "started": started, **result}, indent=2))

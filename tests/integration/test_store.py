@@ -39,7 +39,7 @@ from vmctl.core.errors import (
     StoreUnavailable,
 )
 from vmctl.core.inventory import AddressPool
-from vmctl.core.records import NewVm, NodeUsage
+from vmctl.core.records import NewVm, NodeUsage, WatchChanges
 
 pytestmark = pytest.mark.integration
 
@@ -687,7 +687,7 @@ def test_node_usage_counts_the_vms_recorded_before_schema_0008(pg_url: str) -> N
                       CASE WHEN i % 7 = 0 THEN 'node-9' END
                FROM generate_series(1, 50) AS i"""
         )
-    assert db.upgrade(pg_url) == ["0008_node_usage"]
+    assert db.upgrade(pg_url) == [m for m in ALL_MIGRATIONS if m >= "0008"]
     with PgStore(pg_url) as s:
         kept = s.usage()
     assert kept == _summed(pg_url) and len(kept) == 4
@@ -741,3 +741,136 @@ def test_the_vms_version_moves_with_every_change_and_only_then(store: PgStore) -
     running = store.vms_version()
     store.delete("ver-1")
     assert store.vms_version() > running
+
+
+def _names(changes: WatchChanges) -> tuple[set[str], set[str]]:
+    return {vm.name for vm in changes.vms}, set(changes.gone)
+
+
+def test_the_watcher_reads_only_what_changed_since_its_last_read(
+    store: PgStore, pg_url: str
+) -> None:
+    watched = ("creating", "running")
+    for name in ("wc-a", "wc-b", "wc-c"):
+        store.claim(_vm(name, mac="52:54:00:AA:00:01"), lambda _u: "node-a")
+    store.set_state("wc-c", "stopped")
+    first = store.watch_changes(None, watched)
+    assert first.whole and _names(first) == ({"wc-a", "wc-b"}, set())
+    assert {vm.mac for vm in first.vms} == {"52:54:00:aa:00:01"}  # lower case
+
+    # nothing changed: nothing read, and the version stays
+    same = store.watch_changes(first.version, watched)
+    assert not same.whole and _names(same) == (set(), set()) and same.version == first.version
+
+    # a new VM, an address recorded, one stopped, one deleted, one deleted and made again
+    store.claim(_vm("wc-d"), lambda _u: "node-b")
+    store.record_ip("wc-a", "52:54:00:AA:00:01", "10.0.0.5", "lease")
+    store.set_state("wc-b", "stopped")
+    store.set_state("wc-c", "running")
+    store.delete("wc-c")
+    store.claim(_vm("wc-e"), lambda _u: "node-a")
+    store.delete("wc-e")
+    store.claim(_vm("wc-e"), lambda _u: "node-b")
+    later = store.watch_changes(first.version, watched)
+    assert not later.whole
+    assert _names(later) == ({"wc-a", "wc-d", "wc-e"}, {"wc-b", "wc-c"})
+    got = {vm.name: vm for vm in later.vms}
+    assert (got["wc-a"].ip, got["wc-a"].ip_state) == ("10.0.0.5", "confirmed")
+    assert got["wc-e"].node == "node-b"
+    assert later.version > first.version == same.version
+
+    # a statement that changes no row moves nothing
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE vms SET state = 'error' WHERE name = 'no-such-vm'")
+    assert store.vms_version() == later.version
+
+    # after a TRUNCATE, what was read before is forgotten: read whole
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE vms CASCADE")
+    store.claim(_vm("wc-f"), lambda _u: "node-a")
+    again = store.watch_changes(later.version, watched)
+    assert again.whole and _names(again) == ({"wc-f"}, set())
+
+
+def test_rows_from_before_schema_0009_are_read_whole_then_followed(pg_url: str) -> None:
+    from yoyo import read_migrations
+
+    with db._yoyo_backend(pg_url) as backend:  # up to schema 0008
+        older = read_migrations(str(db.MIGRATIONS_DIR)).filter(lambda m: m.id < "0009")
+        backend.apply_migrations(backend.to_apply(older))
+    with PgStore(pg_url) as s:
+        s.claim(_vm("old-a"), lambda _u: "node-a")
+        s.claim(_vm("old-b"), lambda _u: "node-a")
+        before = s.vms_version()
+    assert db.upgrade(pg_url) == ["0009_watch_changes"]
+    with PgStore(pg_url) as s:
+        assert s.vms_version() == before  # the sequence goes on from the version
+        first = s.watch_changes(None, ("creating",))
+        assert _names(first) == ({"old-a", "old-b"}, set())
+        s.set_state("old-a", "running")
+        later = s.watch_changes(first.version, ("creating",))
+        assert _names(later) == (set(), {"old-a"}) and later.version == before + 1
+
+
+def test_following_the_changes_ends_where_reading_whole_does(store: PgStore, pg_url: str) -> None:
+    """Writers claim, change and delete VMs at once while a reader follows the changes: what the
+    reader holds at the end is what a read from scratch gives (no change missed, none stale)."""
+    import random
+
+    watched = ("creating", "running")
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        rng = random.Random(k)
+        try:
+            with PgStore(pg_url) as s:
+                for _ in range(60):
+                    name = f"follow-{k}-{rng.randrange(6)}"
+                    try:
+                        action = rng.choice(("claim", "run", "stop", "ip", "delete"))
+                        if action == "claim":
+                            s.claim(_vm(name), lambda _u: rng.choice(("node-a", "node-b")))
+                        elif action == "delete":
+                            s.delete(name)
+                        elif action == "ip":
+                            s.record_ip(
+                                name, "52:54:00:00:00:01", f"10.0.{k}.{rng.randrange(250)}", "arp"
+                            )
+                        else:
+                            s.set_state(name, "running" if action == "run" else "stopped")
+                    except (Conflict, NotFound):
+                        pass
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    view: dict[str, object] = {}
+    since: int | None = None
+    reads = 0
+    while True:
+        done = not any(t.is_alive() for t in threads)
+        changes = store.watch_changes(since, watched)
+        reads += 1
+        if changes.whole:
+            view.clear()
+        for name in changes.gone:
+            view.pop(name, None)
+        view.update({vm.name: vm for vm in changes.vms})
+        since = changes.version
+        if done:
+            break
+    assert errors == []
+    assert reads > 3
+    assert view == {vm.name: vm for vm in store.watch_changes(None, watched).vms}
+
+
+def test_every_vms_snapshot_names_come_in_one_read(store: PgStore) -> None:
+    for name in ("snap-a", "snap-b", "snap-c"):
+        store.claim(_vm(name), lambda _u: "node-a")
+    store.add_snapshot("snap-a", "one", "running", False)
+    store.add_snapshot("snap-a", "two", "stopped", True)
+    store.add_snapshot("snap-b", "only", "running", False)
+    assert store.snapshot_names() == {"snap-a": ["one", "two"], "snap-b": ["only"]}
+    assert store.snapshot_names()["snap-a"] == [s.name for s in store.snapshots("snap-a")]

@@ -4,7 +4,7 @@ records what it is asked and can be told to fail at a given call."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -17,7 +17,7 @@ from vmctl.core.errors import Busy, Conflict, NotFound, StoreUnavailable
 from vmctl.core.images import ImageRecord
 from vmctl.core.inventory import AddressPool, Inventory
 from vmctl.core.nodecmd import Disks, Reservation
-from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
+from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord, WatchChanges, WatchTarget
 from vmctl.services.ports import CloudInit, Subscription
 from vmctl.services.ports.storage import PoolSpace
 from vmctl.services.vms import VmService
@@ -58,7 +58,31 @@ class Failing:
             raise error
 
 
-class FakeStore(Failing):
+class ChangesByComparison:
+    """``Store.watch_changes`` by its contract, for fakes whose ``vms`` is a dict by name: what
+    the VMs were at ``since`` (kept per version answered) against what they are now; whole when
+    that version is not kept. ``watch_reads`` tells how each call was answered."""
+
+    vms: dict[str, VmRecord]
+
+    def vms_version(self) -> int:
+        return hash(repr(sorted(self.vms.items())))
+
+    def watch_changes(self, since: int | None, states: Sequence[str]) -> WatchChanges:
+        watched_at: dict[int, dict[str, WatchTarget]] = self.__dict__.setdefault("_at", {})
+        reads: list[str] = self.__dict__.setdefault("watch_reads", [])
+        now = {n: WatchTarget.of(vm) for n, vm in self.vms.items() if vm.state in states}
+        version = self.vms_version()
+        before = watched_at.get(since) if since is not None else None
+        watched_at[version] = now
+        reads.append("whole" if before is None else "changes")
+        if before is None:
+            return WatchChanges(version, True, list(now.values()), [])
+        changed = [vm for n, vm in now.items() if before.get(n) != vm]
+        return WatchChanges(version, False, changed, [n for n in before if n not in now])
+
+
+class FakeStore(Failing, ChangesByComparison):
     """PostgreSQL as a dict. ``down()`` makes every call raise StoreUnavailable."""
 
     def __init__(self) -> None:
@@ -200,7 +224,11 @@ class FakeStore(Failing):
 
     def vms_version(self) -> int:
         self._call("vms_version")
-        return hash(repr(sorted(self.vms.items())))
+        return super().vms_version()
+
+    def watch_changes(self, since: int | None, states: Sequence[str]) -> WatchChanges:
+        self._call("watch_changes")
+        return super().watch_changes(since, states)
 
     def list_json(
         self,

@@ -283,6 +283,9 @@ class Store(FakeStore):
     def snapshots(self, vm: str) -> list[Snapshot]:
         return []
 
+    def snapshot_names(self) -> dict[str, list[str]]:
+        return {}
+
 
 class Node(UnusedHypervisor):
     """A node as the survey sees it; repairs change it."""

@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.unit.fakes import UnusedHypervisor
+from tests.unit.fakes import ChangesByComparison, UnusedHypervisor
 from vmctl.core.addressing import SOURCES, Lease, Neighbor, Observation
 from vmctl.core.errors import NodeUnreachable, NotFound, RemoteCommandFailed
 from vmctl.core.inventory import AddressPool, Inventory, Node
-from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord
+from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord, WatchChanges, WatchTarget
 from vmctl.services.ports import Subscription
 from vmctl.services.watcher import Found, Timing, Watcher, agent_address, change_message, discover
+from vmctl.services.watcher.shared import Shared
 
 pytestmark = pytest.mark.unit
 
@@ -281,13 +282,12 @@ INVENTORY = Inventory.model_validate(
 )
 
 
-class FakeStore:
+class FakeStore(ChangesByComparison):
     """The VMs table in memory; ``record_ip`` does what PostgreSQL's does."""
 
     def __init__(self, vms: Sequence[VmRecord]) -> None:
         self.vms = {v.name: v for v in vms}
         self.recorded: list[tuple[str, str, str, str]] = []
-        self.lists = 0  # how many times the VMs were read whole
 
     def get(self, name: str) -> VmRecord:
         if name not in self.vms:
@@ -357,14 +357,10 @@ class FakeStore:
     def ping(self) -> None:
         pass
 
-    def vms_version(self) -> int:
-        return hash(repr(sorted(self.vms.items())))
-
     # last: in the class body, ``list`` is this method from here on
     def list(
         self, node: str | None = None, state: str | None = None, project: str | None = None
     ) -> list[VmRecord]:
-        self.lists += 1
         return sorted(self.vms.values(), key=lambda v: v.name)
 
 
@@ -749,7 +745,7 @@ def test_the_vms_are_read_again_only_when_a_row_changed() -> None:
     thread.start()
     try:
         time.sleep(0.5)  # ~25 passes of FAST's refresh_s
-        assert store.lists == 1
+        assert store.watch_reads == ["whole"]
         store.vms["c"] = vm("c", MAC_C, node="kvm2", state="creating")
         deadline = time.monotonic() + 10
         while store.vms["c"].ip_state != "confirmed":
@@ -758,5 +754,60 @@ def test_the_vms_are_read_again_only_when_a_row_changed() -> None:
     finally:
         stop.set()
         thread.join(timeout=10)
-    assert store.lists in (2, 3)  # c added; c's address recorded
+    # c added; c's address recorded: only what changed was read
+    assert store.watch_reads[0] == "whole"
+    assert store.watch_reads[1:] in (["changes"], ["changes", "changes"])
     assert ("c", MAC_C, "10.20.2.20", "lease") in store.recorded
+
+
+# -- what the node threads share: changes applied, looks matched by MAC --------------------------
+
+
+def target(name: str, mac: str, node: str = "kvm1", **kw: Any) -> WatchTarget:
+    return WatchTarget.of(vm(name, mac, node, **kw))
+
+
+def test_shared_follows_changes_new_moved_confirmed_and_gone_vms() -> None:
+    shared = Shared(["kvm1", "kvm2"])
+    confirmed = {"ip": "10.20.2.20", "ip_state": "confirmed"}
+    shared.apply(
+        WatchChanges(1, True, [target("a", MAC_A), target("c", MAC_C, "kvm2", **confirmed)], [])
+    )
+    assert shared.wake["kvm1"].is_set() and not shared.wake["kvm2"].is_set()  # a waits
+    assert [t.name for t in shared.waiting("kvm1")] == ["a"] and shared.waiting("kvm2") == []
+    shared.wake["kvm1"].clear()
+
+    # a moves to kvm2 (still waiting), c is deleted, b appears with an address already confirmed
+    b = target("b", MAC_B, **{"ip": "10.20.1.11", "ip_state": "confirmed"})
+    shared.apply(WatchChanges(2, False, [target("a", MAC_A, "kvm2"), b], ["c"]))
+    assert (shared.watched("kvm1"), shared.watched("kvm2")) == (1, 1)
+    assert [t.name for t in shared.waiting("kvm2")] == ["a"] and shared.waiting("kvm1") == []
+    assert shared.wake["kvm2"].is_set() and not shared.wake["kvm1"].is_set()
+
+    # what a node shows is matched by MAC, against that node's VMs only
+    seen = Observation(leases=(lease(MAC_A.upper(), "10.20.2.30"), lease(MAC_B, "10.20.1.11")))
+    assert [(f.name, f.ip) for f in shared.match("kvm2", seen, ("lease",))] == [("a", "10.20.2.30")]
+    found = shared.match("kvm1", seen, ("lease",))
+    assert [(f.name, f.ip) for f in found] == [("b", "10.20.1.11")]
+    shared.report(found)  # b's address is the one confirmed: nothing new
+    assert shared.results.empty()
+    moved = Found("b", "kvm1", MAC_B, "10.20.1.99", "lease")
+    shared.report([moved, Found("c", "kvm2", MAC_C, "10.20.2.20", "lease")])  # c is gone
+    assert shared.results.get_nowait() == moved and shared.results.empty()
+
+    # a's address recorded: no longer waiting; then a is stopped (gone from the watch)
+    shared.confirm(Found("a", "kvm2", MAC_A, "10.20.2.30", "lease"))
+    assert shared.waiting("kvm2") == [] and shared.summary()["pending"] == 0
+    shared.apply(WatchChanges(3, False, [], ["a"]))
+    assert shared.summary()["watched"] == 1
+    # read whole again: whatever is not in it is forgotten
+    shared.apply(WatchChanges(4, True, [target("d", MAC_C, "kvm2")], []))
+    assert (shared.watched("kvm1"), shared.watched("kvm2")) == (0, 1)
+
+
+def test_a_vm_the_follower_already_saw_is_reported_when_it_becomes_known() -> None:
+    shared = Shared(["kvm1"])
+    assert shared.follow("kvm1", [lease(MAC_A, "10.20.1.10")]) == []  # not known yet
+    shared.apply(WatchChanges(1, False, [target("a", MAC_A)], []))
+    got = shared.results.get_nowait()
+    assert (got.name, got.ip, got.source) == ("a", "10.20.1.10", "lease")

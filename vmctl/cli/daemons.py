@@ -58,6 +58,15 @@ def watch_ip(
             "none when empty.",
         ),
     ] = "",
+    share: Annotated[
+        bool,
+        typer.Option(
+            "--share",
+            help="Divide the nodes with the other `watch-ip --share` of this database: each "
+            "watches its share; when one stops, the others take its nodes within a second or "
+            "two (docs/watch-ip.md).",
+        ),
+    ] = False,
     *,
     fmt: Format,
 ) -> None:
@@ -81,7 +90,11 @@ def watch_ip(
             raise InvalidInput("metrics-listen", "metrics are served only while watching")
         metrics_at = validation.listen_address("metrics-listen", metrics_listen)
     log = logs.setup("vmctl.watch-ip", log_format)
-    ip_watcher = wiring.watcher(settings(), log, order, follow=follow, metrics_at=metrics_at)
+    if share and once:
+        raise InvalidInput("share", "nodes are divided only while watching")
+    ip_watcher = wiring.watcher(
+        settings(), log, order, follow=follow, metrics_at=metrics_at, share=share
+    )
     if once:
         rows, problems = ip_watcher.once(names or [])
         emit(rows, WATCH_COLUMNS, fmt)

@@ -68,25 +68,34 @@ _NEIGHBOR_RANK = {"PERMANENT": 0, "REACHABLE": 1, "DELAY": 2, "PROBE": 2, "STALE
 
 
 def address_from(observation: Observation, mac: str, source: str) -> str | None:
-    """The address ``source`` ("lease" or "arp") shows for ``mac``, or None.
+    """The address ``source`` ("lease" or "arp") shows for ``mac``, or None (see ``addresses``)."""
+    return addresses(observation, source).get(mac.lower())
+
+
+def addresses(observation: Observation, source: str) -> dict[str, str]:
+    """Every MAC (lower case) that ``source`` ("lease" or "arp") shows, with its address.
 
     Several leases for one MAC (an old one not yet expired): the one that expires last. Several
     ARP entries: the most trustworthy state, then the lowest address for a stable answer.
     """
-    mac = mac.lower()
     if source == "lease":
-        leases = [lease for lease in observation.leases if lease.mac.lower() == mac]
-        return max(leases, key=lambda lease: lease.expiry).ip if leases else None
+        best: dict[str, Lease] = {}
+        for lease in observation.leases:
+            mac = lease.mac.lower()
+            if mac not in best or lease.expiry > best[mac].expiry:
+                best[mac] = lease
+        return {mac: lease.ip for mac, lease in best.items()}
     if source == "arp":
-        entries = [
-            n
-            for n in observation.neighbors
-            if n.mac.lower() == mac and n.state.upper() in _NEIGHBOR_RANK
-        ]
-        if not entries:
-            return None
-        best = min(entries, key=lambda n: (_NEIGHBOR_RANK[n.state.upper()], IPv4Address(n.ip)))
-        return best.ip
+        ranked: dict[str, tuple[int, IPv4Address]] = {}
+        for n in observation.neighbors:
+            rank = _NEIGHBOR_RANK.get(n.state.upper())
+            if rank is None:
+                continue
+            key = (rank, IPv4Address(n.ip))
+            mac = n.mac.lower()
+            if mac not in ranked or key < ranked[mac]:
+                ranked[mac] = key
+        return {mac: str(ip) for mac, (_rank, ip) in ranked.items()}
     raise ValueError(f"not a batch source: {source!r}")
 
 

@@ -69,6 +69,38 @@ class VmRecord:
     move_ip: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class WatchTarget:
+    """What the watcher keeps of a VM it watches: how to find it (its MAC, lower case) and what
+    is recorded of its address. A few strings per VM, so 100,000 VMs fit in a few tens of MB."""
+
+    name: str
+    node: str
+    mac: str
+    ip: str | None
+    ip_state: str | None
+    created_at: datetime  # timezone-aware, UTC
+
+    @property
+    def waiting(self) -> bool:
+        """No address confirmed yet: the watcher looks for this VM at the fast pace."""
+        return self.ip_state != "confirmed"
+
+    @classmethod
+    def of(cls, vm: VmRecord) -> WatchTarget:
+        return cls(vm.name, vm.node, vm.mac.lower(), vm.ip, vm.ip_state, vm.created_at)
+
+
+@dataclass(frozen=True)
+class WatchChanges:
+    """What changed among the watched VMs since the version a watcher last read at."""
+
+    version: int  # read at this version: ask for changes since it next time
+    whole: bool  # ``vms`` are all the watched VMs (read from scratch): forget every other one
+    vms: list[WatchTarget]  # watched VMs, new or changed (every one when ``whole``)
+    gone: list[str]  # names no longer watched: deleted, or in a state not watched
+
+
 @dataclass(frozen=True)
 class Mark:
     """vmctl's ownership mark on what it makes on a node: the domain's libvirt metadata and the

@@ -113,10 +113,9 @@ class Reconciler:
         surveyed = {s.node for s in surveys}
         mine = [r for r in rows if r.node in surveyed]
         free = {r.name for r in mine if r.state in ("creating", "deleting") and self._free(r.name)}
+        names = self.store.snapshot_names()  # one query, not one per VM
         recorded = {
-            r.name: [s.name for s in self.store.snapshots(r.name)]
-            for r in mine
-            if r.state in ("running", "stopped")
+            r.name: names.get(r.name, []) for r in mine if r.state in ("running", "stopped")
         }
         found = rc.compare(
             rows,

@@ -171,9 +171,12 @@ def watcher(
     sources: Sequence[str],
     follow: bool = True,
     metrics_at: tuple[str, int] | None = None,
+    share: bool = False,
 ) -> Watcher:
-    """The watcher; with ``metrics_at`` (host, port), its metrics served there."""
+    """The watcher; with ``metrics_at`` (host, port), its metrics served there; with ``share``,
+    watching the nodes it holds in its division with the other watchers sharing them."""
     from vmctl.adapters.cache import open_cache
+    from vmctl.adapters.node_shares import PgNodeShares
     from vmctl.services.watcher import KIND, Watcher
 
     inventory = load_inventory(settings)
@@ -197,6 +200,7 @@ def watcher(
         connect_follow=connector(settings),
         follow=follow,
         metrics=metrics,
+        shares=PgNodeShares(settings.require_database()) if share else None,
     )
 
 

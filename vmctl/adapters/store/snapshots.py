@@ -40,6 +40,16 @@ class SnapshotsMixin(StoreBase):
             raise NotFound(f"no VM named {vm}")
         return _snapshot(row)
 
+    def snapshot_names(self) -> dict[str, list[str]]:
+        """Every VM's snapshot names, oldest first, in one query (VMs without any left out)."""
+        rows = self._run(
+            lambda c: c.execute(
+                """SELECT v.name AS vm, array_agg(s.name ORDER BY s.created_at, s.id) AS names
+                   FROM snapshots s JOIN vms v ON v.id = s.vm_id GROUP BY v.name"""
+            ).fetchall()
+        )
+        return {row["vm"]: list(row["names"]) for row in rows}
+
     def snapshots(self, vm: str) -> list[Snapshot]:
         """VM ``vm``'s snapshots, oldest first (none for an unknown VM)."""
         rows = self._run(

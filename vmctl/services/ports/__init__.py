@@ -6,6 +6,7 @@ pass fakes. A service never names an adapter class, only these.
 """
 
 from vmctl.services.ports.cache import Cache, Subscription, SubscriptionLost
+from vmctl.services.ports.claims import AllNodes, NodeShares
 from vmctl.services.ports.guest import CloudInit, GuestProbe
 from vmctl.services.ports.metrics import NoMetrics, WatchMetrics
 from vmctl.services.ports.node import Connect, Hypervisor, Result, Runner
@@ -24,6 +25,7 @@ from vmctl.services.ports.store import (
 
 __all__ = [
     "AddressStore",
+    "AllNodes",
     "Cache",
     "CloudInit",
     "Connect",
@@ -33,6 +35,7 @@ __all__ = [
     "Hypervisor",
     "ImageStore",
     "NoMetrics",
+    "NodeShares",
     "Result",
     "Runner",
     "SnapshotStore",

@@ -13,7 +13,14 @@ if TYPE_CHECKING:
 
     from vmctl.core.images import ImageRecord
     from vmctl.core.inventory import AddressPool
-    from vmctl.core.records import CloudFigures, IpChange, NewVm, NodeUsage, VmRecord
+    from vmctl.core.records import (
+        CloudFigures,
+        IpChange,
+        NewVm,
+        NodeUsage,
+        VmRecord,
+        WatchChanges,
+    )
     from vmctl.core.snapshots import Snapshot
 
 # -- PostgreSQL -------------------------------------------------------------------------------
@@ -61,6 +68,12 @@ class VmStore(VmReader, Protocol):
     def vms_version(self) -> int:
         """A number that moves whenever any VM's row changes (a reader that saw it unchanged may
         keep what it read of the VMs)."""
+        ...
+
+    def watch_changes(self, since: int | None, states: Sequence[str]) -> WatchChanges:
+        """The VMs in ``states`` that changed after version ``since`` and the names that left
+        them (deleted, or now in another state); all VMs in ``states`` (``whole``) when ``since``
+        is None or older than what the store still remembers."""
         ...
 
     def list_json(
@@ -155,6 +168,10 @@ class SnapshotStore(Protocol):
         ...
 
     def snapshots(self, vm: str) -> builtins.list[Snapshot]: ...
+
+    def snapshot_names(self) -> dict[str, builtins.list[str]]:
+        """Every VM's snapshot names, oldest first (VMs without any left out)."""
+        ...
 
     def get_snapshot(self, vm: str, name: str) -> Snapshot:
         """NotFound if there is no such snapshot."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from vmctl.core.addressing import Observation, address_from
-from vmctl.core.records import IpChange, VmRecord
+from vmctl.core.addressing import Observation, addresses
+from vmctl.core.records import IpChange
 from vmctl.services.ports import AddressStore, Cache, Hypervisor
 
 AGENT_TIMEOUT_S = 5  # how long one question to a guest agent may take
@@ -28,7 +28,23 @@ class Found:
     created_at: datetime | None = field(default=None, compare=False)  # the VM's creation
 
 
-def agent_address(hv: Hypervisor, vm: VmRecord) -> str | None:
+class Target(Protocol):
+    """What finding a VM takes: a VmRecord or the watcher's slimmer WatchTarget."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def node(self) -> str: ...
+    @property
+    def mac(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+T = TypeVar("T", bound=Target)
+
+
+def agent_address(hv: Hypervisor, vm: Target) -> str | None:
     """The VM's IPv4 address on its vmctl interface as its guest agent reports it."""
     for mac, ip in hv.addresses(vm.name, "agent", timeout_s=AGENT_TIMEOUT_S):
         if mac.lower() == vm.mac.lower():
@@ -41,16 +57,16 @@ def agent_address(hv: Hypervisor, vm: VmRecord) -> str | None:
 def discover(
     hv: Hypervisor,
     network: str,
-    vms: Sequence[VmRecord],
+    vms: Sequence[T],
     sources: Sequence[str],
-    use_agent: Callable[[VmRecord], bool] = lambda _vm: True,
+    use_agent: Callable[[T], bool] = lambda _vm: True,
 ) -> list[Found]:
     """Where each VM of one node is, by the first of ``sources`` that knows (one command for the
     leases and the ARP table of all of them; the agent is asked per VM, when ``use_agent``)."""
     batch = any(source in ("lease", "arp") for source in sources)
     seen = hv.observe(network) if batch and vms else Observation()
 
-    def agent(vm: VmRecord) -> str | None:
+    def agent(vm: T) -> str | None:
         return agent_address(hv, vm) if use_agent(vm) else None
 
     return match(seen, vms, sources, agent)
@@ -58,19 +74,39 @@ def discover(
 
 def match(
     seen: Observation,
-    vms: Sequence[VmRecord],
+    vms: Sequence[T],
     sources: Sequence[str],
-    agent: Callable[[VmRecord], str | None] = lambda _vm: None,
+    agent: Callable[[T], str | None] = lambda _vm: None,
 ) -> list[Found]:
     """Each VM's address in what a node showed, by the first of ``sources`` that knows it."""
+    shown = {source: addresses(seen, source) for source in sources if source != "agent"}
     found = []
     for vm in vms:
         for source in sources:
-            ip = agent(vm) if source == "agent" else address_from(seen, vm.mac, source)
+            ip = agent(vm) if source == "agent" else shown[source].get(vm.mac.lower())
             if ip is not None:
-                found.append(Found(vm.name, vm.node, vm.mac, ip, source, created_at=vm.created_at))
+                found.append(_found(vm, ip, source))
                 break
     return found
+
+
+def match_shown(seen: Observation, by_mac: Mapping[str, T], sources: Sequence[str]) -> list[Found]:
+    """``match`` for many VMs (``by_mac``: by lower-case MAC) and the batch sources: the work
+    grows with what the node shows, not with the number of VMs."""
+    shown = {source: addresses(seen, source) for source in sources if source != "agent"}
+    macs = {mac for table in shown.values() for mac in table if mac in by_mac}
+    found = []
+    for mac in sorted(macs):
+        for source, table in shown.items():
+            ip = table.get(mac)
+            if ip is not None:
+                found.append(_found(by_mac[mac], ip, source))
+                break
+    return found
+
+
+def _found(vm: Target, ip: str, source: str) -> Found:
+    return Found(vm.name, vm.node, vm.mac, ip, source, created_at=vm.created_at)
 
 
 def record(store: AddressStore, cache: Cache, found: Found) -> IpChange | None:

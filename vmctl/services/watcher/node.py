@@ -10,13 +10,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from vmctl.core.addressing import Lease, Observation
+from vmctl.core.addressing import Lease
 from vmctl.core.errors import RemoteCommandFailed, VmctlError
 from vmctl.core.logfields import fields
-from vmctl.core.records import VmRecord
 from vmctl.services.ports import Connect, Hypervisor, WatchMetrics
 from vmctl.services.watcher.backoff import Backoff
-from vmctl.services.watcher.discovery import Found, discover, match
+from vmctl.services.watcher.discovery import Found, discover
 from vmctl.services.watcher.shared import Shared
 from vmctl.services.watcher.timing import Timing
 
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
     from vmctl.core.inventory import Node
 
 # One look at a node: what it found, and how long to wait before the next one.
-Look = Callable[[Hypervisor, list[VmRecord]], tuple[list[Found], float]]
+Look = Callable[[Hypervisor], tuple[list[Found], float]]
 
 
 class NodeWatch:
@@ -64,22 +63,24 @@ class NodeWatch:
         Its own thread and connection: an agent that does not answer (5 s) delays nothing else."""
         self._loop(stop, "agent", self.connect_agent, self._ask_agents, threading.Event())
 
-    def _look(self, hv: Hypervisor, vms: list[VmRecord]) -> tuple[list[Found], float]:
-        batch = self._batch
-        found = discover(hv, self.node.network.name, vms, batch) if batch else []
-        if not any(vm.ip_state != "confirmed" for vm in vms):
+    def _look(self, hv: Hypervisor) -> tuple[list[Found], float]:
+        node = self.node.name
+        found = []
+        if self._batch:
+            seen = hv.observe(self.node.network.name)
+            found = self.shared.match(node, seen, self._batch)
+        if not self.shared.waiting(node):
             return found, self.timing.idle_s
-        following = self.shared.is_followed(self.node.name)
+        following = self.shared.is_followed(node)
         return found, self.timing.following_s if following else self.timing.fast_s
 
-    def _ask_agents(self, hv: Hypervisor, vms: list[VmRecord]) -> tuple[list[Found], float]:
+    def _ask_agents(self, hv: Hypervisor) -> tuple[list[Found], float]:
         t = self.timing
         now = datetime.now(UTC)
         late = [
             vm
-            for vm in vms
-            if vm.ip_state != "confirmed"
-            and (now - vm.created_at).total_seconds() >= t.agent_after_s
+            for vm in self.shared.waiting(self.node.name)
+            if (now - vm.created_at).total_seconds() >= t.agent_after_s
         ]
         found = discover(hv, self.node.network.name, late, ("agent",)) if late else []
         return found, t.agent_every_s
@@ -92,13 +93,12 @@ class NodeWatch:
         backoff = Backoff()
         hv: Hypervisor | None = None
         while not stop.is_set():
-            vms = self.shared.vms(self.node.name)
             pause = self.timing.idle_s
-            if vms:
+            if self.shared.watched(self.node.name):
                 try:
                     if hv is None:
                         hv = connect(self.node)
-                    found, pause = look(hv, vms)
+                    found, pause = look(hv)
                 except Exception as exc:  # a watching thread must never die
                     self._look_failed(backoff, kind, exc)
                     if hv is not None:
@@ -106,7 +106,7 @@ class NodeWatch:
                     backoff.wait(stop)
                     continue
                 self._look_worked(backoff, kind)
-                self.shared.report(vms, found)
+                self.shared.report(found)
             if kind == "look":
                 self.metrics.node_passed(self.node.name)  # looked, or nothing to look for
             wake.wait(pause)
@@ -153,8 +153,7 @@ class NodeWatch:
             if not self.shared.is_followed(node):
                 self.metrics.node_following(node, True)
                 self.metrics.node_connected(node, True)
-            vms = self.shared.follow(node, leases)
-            self.shared.report(vms, match(Observation(leases=tuple(leases)), vms, ("lease",)))
+            self.shared.report(self.shared.follow(node, leases))
 
         while not stop.is_set():
             hv = self.connect_follow(self.node)

@@ -17,8 +17,16 @@ from typing import TYPE_CHECKING, Any
 from vmctl.core.addressing import SOURCES
 from vmctl.core.errors import StoreUnavailable, VmctlError
 from vmctl.core.logfields import fields
-from vmctl.core.records import IpChange, VmRecord
-from vmctl.services.ports import Cache, Connect, NoMetrics, Store, WatchMetrics
+from vmctl.core.records import IpChange, WatchTarget
+from vmctl.services.ports import (
+    AllNodes,
+    Cache,
+    Connect,
+    NodeShares,
+    NoMetrics,
+    Store,
+    WatchMetrics,
+)
 from vmctl.services.watcher.discovery import Found, discover, record
 from vmctl.services.watcher.drift import DriftWatch
 from vmctl.services.watcher.node import NodeWatch
@@ -26,7 +34,7 @@ from vmctl.services.watcher.shared import Shared
 from vmctl.services.watcher.timing import DEFAULT_TIMING, Timing
 
 if TYPE_CHECKING:
-    from vmctl.core.inventory import Inventory
+    from vmctl.core.inventory import Inventory, Node
 
 KIND = "watch-ip"  # the heartbeat kind
 WATCHED_STATES = ("creating", "running")
@@ -47,8 +55,11 @@ class Watcher:
         connect_follow: Connect | None = None,
         follow: bool = True,
         metrics: WatchMetrics | None = None,
+        shares: NodeShares | None = None,
     ) -> None:
         self.inventory = inventory
+        # Which nodes to watch: all of them, or a share when several watchers divide them.
+        self.shares: NodeShares = shares or AllNodes()
         self.metrics: WatchMetrics = metrics or NoMetrics()
         self.store = store
         self.cache = cache
@@ -69,6 +80,8 @@ class Watcher:
         self._unsaved: dict[str, Found] = {}
         self._store_down = False
         self._read_at: int | None = None  # the vms_version the VMs to watch were read at
+        self._watching: dict[str, threading.Event] = {}  # node -> what stops its threads
+        self._threads: list[threading.Thread] = []
 
     # -- one pass (watch-ip --once, the API's discovery trigger, waiting without a watcher) -----
 
@@ -80,10 +93,11 @@ class Watcher:
         Returns (rows, problems): a problem is a node that could not be looked at.
         """
         if names:
-            vms = [self.store.get(name) for name in names]  # NotFound for an unknown name
+            # NotFound for an unknown name
+            vms = [WatchTarget.of(self.store.get(name)) for name in names]
         else:
-            vms = [vm for vm in self.store.list() if vm.state in WATCHED_STATES]
-        per_node: dict[str, list[VmRecord]] = {}
+            vms = self.store.watch_changes(None, WATCHED_STATES).vms
+        per_node: dict[str, list[WatchTarget]] = {}
         for vm in vms:
             per_node.setdefault(vm.node, []).append(vm)
 
@@ -94,7 +108,7 @@ class Watcher:
                 node.network.name,
                 per_node[node_name],
                 self.sources,
-                use_agent=lambda vm: bool(names) or vm.ip_state != "confirmed",
+                use_agent=lambda vm: bool(names) or vm.waiting,
             )
 
         rows: list[dict[str, Any]] = []
@@ -149,52 +163,68 @@ class Watcher:
                 process=self.process,
             ),
         )
-        workers = self._workers(stop)
-        for worker in workers:
-            worker.start()
+        if self.drift is not None and self.reconcile_every > 0:
+            loop = functools.partial(self.drift.loop, every=self.reconcile_every)
+            self._start(threading.Thread(target=loop, args=(stop,), name="reconcile", daemon=True))
         try:
             self._main_loop(stop)
         finally:
             stop.set()
+            for node_stop in self._watching.values():
+                node_stop.set()
             for event in self._shared.wake.values():
                 event.set()
-            for worker in workers:
-                worker.join(timeout=20)
+            for thread in self._threads:
+                thread.join(timeout=20)
+            self.shares.close()
             with contextlib.suppress(StoreUnavailable):
                 self.store.forget_heartbeat(self.process)
             self.log.info("stopped", extra=fields(unsaved=len(self._unsaved)))
 
-    def _workers(self, stop: threading.Event) -> list[threading.Thread]:
-        """Per node: the looker, the agent asker (when the agent is a source) and the lease
-        follower (when following)."""
-        workers = []
+    def _start(self, thread: threading.Thread) -> None:
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        thread.start()
+
+    def _balance(self) -> None:
+        """Watch the nodes this watcher holds now (all of them, unless several divide them):
+        start the threads of a node taken, stop those of a node given back."""
+        held = self.shares.balance([node.name for node in self.inventory.nodes])
+        for name in [name for name in self._watching if name not in held]:
+            self._watching.pop(name).set()
+            self._shared.wake[name].set()
+            self.log.info("node given back", extra=fields(node=name, process=self.process))
         for node in self.inventory.nodes:
-            watch = NodeWatch(
-                node,
-                self._shared,
-                self.sources,
-                self.timing,
-                self.log,
-                self.connect,
-                self.connect_agent,
-                self.connect_follow,
-                self.metrics,
-            )
-            loops = [watch.look_loop]
-            if "agent" in self.sources:
-                loops.append(watch.agent_loop)
-            if self.follow:
-                loops.append(watch.follow_loop)
-            workers += [
-                threading.Thread(target=loop, args=(stop,), name=f"watch-{node.name}", daemon=True)
-                for loop in loops
-            ]
-        if self.drift is not None and self.reconcile_every > 0:
-            loop = functools.partial(self.drift.loop, every=self.reconcile_every)
-            workers.append(
-                threading.Thread(target=loop, args=(stop,), name="reconcile", daemon=True)
-            )
-        return workers
+            if node.name in held and node.name not in self._watching:
+                self._watching[node.name] = node_stop = threading.Event()
+                for thread in self._node_threads(node, node_stop):
+                    self._start(thread)
+                if len(held) < len(self.inventory.nodes):
+                    self.log.info("node taken", extra=fields(node=node.name, process=self.process))
+
+    def _node_threads(self, node: Node, stop: threading.Event) -> list[threading.Thread]:
+        """The node's looker, agent asker (when the agent is a source) and lease follower (when
+        following), stopped by ``stop``."""
+        watch = NodeWatch(
+            node,
+            self._shared,
+            self.sources,
+            self.timing,
+            self.log,
+            self.connect,
+            self.connect_agent,
+            self.connect_follow,
+            self.metrics,
+        )
+        loops = [watch.look_loop]
+        if "agent" in self.sources:
+            loops.append(watch.agent_loop)
+        if self.follow:
+            loops.append(watch.follow_loop)
+        return [
+            threading.Thread(target=loop, args=(stop,), name=f"watch-{node.name}", daemon=True)
+            for loop in loops
+        ]
 
     def _main_loop(self, stop: threading.Event) -> None:
         t = self.timing
@@ -204,6 +234,7 @@ class Watcher:
             now = time.monotonic()
             if now >= next_refresh:
                 self._refresh()
+                self._balance()
                 next_refresh = now + t.refresh_s
             if now >= next_beat:
                 self._heartbeat()
@@ -221,23 +252,21 @@ class Watcher:
             self._flush()
 
     def _refresh(self) -> None:
-        """The VMs to watch, read again only when a VM's row changed since the last read: with
-        nothing changing, a pass costs one tiny query, whatever the number of VMs."""
+        """What changed among the VMs to watch since the last read: nothing is read while no
+        VM's row changes (one tiny query), then only the rows that did (schema 0009)."""
         try:
-            version = self.store.vms_version()  # first: a list read after it is at least as new
-            vms = None if version == self._read_at else self.store.list()
+            version = self.store.vms_version()
+            changes = None
+            if version != self._read_at:
+                changes = self.store.watch_changes(self._read_at, WATCHED_STATES)
         except StoreUnavailable as exc:
             self._store_failed(exc)
             return
         self._store_back()
-        if vms is None:
+        if changes is None:
             return
-        self._read_at = version
-        targets: dict[str, dict[str, VmRecord]] = {name: {} for name in self._shared.targets}
-        for vm in vms:
-            if vm.state in WATCHED_STATES and vm.node in targets:
-                targets[vm.node][vm.name] = vm
-        self._shared.retarget(targets)
+        self._read_at = changes.version
+        self._shared.apply(changes)
 
     def _flush(self) -> None:
         for name, found in list(self._unsaved.items()):
@@ -276,7 +305,7 @@ class Watcher:
         return change
 
     def _heartbeat(self) -> None:
-        detail = self._shared.summary()
+        detail = {**self._shared.summary(), "held": sorted(self._watching)}
         try:
             self.store.heartbeat(self.process, KIND, {**detail, "unsaved": len(self._unsaved)})
         except StoreUnavailable as exc:
