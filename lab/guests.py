@@ -4,6 +4,8 @@ the lab's own tests use this. Run with the project's virtualenv (it imports vmct
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import subprocess
 import time
 import uuid
@@ -175,3 +177,48 @@ def wait_ssh(guest: Guest, lab: dict, known_hosts: Path, timeout: float = 240) -
 
 def delete(guest: Guest) -> None:
     guest.hv.delete(guest.name)
+
+
+def dhcp_exchange(hv: LibvirtOverSsh, node: dict, mac: str, network: str = "vmnet") -> str | None:  # type: ignore[type-arg]
+    """One DHCP exchange as a guest with ``mac`` on ``network``'s bridge would make it: busybox's
+    udhcpc in a namespace of its own, its veth on the bridge in the node's namespace; the address
+    dnsmasq leased (None if none within ~5 s). The client leaves without releasing the lease;
+    the namespace and the veth go."""
+    info = hv.runner.run(["virsh", "-q", "net-info", network]).stdout
+    found = re.search(r"Bridge:\s+(\S+)", info)
+    assert found, info
+    tag = secrets.token_hex(3)
+    ns, here, there = f"vmlab-dhcp-{tag}", f"vd{tag}a", f"vd{tag}b"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+    ip("netns", "add", ns)
+    try:
+        ip(
+            "-n",
+            node["netns"],
+            "link",
+            "add",
+            here,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            there,
+            "netns",
+            ns,
+        )
+        ip("-n", node["netns"], "link", "set", here, "master", found.group(1), "up")
+        ip("-n", ns, "link", "set", there, "address", mac, "up")
+        client = ["busybox", "udhcpc", "-i", there, "-f", "-q", "-n", "-t", "5", "-T", "1"]
+        done = subprocess.run(
+            ["ip", "netns", "exec", ns, *client, "-s", "/bin/true"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        leased = re.search(r"lease of (\S+) obtained", done.stdout + done.stderr)
+        return leased.group(1) if leased else None
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)  # its veth pair goes with it

@@ -356,7 +356,7 @@ def test_a_stale_lease_of_the_address_is_released(lab: dict) -> None:  # type: i
         # A VM holds a lease of the address, then goes away without its reservation or lease.
         spec, seed = _spec_and_seed("resv-l1", old_mac, "vmnet")
         _create(hv, spec, seed, ["--network", "vmnet", "--mac", old_mac, "--ip", ip])
-        assert _dhcp_exchange(hv, node, old_mac) == ip
+        assert guests.dhcp_exchange(hv, node, old_mac) == ip
         _delete(hv, "resv-l1", [])
         assert (old_mac, ip) in leases()
 
@@ -365,7 +365,7 @@ def test_a_stale_lease_of_the_address_is_released(lab: dict) -> None:  # type: i
         res = _create(hv, spec, seed, ["--network", "vmnet", "--mac", new_mac, "--ip", ip])
         assert f"released the stale lease of {ip} to {old_mac} in vmnet" in res.stderr
         assert not [lease for lease in leases() if lease[1] == ip]
-        assert _dhcp_exchange(hv, node, new_mac) == ip
+        assert guests.dhcp_exchange(hv, node, new_mac) == ip
         assert (new_mac, ip) in leases()
 
         res = _delete(hv, "resv-l2", ["--network", "vmnet", "--mac", new_mac])
@@ -376,55 +376,6 @@ def test_a_stale_lease_of_the_address_is_released(lab: dict) -> None:  # type: i
         _delete(hv, "resv-l2", ["--network", "vmnet", "--mac", new_mac])
     hosts = _hosts(hv)
     assert not [h for h in hosts["live"] + hosts["config"] if ip in h]
-
-
-def _dhcp_exchange(hv, node: dict, mac: str, network: str = "vmnet") -> str | None:  # type: ignore[no-untyped-def,type-arg]
-    """One DHCP exchange as a guest with ``mac`` on ``network``'s bridge would make it: busybox's
-    udhcpc in a namespace of its own, its veth on the bridge in the node's namespace; the address
-    dnsmasq leased (None if none within ~5 s). The client leaves without releasing the lease;
-    the namespace and the veth go."""
-    import re
-    import secrets
-    import subprocess
-
-    info = hv.runner.run(["virsh", "-q", "net-info", network]).stdout
-    found = re.search(r"Bridge:\s+(\S+)", info)
-    assert found, info
-    tag = secrets.token_hex(3)
-    ns, here, there = f"vmlab-dhcp-{tag}", f"vd{tag}a", f"vd{tag}b"
-
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-    ip("netns", "add", ns)
-    try:
-        ip(
-            "-n",
-            node["netns"],
-            "link",
-            "add",
-            here,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            there,
-            "netns",
-            ns,
-        )
-        ip("-n", node["netns"], "link", "set", here, "master", found.group(1), "up")
-        ip("-n", ns, "link", "set", there, "address", mac, "up")
-        client = ["busybox", "udhcpc", "-i", there, "-f", "-q", "-n", "-t", "5", "-T", "1"]
-        done = subprocess.run(
-            ["ip", "netns", "exec", ns, *client, "-s", "/bin/true"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        leased = re.search(r"lease of (\S+) obtained", done.stdout + done.stderr)
-        return leased.group(1) if leased else None
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)  # its veth pair goes with it
 
 
 # --- the lease follower (watch-leases.sh) ----------------------------------------------------
