@@ -139,7 +139,7 @@ def test_when_one_of_two_watchers_dies_the_other_takes_its_nodes(
             timeout=15,
         )
         log = (tmp_path / f"watcher-{list(watchers.procs).index(survivor)}.log").read_text()
-        assert f"node={orphan}" in log and "node taken" in log
+        assert f'msg="node taken" node={orphan}' in log
 
         # A third watcher joins: the nodes are divided again, none watched twice.
         watchers.start()

@@ -199,7 +199,7 @@ class Watcher:
                 self._watching[node.name] = node_stop = threading.Event()
                 for thread in self._node_threads(node, node_stop):
                     self._start(thread)
-                if len(held) < len(self.inventory.nodes):
+                if not isinstance(self.shares, AllNodes):
                     self.log.info("node taken", extra=fields(node=node.name, process=self.process))
 
     def _node_threads(self, node: Node, stop: threading.Event) -> list[threading.Thread]:
