@@ -22,7 +22,8 @@ addresses, spread over the lab's nodes; then one `vmctl watch-ip` per --code (a 
 vmctl: its own migrations and code, e.g. a `git worktree` of an older commit; default this one),
 in turn, each in a fresh schema. --changes N also changes N rows (one address each) per second
 during the window, so what one change costs shows; --watch-args gives watch-ip's arguments (repeat
-it for variants run in turn):
+it for variants run in turn); --reconcile then times one `vmctl reconcile` report over the same
+VMs:
 
     eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py idle-scale --vms 100000 --seconds 60 \
         --watch-args="--reconcile-every 0" --watch-args=""
@@ -257,7 +258,13 @@ def idle(vms: int, seconds: float, settle: float) -> dict[str, object]:
 
 
 def idle_scale(
-    vms: int, seconds: float, settle: float, code: Path, changes: float, args: Sequence[str]
+    vms: int,
+    seconds: float,
+    settle: float,
+    code: Path,
+    changes: float,
+    args: Sequence[str],
+    reconcile: bool = False,
 ) -> dict[str, object]:
     """One watcher of ``code`` over ``vms`` rows in a fresh schema (see the module's doc)."""
     import psycopg
@@ -320,6 +327,7 @@ def idle_scale(
                 changer.join()
             proc.terminate()
             proc.wait(timeout=30)
+        report = _reconcile_cost(python, env, code) if reconcile else {}
     finally:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
@@ -334,6 +342,27 @@ def idle_scale(
         "peak_rss_mib": round(memory["VmHWM"] / 1024, 1),
         "exit": proc.returncode,
         "log": str(log),
+        **report,
+    }
+
+
+def _reconcile_cost(python: str, env: dict[str, str], code: Path) -> dict[str, object]:
+    """One `vmctl reconcile` report over the same VMs (what `watch-ip --reconcile-every` runs
+    in the watcher's process): wall time, CPU time and peak memory, by GNU time."""
+    t0 = time.monotonic()
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "%U %S %M", python, "-m", "vmctl", "reconcile", "-o", "json"],
+        env=env,
+        cwd=code,
+        capture_output=True,
+        text=True,
+    )
+    user, system, max_kib = done.stderr.strip().splitlines()[-1].split()
+    return {
+        "reconcile_wall_s": round(time.monotonic() - t0, 1),
+        "reconcile_cpu_s": round(float(user) + float(system), 1),
+        "reconcile_peak_rss_mib": round(int(max_kib) / 1024, 1),
+        "reconcile_exit": done.returncode,
     }
 
 
@@ -374,6 +403,9 @@ def main() -> None:
     p_scale.add_argument("--code", default=".", help="vmctl checkouts, comma-separated, in turn")
     p_scale.add_argument("--rounds", type=int, default=1)
     p_scale.add_argument(
+        "--reconcile", action="store_true", help="then time one `vmctl reconcile` report"
+    )
+    p_scale.add_argument(
         "--watch-args",
         action="append",
         default=[],
@@ -393,7 +425,13 @@ def main() -> None:
     elif args.what == "idle-scale":
         runs = [
             idle_scale(
-                args.vms, args.seconds, args.settle, Path(code).resolve(), args.changes, extra
+                args.vms,
+                args.seconds,
+                args.settle,
+                Path(code).resolve(),
+                args.changes,
+                extra,
+                args.reconcile,
             )
             for _round in range(args.rounds)
             for code in args.code.split(",")
