@@ -23,7 +23,8 @@ vmctl: its own migrations and code, e.g. a `git worktree` of an older commit; de
 in turn, each in a fresh schema. --changes N also changes N rows (one address each) per second
 during the window, so what one change costs shows; --watch-args gives watch-ip's arguments (repeat
 it for variants run in turn); --reconcile then times one `vmctl reconcile` report over the same
-VMs:
+VMs; --latency N then makes N new VMs one by one and times each from its lease (a DHCP client on
+the node's guest bridge, no boot) to its address recorded:
 
     eval "$(lab/lab env)"; .venv/bin/python bench/watch_ip.py idle-scale --vms 100000 --seconds 60 \
         --watch-args="--reconcile-every 0" --watch-args=""
@@ -265,6 +266,7 @@ def idle_scale(
     changes: float,
     args: Sequence[str],
     reconcile: bool = False,
+    latency: int = 0,
 ) -> dict[str, object]:
     """One watcher of ``code`` over ``vms`` rows in a fresh schema (see the module's doc)."""
     import psycopg
@@ -321,6 +323,7 @@ def idle_scale(
             time.sleep(seconds)
             cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
             memory = memory_kib(proc.pid)
+            lags = _lease_lags(url, latency) if latency else []
         finally:
             stop.set()
             if changer.is_alive():
@@ -343,7 +346,42 @@ def idle_scale(
         "exit": proc.returncode,
         "log": str(log),
         **report,
+        **(
+            {"lease_to_record_s": lags, "lease_to_record_p50_s": round(statistics.median(lags), 3)}
+            if lags
+            else {}
+        ),
     }
+
+
+def _lease_lags(url: str, count: int) -> list[float]:
+    """``count`` new VM rows, one at a time, a node each in turn, each given a lease by a DHCP
+    client on its node's guest bridge (guests.dhcp_exchange: no boot): the seconds from the
+    lease to the watcher's confirmed address, polled every 10 ms."""
+    import guests
+
+    lab = guests.status()
+    lags = []
+    with PgStore(url) as store:
+        for i in range(count):
+            node = lab["nodes"][i % len(lab["nodes"])]
+            name = f"lag-{secrets.token_hex(3)}"
+            mac = hostkeys.new_mac()
+            vm = NewVm(name, 256, 1, 1, 4, config.IMAGE_NAME, mac)
+            store.claim(vm, lambda _u, n=node["name"]: n)  # type: ignore[misc]
+            time.sleep(1.5)  # the watcher has read the new row (it reads once a second)
+            hv = guests.hypervisor(node, lab)
+            if guests.dhcp_exchange(hv, node, mac) is None:
+                continue
+            leased = time.monotonic()
+            while store.get(name).ip_state != "confirmed":
+                if time.monotonic() - leased > 30:
+                    break
+                time.sleep(0.01)
+            else:
+                lags.append(round(time.monotonic() - leased, 3))
+            hv.close()
+    return lags
 
 
 def _reconcile_cost(python: str, env: dict[str, str], code: Path) -> dict[str, object]:
@@ -406,6 +444,9 @@ def main() -> None:
         "--reconcile", action="store_true", help="then time one `vmctl reconcile` report"
     )
     p_scale.add_argument(
+        "--latency", type=int, default=0, help="then N new VMs: lease to recorded address"
+    )
+    p_scale.add_argument(
         "--watch-args",
         action="append",
         default=[],
@@ -432,6 +473,7 @@ def main() -> None:
                 args.changes,
                 extra,
                 args.reconcile,
+                args.latency,
             )
             for _round in range(args.rounds)
             for code in args.code.split(",")
