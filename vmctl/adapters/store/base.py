@@ -44,6 +44,7 @@ def utc(value: datetime) -> datetime:
 def vm_record(row: dict[str, Any]) -> VmRecord:
     fields = dict(row)
     fields["ip"] = None if row["ip"] is None else str(row["ip"])
+    fields.pop("claim_id", None)  # schema 0012: the store's own business
     fields["reserved_ip"] = None if row.get("reserved_ip") is None else str(row["reserved_ip"])
     fields["move_ip"] = None if row.get("move_ip") is None else str(row["move_ip"])
     fields["created_at"] = utc(row["created_at"])
