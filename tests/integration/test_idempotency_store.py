@@ -132,9 +132,11 @@ def test_a_waiting_request_gives_up_with_busy(replicas: tuple[PgStore, PgStore])
     a, b = replicas
     with a.idempotency_hold("demo", key, 1):
         started = time.monotonic()
-        with pytest.raises(Busy, match="the first request with this key is still running"):
-            with b.idempotency_hold("demo", key, 0.5):
-                pass
+        with (
+            pytest.raises(Busy, match="the first request with this key is still running"),
+            b.idempotency_hold("demo", key, 0.5),
+        ):
+            pass
         assert 0.5 <= time.monotonic() - started < 3
     with b.idempotency_hold("demo", key, 1):  # let go: the next one holds it at once
         pass
