@@ -6,6 +6,7 @@ keys of its own (advisory locks are per database)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,17 +71,20 @@ def test_concurrent_requests_with_one_key_run_once_and_share_the_answer(
         with lock:
             runs.append(threading.current_thread().name)
         time.sleep(1.0)  # a create in progress: the others wait for it
-        return Answer(201, {"Name": "idem-vm", "Node": "kvm1"})
+        return Answer(201, {"Name": "idem-vm", "Node": "kvm1", "CPU": "1"})
 
     services = [IdempotencyService(store, wait_s=30) for store in replicas]
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda i: services[i % 2].run("demo", key, "f1", work), range(6)))
     assert len(runs) == 1
-    assert {(a.status, str(a.body)) for a in answers} == {
-        (201, str({"Name": "idem-vm", "Node": "kvm1"}))
+    # the same body, keys in the same order (kept as written: json, not jsonb)
+    assert {(a.status, json.dumps(a.body)) for a in answers} == {
+        (201, '{"Name": "idem-vm", "Node": "kvm1", "CPU": "1"}')
     }
     assert sorted(a.replayed for a in answers) == [False] + [True] * 5
-    assert _rows(pg_url, key) == [("demo", "f1", 201, {"Name": "idem-vm", "Node": "kvm1"})]
+    assert _rows(pg_url, key) == [
+        ("demo", "f1", 201, {"Name": "idem-vm", "Node": "kvm1", "CPU": "1"})
+    ]
 
 
 def test_the_key_with_another_body_is_refused_and_a_refusal_is_kept(

@@ -110,6 +110,15 @@ def test_a_refusal_is_kept_too(service: IdempotencyService) -> None:
     assert work.runs == 1
 
 
+def test_bad_input_keeps_nothing_so_a_corrected_body_may_use_the_key(
+    service: IdempotencyService, store: FakeStore
+) -> None:
+    bad = Work(Answer(400, {"error": "name: 'Not_A_Name' is not a valid name", "field": "name"}))
+    assert service.run("demo", "k", "f1", bad).status == 400
+    assert store.kept == {}
+    assert service.run("demo", "k", "f2", Work()) == Answer(201, {"Name": "a"})
+
+
 def test_the_key_with_another_request_is_refused(service: IdempotencyService) -> None:
     work = Work()
     service.run("demo", "k", "f1", work)

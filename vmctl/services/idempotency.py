@@ -3,8 +3,10 @@ replica, at once or later) gets the first one's answer, and the key with another
 refused.
 
 The first request holds the key (``IdempotencyStore.idempotency_hold``) while it runs, and keeps
-its answer when it is final: a success or a refusal (below 500). A server error (PostgreSQL or a
-node unreachable, a bug) keeps nothing, so a retry with the key runs the request again. Another
+its answer when it is final: a success or a refusal of what was asked (409, 404...). Bad input
+(400: refused before anything was done) and a server error (500 and up: PostgreSQL or a node
+unreachable, a bug) keep nothing, so a retry with the key runs again (as Stripe does: the client
+may correct the body and send it with the same key). Another
 request with the key waits for the holder (at most ``wait_s``; then Busy, HTTP 409), then gets the
 kept answer, or runs itself when the holder kept none (it failed, or died: its lock went with it).
 """
@@ -19,6 +21,11 @@ from vmctl.core import idempotency
 from vmctl.core.errors import StoreUnavailable
 from vmctl.core.idempotency import Answer, KeptAnswer, KeyReused
 from vmctl.services.ports import IdempotencyStore
+
+
+def kept_for_retries(status: int) -> bool:
+    """Whether an answer of ``status`` is final, kept for the retries of its request."""
+    return status < 500 and status != 400
 
 
 @dataclass
@@ -45,7 +52,7 @@ class IdempotencyService:
                     raise KeyReused(key)
                 return Answer(kept.status, kept.body, replayed=True)
             answer = work()
-            if answer.status >= 500:
+            if not kept_for_retries(answer.status):
                 return answer
             try:
                 self.store.keep_answer(

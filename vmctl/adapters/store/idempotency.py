@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json
 
 from vmctl.adapters import db
 from vmctl.adapters.store.base import CONNECT_TIMEOUT_S, Connection, StoreBase
@@ -92,7 +92,7 @@ class IdempotencyMixin(StoreBase):
                        body = EXCLUDED.body, created_at = EXCLUDED.created_at,
                        expires_at = EXCLUDED.expires_at
                    WHERE idempotency_keys.expires_at <= now()""",
-                (scope, key, answer.fingerprint, answer.status, Jsonb(answer.body), ttl_s),
+                (scope, key, answer.fingerprint, answer.status, Json(answer.body), ttl_s),
             )
 
         self._run(keep)

@@ -55,8 +55,8 @@ def create_vm(body: VmIn, project: Project, svc: Svc, key: IdempotencyKey = None
 
 
 def _create(body: VmIn, project: str, svc: Svc) -> Answer:
-    """The create's answer: 201 and the VM, or a refusal (4xx), which its key keeps; a server
-    error is raised (the error handlers answer it, and the key keeps nothing)."""
+    """The create's answer: 201 and the VM, or a refusal (4xx; its key keeps all but a 400); a
+    server error is raised (the error handlers answer it, and the key keeps nothing)."""
     req = CreateRequest(
         name=body.Name,
         ram_mb=body.RAM,
