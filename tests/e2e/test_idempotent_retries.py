@@ -20,7 +20,6 @@ import secrets
 import socket
 import ssl
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -74,7 +73,7 @@ def lab_now(request: pytest.FixtureRequest) -> dict:  # type: ignore[type-arg]
 
 
 @pytest.fixture(scope="module")
-def stack(lab_now: dict) -> Iterator[Stack]:  # type: ignore[type-arg]
+def stack(lab_now: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # type: ignore[type-arg]
     out = subprocess.run([str(LAB), "env"], capture_output=True, text=True, check=True).stdout
     env = dict(os.environ)
     for line in out.splitlines():
@@ -84,7 +83,7 @@ def stack(lab_now: dict) -> Iterator[Stack]:  # type: ignore[type-arg]
     # this checkout's schema (0010: idempotency keys) in the lab's database: additive
     subprocess.run([vmctl, "db", "upgrade"], env=env, check=True, capture_output=True)
     procs: list[subprocess.Popen[bytes]] = []
-    workdir = Path(tempfile.mkdtemp(prefix="vmctl-idem-"))
+    workdir = tmp_path_factory.mktemp("idem")  # logs, HAProxy's admin socket
     try:
         replicas = []
         for i in (1, 2):
