@@ -14,6 +14,7 @@ from typing import Any
 from vmctl.core.addressing import Lease, Observation
 from vmctl.core.domainxml import GuestSpec
 from vmctl.core.errors import Busy, Conflict, NotFound, StoreUnavailable
+from vmctl.core.idempotency import KeptAnswer
 from vmctl.core.images import ImageRecord
 from vmctl.core.inventory import AddressPool, Inventory
 from vmctl.core.nodecmd import Disks, Reservation
@@ -95,6 +96,10 @@ class FakeStore(Failing, ChangesByComparison):
         self.held: dict[str, str] = {}  # VM name -> the operation holding its lock
         self.images: dict[tuple[str, str], ImageRecord] = {}  # (name, location) -> record
         self.open_streams = 0  # list_json iterators neither exhausted nor closed
+        self.held_keys: set[tuple[str, str]] = set()  # idempotency keys held: (scope, key)
+        self._key_freed = threading.Condition()
+        self.kept: dict[tuple[str, str], tuple[KeptAnswer, float]] = {}  # -> (answer, expiry)
+        self.clock = 0.0  # s, for the kept answers' expiry
 
     @contextmanager
     def vm_lock(self, name: str, operation: str, timeout: float) -> Iterator[None]:
@@ -364,6 +369,32 @@ class FakeStore(Failing, ChangesByComparison):
     def forget_image(self, name: str, location: str) -> bool:
         self._call("forget_image")
         return self.images.pop((name, location), None) is not None
+
+    # -- idempotency keys: held like PostgreSQL's advisory locks, kept answers by a fake clock --
+
+    @contextmanager
+    def idempotency_hold(self, scope: str, key: str, timeout: float) -> Iterator[None]:
+        self._call("idempotency_hold")
+        with self._key_freed:
+            if not self._key_freed.wait_for(lambda: (scope, key) not in self.held_keys, timeout):
+                raise Busy(f"Idempotency-Key {key!r}: the first request is still running")
+            self.held_keys.add((scope, key))
+        try:
+            yield
+        finally:
+            with self._key_freed:
+                self.held_keys.discard((scope, key))
+                self._key_freed.notify_all()
+
+    def kept_answer(self, scope: str, key: str) -> KeptAnswer | None:
+        self._call("kept_answer")
+        kept = self.kept.get((scope, key))
+        return kept[0] if kept is not None and kept[1] > self.clock else None
+
+    def keep_answer(self, scope: str, key: str, answer: KeptAnswer, ttl_s: float) -> None:
+        self._call("keep_answer")
+        if self.kept_answer(scope, key) is None:
+            self.kept[(scope, key)] = (answer, self.clock + ttl_s)
 
     def ping(self) -> None:
         self._call("ping")

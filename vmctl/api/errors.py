@@ -26,9 +26,11 @@ from vmctl.core.errors import (
     VmctlError,
     WrongState,
 )
+from vmctl.core.idempotency import KeyReused
 from vmctl.core.logfields import fields
 
 STATUS: list[tuple[type[VmctlError], int]] = [
+    (KeyReused, 422),
     (InvalidInput, 400),
     (Unauthenticated, 401),
     (Conflict, 409),
@@ -48,10 +50,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def error_response(status: int, message: str, field: str | None = None) -> JSONResponse:
+def status_of(exc: VmctlError) -> int:
+    return next(code for kind, code in STATUS if isinstance(exc, kind))
+
+
+def error_body(message: str, field: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"error": message}
     if field is not None:
         body["field"] = field
+    return body
+
+
+def error_response(status: int, message: str, field: str | None = None) -> JSONResponse:
+    body = error_body(message, field)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -76,7 +87,7 @@ def install(app: FastAPI, log: logging.Logger) -> None:
 
     @app.exception_handler(VmctlError)
     def vmctl_error(_request: Request, exc: VmctlError) -> JSONResponse:
-        status = next(code for kind, code in STATUS if isinstance(exc, kind))
+        status = status_of(exc)
         if status >= 500:
             log.warning("request failed", extra=fields(status=status, error=str(exc)))
         return error_response(status, str(exc), getattr(exc, "field", None))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from vmctl.services.idempotency import IdempotencyService
 
 if TYPE_CHECKING:
     from vmctl.services.tokens import TokenService
@@ -16,3 +18,9 @@ class Services:
 
     vms: VmService
     tokens: TokenService
+    # requests with an Idempotency-Key (by default over the VM service's store)
+    idempotency: IdempotencyService = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.idempotency is None:
+            self.idempotency = IdempotencyService(self.vms.store)

@@ -3,7 +3,8 @@
 ``PgStore`` implements ``vmctl.services.ports.Store``. It holds a pool of connections (opened on
 first use; each method runs in its own transaction) and may be shared by threads. Its parts, one
 module each: ``base`` (connections, transactions), ``vms``, ``addresses``, ``tokens``,
-``heartbeats``, ``events``, ``locks``, ``snapshots``, ``images`` and ``metrics``. The schema
+``heartbeats``, ``events``, ``locks``, ``snapshots``, ``images``, ``metrics`` and
+``idempotency``. The schema
 is made by ``vmctl.adapters.db.upgrade``.
 """
 
@@ -15,6 +16,7 @@ from vmctl.adapters.store.addresses import AddressesMixin
 from vmctl.adapters.store.base import MAX_SIZE
 from vmctl.adapters.store.events import EventsMixin
 from vmctl.adapters.store.heartbeats import HeartbeatsMixin
+from vmctl.adapters.store.idempotency import IdempotencyMixin
 from vmctl.adapters.store.images import ImagesMixin
 from vmctl.adapters.store.locks import LocksMixin
 from vmctl.adapters.store.metrics import MetricsMixin
@@ -35,6 +37,7 @@ class PgStore(
     SnapshotsMixin,
     ImagesMixin,
     MetricsMixin,
+    IdempotencyMixin,
 ):
     """All of PostgreSQL that vmctl uses: ``PgStore(url, actor=None, max_size=MAX_SIZE)``."""
 

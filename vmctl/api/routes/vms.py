@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from vmctl.api.deps import Project, Svc
-from vmctl.api.errors import ERRORS
+from vmctl.api.errors import ERRORS, error_body, status_of
 from vmctl.api.models import IpIn, VmDetail, VmIn, VmOut, vm_detail
+from vmctl.core import idempotency
+from vmctl.core.errors import VmctlError
+from vmctl.core.idempotency import Answer
 from vmctl.core.logfields import fields
 from vmctl.core.requests import CreateRequest
 
@@ -18,8 +22,41 @@ log = logging.getLogger("vmctl.serve")
 MAX_PAGE = 10000  # the most VMs one page of GET /api/v1/vm holds
 
 
-@router.post("/vm", status_code=201, response_model=VmDetail)
-def create_vm(body: VmIn, project: Project, svc: Svc) -> dict[str, Any]:
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=idempotency.HEADER,
+        description=(
+            "Any unique value of 1 to 255 visible ASCII characters (no quotes, backslashes or "
+            "spaces), e.g. a UUID; kept 24 h per project. A request with a key used before gets "
+            "the first request's status and body (header Idempotent-Replayed: true), waiting "
+            "for it if it still runs; the same key with another body is refused (422). HAProxy "
+            "gives a create without one a key of its own, so its retries never create twice."
+        ),
+        examples=["8e03978e-40d5-43e8-bc93-6894a57f9324"],
+    ),
+]
+
+
+@router.post(
+    "/vm",
+    status_code=201,
+    response_model=VmDetail,
+    responses={
+        201: {"headers": {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}}}
+    },
+)
+def create_vm(body: VmIn, project: Project, svc: Svc, key: IdempotencyKey = None) -> JSONResponse:
+    payload = body.model_dump(mode="json")
+    digest = idempotency.fingerprint("POST", "/api/v1/vm", payload)
+    answer = svc.idempotency.run(project, key, digest, lambda: _create(body, project, svc))
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+    return JSONResponse(answer.body, status_code=answer.status, headers=headers)
+
+
+def _create(body: VmIn, project: str, svc: Svc) -> Answer:
+    """The create's answer: 201 and the VM, or a refusal (4xx; its key keeps all but a 400); a
+    server error is raised (the error handlers answer it, and the key keeps nothing)."""
     req = CreateRequest(
         name=body.Name,
         ram_mb=body.RAM,
@@ -31,9 +68,15 @@ def create_vm(body: VmIn, project: Project, svc: Svc) -> dict[str, Any]:
     )
     # Runs to the end (or rolls back) even if the client goes away: the work is not tied to the
     # connection.
-    vm = svc.vms.create(req)
+    try:
+        vm = svc.vms.create(req)
+    except VmctlError as e:
+        status = status_of(e)
+        if status >= 500:
+            raise
+        return Answer(status, error_body(str(e), getattr(e, "field", None)))
     log.info("created", extra=fields(vm=vm.name, node=vm.node, project=project))
-    return vm_detail(vm)
+    return Answer(201, vm_detail(vm))
 
 
 @router.get("/vm", response_model=list[VmOut])

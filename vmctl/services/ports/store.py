@@ -1,5 +1,6 @@
 """The ports of PostgreSQL: the VM rows, locks, addresses, events, tokens, heartbeats,
-snapshots, base images and the cloud's metrics, and ``Store``, all of them."""
+snapshots, base images, the cloud's metrics, the API's idempotency keys, and ``Store``, all of
+them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from vmctl.core.idempotency import KeptAnswer
     from vmctl.core.images import ImageRecord
     from vmctl.core.inventory import AddressPool
     from vmctl.core.records import (
@@ -194,6 +196,23 @@ class MetricsReader(Protocol):
     def cloud_figures(self, bounds_s: Sequence[float]) -> CloudFigures: ...
 
 
+class IdempotencyStore(Protocol):
+    def idempotency_hold(
+        self, scope: str, key: str, timeout: float
+    ) -> AbstractContextManager[None]:
+        """Hold the idempotency key (scope, key) while the block runs (one holder at a time on
+        any replica; let go when the holder dies); Busy after ``timeout`` s of waiting."""
+        ...
+
+    def kept_answer(self, scope: str, key: str) -> KeptAnswer | None:
+        """The answer kept for the key; None if there is none or it expired."""
+        ...
+
+    def keep_answer(self, scope: str, key: str, answer: KeptAnswer, ttl_s: float) -> None:
+        """Keep ``answer`` for the key for ``ttl_s`` s (an unexpired one stays as it was)."""
+        ...
+
+
 class Store(
     VmStore,
     VmLocks,
@@ -204,6 +223,7 @@ class Store(
     SnapshotStore,
     ImageStore,
     MetricsReader,
+    IdempotencyStore,
     Protocol,
 ):
     """All of PostgreSQL that vmctl uses."""

@@ -1,0 +1,238 @@
+"""HAProxy's layer-7 retries never run a create twice (deploy/haproxy/haproxy.cfg).
+
+A real HAProxy with the project's config and a short `timeout server`, in front of two real
+`vmctl serve` replicas of this checkout (started here, on loopback, over the lab's PostgreSQL and
+nodes; the lab's own HAProxy and replicas are left alone). The create is made slower than
+`timeout server` in a controlled way: the test holds the new VM's operation lock for a while, so
+the create waits for it, as it would behind another operation. HAProxy then gives up on the
+first replica and sends the request again, to the other one, with the Idempotency-Key its
+frontend set: that replica waits for the first create and answers with its result. The client
+gets one 201 and one VM: never a 409 "exists already", never two VMs. One guest boots; it is
+deleted at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import LAB, REPO, eventually, leftovers
+
+pytestmark = pytest.mark.e2e
+
+HAPROXY_CFG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
+SERVER_TIMEOUT_S = 8  # HAProxy's `timeout server` here: 4 tries (retries 3) cover 32 s
+HOLD_S = 9  # the VM's lock is held this long: the first try surely times out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str, verify: ssl.SSLContext | bool = True) -> bool:
+    try:
+        return httpx.get(url, timeout=2, verify=verify).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class Stack:
+    url: str  # HAProxy's external frontend
+    replicas: list[str]  # the replicas' own URLs
+    verify: ssl.SSLContext
+    token: str
+    env: dict[str, str]
+    lab: dict  # type: ignore[type-arg]
+    haproxy_log: Path
+    admin_sock: Path
+
+
+@pytest.fixture(scope="module")
+def lab_now(request: pytest.FixtureRequest) -> dict:  # type: ignore[type-arg]
+    """The lab as it is (`lab/lab status --json`); brought up by the ``lab`` fixture if down."""
+    proc = subprocess.run([str(LAB), "status", "--json"], capture_output=True, text=True)
+    status = json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else {}
+    return status if status.get("running") else request.getfixturevalue("lab")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def stack(lab_now: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # type: ignore[type-arg]
+    out = subprocess.run([str(LAB), "env"], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ)
+    for line in out.splitlines():
+        key, value = line.removeprefix("export ").split("=", 1)
+        env[key] = value.strip("'")
+    vmctl = str(REPO / ".venv" / "bin" / "vmctl")
+    # this checkout's schema (0010: idempotency keys) in the lab's database: additive
+    subprocess.run([vmctl, "db", "upgrade"], env=env, check=True, capture_output=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    workdir = tmp_path_factory.mktemp("idem")  # logs, HAProxy's admin socket
+    try:
+        replicas = []
+        for i in (1, 2):
+            port = _free_port()
+            log = (workdir / f"api-{i}.log").open("wb")
+            procs.append(
+                subprocess.Popen(
+                    [vmctl, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            replicas.append(f"http://127.0.0.1:{port}")
+        for url in replicas:
+            eventually(f"{url} ready", lambda u=url: _answers(f"{u}/readyz"), 60)  # type: ignore[misc]
+        external = _free_port()
+        hap_env = {
+            **env,
+            "VMCTL_EXTERNAL_BIND": f"127.0.0.1:{external}",
+            "VMCTL_INTERNAL_BIND": f"127.0.0.1:{_free_port()}",
+            "VMCTL_MONITORING_BIND": f"127.0.0.1:{_free_port()}",
+            "VMCTL_TLS_PEM": str(Path(env["VMCTL_API_CA"]).parent / "tls.pem"),
+            "VMCTL_API_1": replicas[0].removeprefix("http://"),
+            "VMCTL_API_2": replicas[1].removeprefix("http://"),
+            "VMCTL_RATE_LIMIT": "3000",
+            "VMCTL_HAPROXY_RUN": str(workdir),
+            "VMCTL_SERVER_TIMEOUT": f"{SERVER_TIMEOUT_S}s",
+        }
+        subprocess.run(["haproxy", "-c", "-q", "-f", str(HAPROXY_CFG)], env=hap_env, check=True)
+        haproxy_log = workdir / "haproxy.log"
+        procs.append(
+            subprocess.Popen(
+                ["haproxy", "-db", "-f", str(HAPROXY_CFG)],
+                env=hap_env,
+                stdout=haproxy_log.open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+        verify = ssl.create_default_context(cafile=env["VMCTL_API_CA"])
+        url = f"https://127.0.0.1:{external}"
+        eventually("HAProxy ready", lambda: _answers(f"{url}/healthz", verify), 30)
+        eventually("both replicas UP in HAProxy", lambda: _up(workdir / "admin.sock") == 2, 30)
+        yield Stack(
+            url, replicas, verify, env["VMCTL_API_TOKEN"], env, lab_now, haproxy_log,
+            workdir / "admin.sock",
+        )  # fmt: skip
+    finally:
+        for proc in reversed(procs):  # HAProxy first, then the replicas: only what we started
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _stat(sock_path: Path) -> list[dict[str, str]]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(sock_path))
+        sock.sendall(b"show stat\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    lines = data.decode().splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    return [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+
+
+def _up(sock_path: Path) -> int:
+    try:
+        rows = _stat(sock_path)
+    except OSError:
+        return 0
+    return sum(
+        1
+        for r in rows
+        if r["pxname"] == "api" and r["svname"].startswith("api") and r["status"] == "UP"
+    )
+
+
+def _creates(replica: str) -> dict[str, float]:
+    """POST /api/v1/vm answered by the replica, by status (its own metrics)."""
+    text = httpx.get(f"{replica}/metrics", timeout=5).text
+    found = re.findall(
+        r'vmctl_api_requests_total\{method="POST",route="/api/v1/vm",status="(\d+)"\} (\S+)', text
+    )
+    return {status: float(count) for status, count in found}
+
+
+def test_a_create_slower_than_timeout_server_is_retried_and_makes_one_vm(stack: Stack) -> None:
+    from vmctl.adapters.store import PgStore
+
+    name = f"idem-{secrets.token_hex(3)}"
+    answers: list[httpx.Response] = []
+    client = httpx.Client(
+        base_url=stack.url,
+        verify=stack.verify,
+        headers={"Authorization": f"Bearer {stack.token}"},  # no Idempotency-Key: HAProxy's
+        timeout=120,
+    )
+    try:
+        with PgStore(stack.env["VMCTL_DATABASE_URL"], actor="idem-e2e@test") as store:
+            with store.vm_lock(name, "a test's slow create", 5):
+                sender = threading.Thread(
+                    target=lambda: answers.append(
+                        client.post("/api/v1/vm", json={"Name": name, "RAM": "384", "CPU": "1"})
+                    )
+                )
+                started = time.monotonic()
+                sender.start()
+                time.sleep(HOLD_S)
+            sender.join(4 * SERVER_TIMEOUT_S + 10)
+            took = time.monotonic() - started
+            assert answers, "no answer"
+            created = answers[0]
+            assert created.status_code == 201, created.text
+            assert created.json()["Name"] == name
+            # the answer came from a retry, which waited for the first create: replayed
+            assert created.headers["Idempotent-Replayed"] == "true"
+            assert took > SERVER_TIMEOUT_S
+            assert [vm.name for vm in store.list() if vm.name == name] == [name]
+        # HAProxy retried on the other replica
+        line = next(
+            line for line in stack.haproxy_log.read_text().splitlines() if "POST /api/v1/vm" in line
+        )
+        # the connection counters after the termination state: act/fe/be/srv/retries ("+":
+        # redispatched to another server)
+        counters = re.search(r" [-\w]{4} \d+/\d+/\d+/\d+/(\+?)(\d+) ", line)
+        assert counters and counters.group(1) == "+" and int(counters.group(2)) >= 1, line
+        backend = next(
+            r for r in _stat(stack.admin_sock) if r["pxname"] == "api" and r["svname"] == "BACKEND"
+        )
+        assert int(backend["wretr"]) >= 1 and int(backend["wredis"]) >= 1, backend
+        # every try was answered 201 (the first create, the others its answer), on both replicas
+        tries = int(counters.group(2)) + 1
+        answered = [_creates(r) for r in stack.replicas]
+        assert all(set(a) == {"201"} for a in answered), answered
+        assert sum(a["201"] for a in answered) == tries, (answered, line)
+        # one key, kept once, with this VM's answer
+        with psycopg.connect(stack.env["VMCTL_DATABASE_URL"]) as conn:
+            kept = conn.execute(
+                "SELECT key, status FROM idempotency_keys WHERE body->>'Name' = %s", (name,)
+            ).fetchall()
+        assert len(kept) == 1 and kept[0][1] == 201
+        assert re.fullmatch(r"[0-9a-f-]{36}", kept[0][0])  # HAProxy's uuid()
+    finally:
+        deleted = client.delete(f"/api/v1/vm/{name}")
+        client.close()
+        assert deleted.status_code in (204, 404), deleted.text
+        assert leftovers(stack.lab, stack.env, [name]) == {}
