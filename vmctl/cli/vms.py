@@ -35,6 +35,18 @@ NodeOpt = Annotated[
     str | None, typer.Option(help="Only VMs on this node.", autocompletion=node_names)
 ]
 VmArg = Annotated[str, typer.Argument(help="The VM.", autocompletion=vm_names)]
+QueueOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--queue/--no-queue",
+        help="Queue a job for `vmctl worker` and wait for it, rather than doing the work here "
+        "(default: no) [VMCTL_QUEUE].",
+    ),
+]
+
+
+def _queued(flag: bool | None) -> bool:
+    return settings().queue if flag is None else flag
 
 
 @app.command()
@@ -70,6 +82,7 @@ def create(
     wait_for: WaitForOpt = None,
     timeout: TimeoutOpt = 300,
     lock_timeout: LockTimeoutOpt = None,
+    queue: QueueOpt = None,
     *,
     fmt: Format,
 ) -> None:
@@ -102,7 +115,12 @@ def create(
     ]
     svc = vm_service(lock_timeout=lock_timeout)
     until_or_none = until if wait or wait_for is not None else None
-    outcomes = svc.create_many(requests, until_or_none, timeout)
+    if _queued(queue):
+        from vmctl.cli.jobs import create_queued
+
+        outcomes = create_queued(svc, requests, until_or_none, timeout)
+    else:
+        outcomes = svc.create_many(requests, until_or_none, timeout)
     made = [o.vm for o in outcomes if o.vm is not None]
     failed = [o for o in outcomes if o.error is not None]
     if n == 1 and failed:
@@ -231,6 +249,7 @@ def delete(
     names: Annotated[list[str], typer.Argument(help="VMs to delete.", autocompletion=vm_names)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     lock_timeout: LockTimeoutOpt = None,
+    queue: QueueOpt = None,
 ) -> None:
     """Delete VMs: domain, disks, seed, snapshots, row and cache key. Keeps going past failures;
     a VM whose node does not answer stays `deleting` until it does (exit 6)."""
@@ -241,6 +260,11 @@ def delete(
             raise InvalidInput("yes", "refusing to delete without --yes when not on a terminal")
         typer.confirm(f"Delete {', '.join(names)}?", abort=True, err=True)
     svc = vm_service(lock_timeout=lock_timeout)
+    if _queued(queue):
+        from vmctl.cli.jobs import delete_queued
+
+        each(names, "delete", delete_queued(svc), "deleted")
+        return
     each(names, "delete", svc.delete, "deleted")
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from vmctl.services.jobs import JobService
     from vmctl.services.tokens import TokenService
     from vmctl.services.vms import VmService
 
@@ -16,3 +17,4 @@ class Services:
 
     vms: VmService
     tokens: TokenService
+    jobs: JobService | None = None  # None: no job queue (async requests are refused)
