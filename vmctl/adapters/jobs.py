@@ -60,7 +60,8 @@ class PgJobQueue:
     def _run(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
         try:
             with db.connect(self._url) as conn:
-                row: dict[str, Any] | None = conn.execute(sql, params).fetchone()
+                cursor = conn.execute(sql, params)
+                row: dict[str, Any] | None = cursor.fetchone() if cursor.description else None
                 return row
         except psycopg.OperationalError as e:
             raise db.unreachable(self._url, e) from e

@@ -8,6 +8,7 @@ returns rows as dicts; each method runs in one explicit transaction of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -41,8 +42,13 @@ def utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+_VM_FIELDS = frozenset(f.name for f in dataclasses.fields(VmRecord))
+
+
 def vm_record(row: dict[str, Any]) -> VmRecord:
-    fields = dict(row)
+    # Columns this vmctl does not know are left out: a newer schema (applied by a newer vmctl
+    # during a rolling upgrade) does not break an older one's reads.
+    fields = {k: v for k, v in row.items() if k in _VM_FIELDS}
     fields["ip"] = None if row["ip"] is None else str(row["ip"])
     fields["reserved_ip"] = None if row.get("reserved_ip") is None else str(row["reserved_ip"])
     fields["move_ip"] = None if row.get("move_ip") is None else str(row["move_ip"])
