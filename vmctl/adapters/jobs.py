@@ -37,8 +37,9 @@ def _app(connector: Any) -> App:
 class PgJobQueue:
     """vmctl's JobQueue port over procrastinate and the vmctl_jobs table."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, queue: str = QUEUE) -> None:
         self._url = url
+        self._queue = queue
         self._app: App | None = None
 
     def _opened(self) -> App:
@@ -76,7 +77,7 @@ class PgJobQueue:
         actor: str | None = None,
     ) -> int:
         app = self._opened()
-        deferrer = app.configure_task(TASK, queue=QUEUE, lock=f"vm/{vm}")
+        deferrer = app.configure_task(TASK, queue=self._queue, lock=f"vm/{vm}")
         try:
             job_id = deferrer.defer(kind=kind, args=dict(args))
         except psycopg.OperationalError as e:
@@ -160,6 +161,7 @@ def run_worker(
     handle: Handler,
     *,
     name: str,
+    queue: str = QUEUE,
     concurrency: int,
     stalled_after: float,
     log: logging.Logger,
@@ -170,7 +172,7 @@ def run_worker(
     db.check_url(url)
     app = _app(PsycopgConnector(conninfo=url, min_size=1, max_size=concurrency + 4))
 
-    @app.task(name=TASK, queue=QUEUE, pass_context=True)
+    @app.task(name=TASK, queue=queue, pass_context=True)
     def vmctl_job(context: JobContext, kind: str, args: dict[str, Any]) -> Any:
         job_id = context.job.id
         assert job_id is not None
@@ -212,7 +214,7 @@ def run_worker(
             side = asyncio.create_task(rescue())
             try:
                 await app.run_worker_async(
-                    queues=[QUEUE],
+                    queues=[queue],
                     name=name,
                     concurrency=concurrency,
                     update_heartbeat_interval=stalled_after / 5,

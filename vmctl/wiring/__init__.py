@@ -159,7 +159,7 @@ def job_service(settings: Settings, vms: VmService) -> JobService:
     """Jobs queued in PostgreSQL (procrastinate is imported when the first is queued)."""
     from vmctl.adapters.jobs import PgJobQueue
 
-    return JobService(queue=PgJobQueue(settings.require_database()), vms=vms)
+    return JobService(queue=PgJobQueue(settings.require_database(), settings.job_queue), vms=vms)
 
 
 def run_worker(
@@ -179,6 +179,7 @@ def run_worker(
         settings.require_database(),
         jobs.run,
         name=name,
+        queue=settings.job_queue,
         concurrency=concurrency,
         stalled_after=stalled_after,
         log=log,

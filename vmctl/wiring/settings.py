@@ -30,6 +30,7 @@ class Settings:
     # (under `vmctl worker`: across every worker, docs/architecture.md "Durable jobs")
     queue: bool = False  # `create`/`delete` queue a job for `vmctl worker` and wait for it
     worker_concurrency: int = 4  # jobs one `vmctl worker` runs at once
+    job_queue: str = "vmctl"  # the queue jobs go to and workers take them from
 
     @property
     def authorized_key_files(self) -> tuple[Path, ...]:
