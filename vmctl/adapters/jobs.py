@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,8 +42,13 @@ class PgJobQueue:
         self._url = url
         self._queue = queue
         self._app: App | None = None
+        self._lock = threading.Lock()  # the API's threads share one
 
     def _opened(self) -> App:
+        with self._lock:
+            return self._open()
+
+    def _open(self) -> App:
         if self._app is None:
             db.check_url(self._url)
             app = _app(SyncPsycopgConnector(conninfo=self._url, min_size=1, max_size=4))

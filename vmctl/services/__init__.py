@@ -18,3 +18,4 @@ class Services:
     vms: VmService
     tokens: TokenService
     jobs: JobService | None = None  # None: no job queue (async requests are refused)
+    use_queue: bool = False  # creates go through the queue (setting ``queue``)

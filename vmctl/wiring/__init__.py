@@ -16,7 +16,7 @@ from vmctl.core.errors import ConfigError, InvalidInput
 from vmctl.core.logfields import fields
 from vmctl.services import Services
 from vmctl.services.jobs import JobService
-from vmctl.services.ports import Cache, GuestProbe, Hypervisor, Store
+from vmctl.services.ports import Cache, GuestProbe, Hypervisor, JobQueue, Store
 from vmctl.services.tokens import TokenService
 from vmctl.services.vms import VmService
 from vmctl.wiring.settings import Settings
@@ -143,6 +143,7 @@ def services(
     default_keys: Sequence[str] = (),
     shared_store: Store | None = None,
     log: logging.Logger | None = None,
+    shared_queue: JobQueue | None = None,
 ) -> Services:
     vms = vm_service(
         settings,
@@ -152,14 +153,23 @@ def services(
         shared_store=shared_store,
         log=log,
     )
-    return Services(vms=vms, tokens=TokenService(vms.store), jobs=job_service(settings, vms))
+    return Services(
+        vms=vms,
+        tokens=TokenService(vms.store),
+        jobs=job_service(settings, vms, shared_queue),
+        use_queue=settings.queue,
+    )
 
 
-def job_service(settings: Settings, vms: VmService) -> JobService:
-    """Jobs queued in PostgreSQL (procrastinate is imported when the first is queued)."""
+def job_queue(settings: Settings) -> JobQueue:
+    """Jobs queued in PostgreSQL (procrastinate's pool is opened when the first is queued)."""
     from vmctl.adapters.jobs import PgJobQueue
 
-    return JobService(queue=PgJobQueue(settings.require_database(), settings.job_queue), vms=vms)
+    return PgJobQueue(settings.require_database(), settings.job_queue)
+
+
+def job_service(settings: Settings, vms: VmService, queue: JobQueue | None = None) -> JobService:
+    return JobService(queue=queue or job_queue(settings), vms=vms)
 
 
 def run_worker(

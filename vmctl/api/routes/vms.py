@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from vmctl.api.deps import Project, Svc
 from vmctl.api.errors import ERRORS
 from vmctl.api.models import IpIn, VmDetail, VmIn, VmOut, vm_detail
+from vmctl.api.routes import jobs
 from vmctl.core.logfields import fields
 from vmctl.core.requests import CreateRequest
 
@@ -18,8 +19,10 @@ log = logging.getLogger("vmctl.serve")
 MAX_PAGE = 10000  # the most VMs one page of GET /api/v1/vm holds
 
 
-@router.post("/vm", status_code=201, response_model=VmDetail)
-def create_vm(body: VmIn, project: Project, svc: Svc) -> dict[str, Any]:
+@router.post("/vm", status_code=201, response_model=VmDetail, responses=jobs.ASYNC_RESPONSE)
+def create_vm(
+    body: VmIn, project: Project, svc: Svc, prefer: jobs.PreferHeader = None
+) -> dict[str, Any] | Response:
     req = CreateRequest(
         name=body.Name,
         ram_mb=body.RAM,
@@ -31,7 +34,9 @@ def create_vm(body: VmIn, project: Project, svc: Svc) -> dict[str, Any]:
     )
     # Runs to the end (or rolls back) even if the client goes away: the work is not tied to the
     # connection.
-    vm = svc.vms.create(req)
+    vm = jobs.create(svc, req, prefer)
+    if isinstance(vm, Response):
+        return vm  # 202: queued
     log.info("created", extra=fields(vm=vm.name, node=vm.node, project=project))
     return vm_detail(vm)
 
