@@ -45,12 +45,12 @@ from vmctl.adapters.jobs import PgJobQueue
 from vmctl.adapters.storage import LocalStorage
 from vmctl.adapters.store import PgStore
 from vmctl.api import create_app
-from vmctl.services.jobs import JobService
 from vmctl.core import tokens
 from vmctl.core.addressing import Observation
 from vmctl.core.errors import StoreUnavailable
 from vmctl.core.inventory import Node, load_inventory
 from vmctl.services import Services
+from vmctl.services.jobs import JobService
 from vmctl.services.tokens import TokenService
 from vmctl.services.vms import VmService
 
