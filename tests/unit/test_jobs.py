@@ -187,7 +187,7 @@ def test_waiting_for_a_job_no_worker_takes_times_out_saying_so() -> None:
     w = world()
     jobs, _ = jobs_of(w)
     job_id = jobs.submit_create(CreateRequest("web-1"))
-    with pytest.raises(Timeout, match="still queued.*vmctl worker"):
+    with pytest.raises(Timeout, match=r"still queued.*vmctl worker"):
         jobs.wait(job_id, timeout=0.05)
 
 
