@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.fakes import World, world
+from tests.unit.fakes import KEY, World, world
 from vmctl.core.errors import CapacityError, ExitStatus, InvalidInput, NotFound, Timeout
 from vmctl.core.jobs import Job, JobFailed, error_of
 from vmctl.core.requests import CreateRequest
@@ -95,6 +95,7 @@ def test_a_queued_create_is_made_by_the_worker_with_the_mac_the_job_fixed() -> N
     assert vm is not None and vm.mac == args["mac"] and vm.project == "demo"
     assert queue.jobs[job_id].state == "succeeded" and queue.jobs[job_id].attempts == 1
     assert "(job 1, w1)" in str(w.store.logged[0][4]["actor"])
+    assert args["authorized_keys"] == [KEY]  # the submitter's default keys, fixed in the job
 
 
 def test_bad_input_and_a_taken_name_are_refused_before_anything_is_queued() -> None:

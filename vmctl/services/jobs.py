@@ -43,7 +43,10 @@ class JobService:
         from vmctl.services import create
 
         new = create.check(self.vms, req)  # InvalidInput, Conflict: nothing is queued
-        args = {**_request_args(req), "name": new.name, "mac": new.mac}
+        # the keys the caller means (its request's, else its server's defaults): the worker's
+        # own defaults may differ
+        keys = create.authorized_keys(self.vms, req)
+        args = {**_request_args(req), "name": new.name, "mac": new.mac, "authorized_keys": keys}
         return self.queue.enqueue(
             "create", new.name, args, project=req.project, actor=self.vms.actor
         )
