@@ -171,10 +171,13 @@ def run_worker(
     concurrency: int,
     stalled_after: float,
     log: logging.Logger,
+    install_signal_handlers: bool = True,
+    stop: threading.Event | None = None,
 ) -> None:
     """Run jobs until SIGTERM/SIGINT (a job under way is finished first, as procrastinate's
     graceful shutdown does); ``handle(job_id, kind, args, worker)`` runs one. Heartbeats every
-    ``stalled_after / 5`` s; jobs of workers silent for ``stalled_after`` s are queued again."""
+    ``stalled_after / 5`` s; jobs of workers silent for ``stalled_after`` s are queued again.
+    ``stop`` (for a worker run in a thread, without signal handlers) ends it too."""
     db.check_url(url)
     app = _app(PsycopgConnector(conninfo=url, min_size=1, max_size=concurrency + 4))
 
@@ -215,21 +218,35 @@ def run_worker(
             except Exception as exc:
                 log.warning("looking for stalled jobs failed", extra=fields(error=exc))
 
+    async def stopper(worker: asyncio.Task[None]) -> None:
+        assert stop is not None
+        await asyncio.to_thread(stop.wait)
+        worker.cancel()  # procrastinate's graceful shutdown, as on SIGTERM
+
     async def main() -> None:
         async with app.open_async():
-            side = asyncio.create_task(rescue())
-            try:
-                await app.run_worker_async(
+            worker = asyncio.create_task(
+                app.run_worker_async(
                     queues=[queue],
                     name=name,
                     concurrency=concurrency,
                     update_heartbeat_interval=stalled_after / 5,
                     stalled_worker_timeout=stalled_after,
                     delete_jobs="successful",
-                    install_signal_handlers=True,
+                    install_signal_handlers=install_signal_handlers,
                 )
+            )
+            side = [asyncio.create_task(rescue())]
+            if stop is not None:
+                side.append(asyncio.create_task(stopper(worker)))
+            try:
+                await worker
+            except asyncio.CancelledError:
+                if stop is None or not stop.is_set():
+                    raise
             finally:
-                side.cancel()
+                for task in side:
+                    task.cancel()
 
     try:
         asyncio.run(main())
