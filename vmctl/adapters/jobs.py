@@ -28,6 +28,7 @@ from vmctl.core.logfields import fields
 
 QUEUE = "vmctl"
 TASK = "vmctl.job"
+RESCUE_KEY = 0x766D63746C0011  # advisory lock ("vmctl", 0x11) of the worker putting jobs back
 Handler = Callable[[int, str, Mapping[str, Any], str], Mapping[str, Any]]
 
 
@@ -196,27 +197,48 @@ def run_worker(
         log.info("job done", extra=fields(job=job_id, kind=kind, vm=args.get("name")))
         return dict(result)
 
+    async def rescue_once(conn: psycopg.AsyncConnection[Any]) -> None:
+        # One worker at a time (an advisory lock): a job one worker queued again and another
+        # took since cannot be queued again by a third from an older list.
+        got = await (
+            await conn.execute("SELECT pg_try_advisory_lock(%s)", (RESCUE_KEY,))
+        ).fetchone()
+        if not got or not got[0]:
+            return
+        try:
+            stalled = await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=stalled_after)
+            for job in stalled:
+                try:
+                    await app.job_manager.retry_job(job)
+                except Exception as exc:  # it ended meanwhile (its worker was only slow)
+                    log.info("stalled job not retried", extra=fields(job=job.id, error=exc))
+                else:
+                    log.warning(
+                        "stalled job queued again",
+                        extra=fields(job=job.id, dead_worker=job.worker_id),
+                    )
+            await app.job_manager.prune_stalled_workers(stalled_after * 10)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (RESCUE_KEY,))
+
     async def rescue() -> None:
         """Queue again the jobs of workers that stopped sending heartbeats."""
-        while True:
-            await asyncio.sleep(stalled_after / 3)
-            try:
-                stalled = await app.job_manager.get_stalled_jobs(
-                    seconds_since_heartbeat=stalled_after
-                )
-                for job in stalled:
-                    try:
-                        await app.job_manager.retry_job(job)
-                    except Exception as exc:  # another worker queued it first
-                        log.info("stalled job not retried", extra=fields(job=job.id, error=exc))
-                    else:
-                        log.warning(
-                            "stalled job queued again",
-                            extra=fields(job=job.id, dead_worker=job.worker_id),
-                        )
-                await app.job_manager.prune_stalled_workers(stalled_after * 10)
-            except Exception as exc:
-                log.warning("looking for stalled jobs failed", extra=fields(error=exc))
+        conn: psycopg.AsyncConnection[Any] | None = None
+        try:
+            while True:
+                await asyncio.sleep(stalled_after / 3)
+                try:
+                    if conn is None or conn.closed:
+                        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+                    await rescue_once(conn)
+                except Exception as exc:
+                    log.warning("looking for stalled jobs failed", extra=fields(error=exc))
+                    if conn is not None:
+                        await conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                await conn.close()
 
     async def stopper(worker: asyncio.Task[None]) -> None:
         assert stop is not None
