@@ -239,3 +239,34 @@ def test_node_slots_let_per_node_creates_in_at_once_across_processes() -> None:
             assert got == 1 and waited == [1.0, 1.0, 1.0]
         w.store.held["node-slot/kvm1/1"] = "create"  # for the outer block to let go again
     assert w.store.held == {}
+
+
+def test_start_and_stop_jobs_end_in_their_state_even_when_run_again() -> None:
+    w = world()
+    jobs, queue = jobs_of(w)
+    w.svc.create(CreateRequest("web-1", node="kvm1"))
+    stop_id = jobs.submit_lifecycle("stop", "web-1", timeout=5, force=True)
+    job_id, kind, args = queue.queued[0]
+    assert (kind, args) == ("stop", {"name": "web-1", "timeout": 5, "force": True})
+    assert jobs.run(job_id, kind, args, "w1") == {"name": "web-1", "state": "stopped"}
+    assert jobs.run(job_id, kind, args, "w2") == {"name": "web-1", "state": "stopped"}
+    vm = jobs.run_and_wait(stop_id)
+    assert vm is not None and vm.state == "stopped"
+    start_id = jobs.submit_lifecycle("start", "web-1")
+    _, kind, args = queue.queued[1]
+    for worker in ("w1", "w2"):
+        assert jobs.run(start_id, kind, args, worker)["state"] == "running"
+    assert w.nodes["kvm1"].calls.count("start") == 1  # the second run found it running
+
+
+def test_lifecycle_jobs_check_before_queueing() -> None:
+    w = world()
+    jobs, queue = jobs_of(w)
+    with pytest.raises(NotFound):
+        jobs.submit_lifecycle("start", "web-9")
+    w.svc.create(CreateRequest("web-1"))
+    with pytest.raises(InvalidInput):
+        jobs.submit_lifecycle("stop", "web-1", timeout=-1)
+    with pytest.raises(ValueError, match="not a lifecycle job"):
+        jobs.submit_lifecycle("resize", "web-1")
+    assert queue.queued == []

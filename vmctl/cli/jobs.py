@@ -87,6 +87,19 @@ def delete_queued(svc: VmService) -> Callable[[str], object]:
     return delete
 
 
+def lifecycle_queued(
+    svc: VmService, kind: str, timeout: float = 60.0, force: bool = False
+) -> Callable[[str], object]:
+    jobs = _jobs(svc)
+
+    def act(name: str) -> None:
+        job_id = jobs.submit_lifecycle(kind, name, timeout, force)
+        progress(f"{name}: queued as job {job_id}; waiting for a worker")
+        jobs.run_and_wait(job_id)
+
+    return act
+
+
 JobArg = Annotated[int, typer.Argument(help="The job's id.")]
 
 

@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 
 from vmctl.cli.complete import node_names, vm_names
-from vmctl.cli.options import Format, LockTimeoutOpt, output_options, settings, vm_service
+from vmctl.cli.options import (
+    Format,
+    LockTimeoutOpt,
+    QueueOpt,
+    output_options,
+    queued,
+    settings,
+    vm_service,
+)
 from vmctl.cli.output import NODE_COLUMNS, SHOW_COLUMNS, VM_COLUMNS, emit, record, stream_json
 from vmctl.core import validation
 from vmctl.core.errors import ExitStatus, InvalidInput
@@ -35,18 +43,6 @@ NodeOpt = Annotated[
     str | None, typer.Option(help="Only VMs on this node.", autocompletion=node_names)
 ]
 VmArg = Annotated[str, typer.Argument(help="The VM.", autocompletion=vm_names)]
-QueueOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--queue/--no-queue",
-        help="Queue a job for `vmctl worker` and wait for it, rather than doing the work here "
-        "(default: no) [VMCTL_QUEUE].",
-    ),
-]
-
-
-def _queued(flag: bool | None) -> bool:
-    return settings().queue if flag is None else flag
 
 
 @app.command()
@@ -115,7 +111,7 @@ def create(
     ]
     svc = vm_service(lock_timeout=lock_timeout)
     until_or_none = until if wait or wait_for is not None else None
-    if _queued(queue):
+    if queued(queue):
         from vmctl.cli.jobs import create_queued
 
         outcomes = create_queued(svc, requests, until_or_none, timeout)
@@ -260,7 +256,7 @@ def delete(
             raise InvalidInput("yes", "refusing to delete without --yes when not on a terminal")
         typer.confirm(f"Delete {', '.join(names)}?", abort=True, err=True)
     svc = vm_service(lock_timeout=lock_timeout)
-    if _queued(queue):
+    if queued(queue):
         from vmctl.cli.jobs import delete_queued
 
         each(names, "delete", delete_queued(svc), "deleted")

@@ -11,7 +11,7 @@ from typing import Any
 from vmctl.core import errors
 from vmctl.core.errors import ExitStatus, VmctlError
 
-KINDS = ("create", "delete")
+KINDS = ("create", "delete", "start", "stop", "reboot")
 STATES = ("queued", "running", "succeeded", "failed")
 
 
@@ -20,7 +20,7 @@ class Job:
     """One job as vmctl records it (table vmctl_jobs, schema 0011)."""
 
     id: int
-    kind: str
+    kind: str  # one of KINDS
     vm: str
     state: str = "queued"
     project: str | None = None

@@ -61,6 +61,19 @@ class JobService:
             actor=self.vms.actor,
         )
 
+    def submit_lifecycle(
+        self, kind: str, name: str, timeout: float = 60.0, force: bool = False
+    ) -> int:
+        """Queue a start, stop or reboot (each safe to run again: start and stop end in their
+        state whatever it was; a reboot run again reboots once more)."""
+        if kind not in ("start", "stop", "reboot"):
+            raise ValueError(f"not a lifecycle job: {kind!r}")
+        if kind == "stop":
+            validation.seconds("timeout", timeout)
+        vm = self.vms.get(validation.name(name))  # NotFound: nothing is queued
+        args = {"name": vm.name, "timeout": timeout, "force": force}
+        return self.queue.enqueue(kind, vm.name, args, project=vm.project, actor=self.vms.actor)
+
     def get(self, job_id: int, project: str | None = None) -> Job:
         """The job; with ``project``, NotFound for another project's (the API's scope)."""
         job = self.queue.get(job_id)
@@ -83,13 +96,12 @@ class JobService:
             time.sleep(self.poll)
 
     def outcome(self, job: Job) -> VmRecord | None:
-        """What a done job made (the VM of a create; None for a delete); its error if it
-        failed."""
+        """The VM a done job leaves (None after a delete); its error if it failed."""
         if job.state == "failed":
             raise error_of(job)
-        if job.kind == "create":
-            return self.vms.get(job.vm)
-        return None
+        if job.kind == "delete":
+            return None
+        return self.vms.get(job.vm)
 
     def run_and_wait(self, job_id: int, timeout: float | None = None) -> VmRecord | None:
         return self.outcome(self.wait(job_id, timeout))
@@ -134,6 +146,15 @@ class JobService:
                     raise
                 svc.progress(f"{name}: deleted by an earlier attempt of this job")
             return {"name": name, "deleted": True}
+        if kind in ("start", "stop", "reboot"):
+            name, force = str(args["name"]), bool(args.get("force", False))
+            if kind == "start":
+                vm = svc.start(name)
+            elif kind == "stop":
+                vm = svc.stop(name, float(args.get("timeout", 60.0)), force)
+            else:
+                vm = svc.reboot(name, force)
+            return {"name": vm.name, "state": vm.state}
         raise ValueError(f"unknown job kind {kind!r}")
 
 
