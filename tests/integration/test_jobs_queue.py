@@ -65,6 +65,7 @@ def test_a_job_is_recorded_from_queued_to_done(queue: PgJobQueue) -> None:
     assert done.finished_at is not None and done.done
     with pytest.raises(NotFound):
         queue.get(job_id + 1000)
+    assert queue.live_workers(60) == 0
 
 
 def test_a_worker_runs_again_a_job_whose_worker_died(pg_url: str, queue: PgJobQueue) -> None:
@@ -111,6 +112,7 @@ def test_a_worker_runs_again_a_job_whose_worker_died(pg_url: str, queue: PgJobQu
     thread.start()
     try:
         eventually("the job run again", lambda: ran, timeout=30)
+        assert queue.live_workers(60) == 1  # the dead one's heartbeat is an hour old
         job = eventually("the job done", lambda: queue.get(job_id).done and queue.get(job_id))
     finally:
         stop.set()

@@ -27,6 +27,7 @@ class FakeQueue:
     def __init__(self) -> None:
         self.jobs: dict[int, Job] = {}
         self.queued: list[tuple[int, str, dict[str, Any]]] = []
+        self.workers = 0
 
     def enqueue(
         self,
@@ -41,6 +42,9 @@ class FakeQueue:
         self.jobs[job_id] = Job(job_id, kind, vm, project=project, actor=actor)
         self.queued.append((job_id, kind, dict(args)))
         return job_id
+
+    def live_workers(self, within_s: float) -> int:
+        return self.workers
 
     def get(self, job_id: int) -> Job:
         if job_id not in self.jobs:
@@ -270,3 +274,10 @@ def test_lifecycle_jobs_check_before_queueing() -> None:
     with pytest.raises(ValueError, match="not a lifecycle job"):
         jobs.submit_lifecycle("resize", "web-1")
     assert queue.queued == []
+
+
+def test_a_caller_is_told_when_no_worker_runs() -> None:
+    jobs, queue = jobs_of(world())
+    assert "none is running now" in jobs.waiting_for()
+    queue.workers = 2
+    assert jobs.waiting_for() == "waiting for a worker (2 running)"

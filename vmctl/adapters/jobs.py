@@ -121,6 +121,14 @@ class PgJobQueue:
             return Job(id=job_id, kind=kind, vm=vm)
         return _job({**before, "result": before.get("result")}, parse_times=True)
 
+    def live_workers(self, within_s: float) -> int:
+        row = self._run(
+            "SELECT count(*) AS n FROM procrastinate_workers "
+            "WHERE last_heartbeat > now() - make_interval(secs => %(s)s)",
+            {"s": within_s},
+        )
+        return int(row["n"]) if row else 0
+
     def succeeded(self, job_id: int, result: Mapping[str, Any]) -> None:
         self._run(
             "UPDATE vmctl_jobs SET state = 'succeeded', result = %(result)s, finished_at = now() "

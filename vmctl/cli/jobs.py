@@ -55,7 +55,7 @@ def create_queued(
                 progress(f"{req.name}: error: {exc}")
             queued.append((req.name, exc))
             continue
-        progress(f"{req.name}: queued as job {job_id}; waiting for a worker")
+        progress(f"{req.name}: queued as job {job_id}; {jobs.waiting_for()}")
         queued.append((req.name, job_id))
     outcomes = []
     for name, job in queued:
@@ -81,7 +81,7 @@ def delete_queued(svc: VmService) -> Callable[[str], object]:
 
     def delete(name: str) -> None:
         job_id = jobs.submit_delete(name)
-        progress(f"{name}: queued as job {job_id}; waiting for a worker")
+        progress(f"{name}: queued as job {job_id}; {jobs.waiting_for()}")
         jobs.run_and_wait(job_id)
 
     return delete
@@ -94,7 +94,7 @@ def lifecycle_queued(
 
     def act(name: str) -> None:
         job_id = jobs.submit_lifecycle(kind, name, timeout, force)
-        progress(f"{name}: queued as job {job_id}; waiting for a worker")
+        progress(f"{name}: queued as job {job_id}; {jobs.waiting_for()}")
         jobs.run_and_wait(job_id)
 
     return act

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from vmctl.services.vms import VmService
 
 POLL_S = 0.5  # how often a waiter looks at its job
+LIVE_S = 60.0  # a worker whose heartbeat is older than this is not counted as running
 SLOT_POLL_S = 1.0  # how often a create waiting for a node slot tries again
 
 
@@ -73,6 +74,13 @@ class JobService:
         vm = self.vms.get(validation.name(name))  # NotFound: nothing is queued
         args = {"name": vm.name, "timeout": timeout, "force": force}
         return self.queue.enqueue(kind, vm.name, args, project=vm.project, actor=self.vms.actor)
+
+    def waiting_for(self) -> str:
+        """What a caller waits for, in words: a worker, or none running now."""
+        n = self.queue.live_workers(LIVE_S)
+        if n == 0:
+            return "waiting for a worker (none is running now: start `vmctl worker`)"
+        return f"waiting for a worker ({n} running)"
 
     def get(self, job_id: int, project: str | None = None) -> Job:
         """The job; with ``project``, NotFound for another project's (the API's scope)."""
