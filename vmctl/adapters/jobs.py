@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -255,6 +256,10 @@ def run_worker(
 
     async def main() -> None:
         async with app.open_async():
+            log.info(
+                "working",
+                extra=fields(worker=name, queue=queue, concurrency=concurrency, pid=os.getpid()),
+            )
             worker = asyncio.create_task(
                 app.run_worker_async(
                     queues=[queue],

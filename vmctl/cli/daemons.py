@@ -157,11 +157,11 @@ def worker(
     if not 1 <= stalled_after <= 3600:
         raise InvalidInput("stalled-after", "must be 1-3600 seconds")
     config = settings()
+    config.require_database()
     log = logs.setup("vmctl.worker", log_format)
     me = name or f"{socket.gethostname()}:{os.getpid()}"
     count = concurrency or config.worker_concurrency
-    log.info("working", extra=logs.fields(worker=me, concurrency=count, pid=os.getpid()))
-    wiring.run_worker(config, log, me, count, stalled_after)
+    wiring.run_worker(config, log, me, count, stalled_after)  # logs "working" once connected
     log.info("stopped", extra=logs.fields(worker=me))
 
 
