@@ -28,6 +28,7 @@ from . import (
     services,
     snapshot,
     watcher,
+    workers,
 )
 from .sh import LabError, log, run, write_atomically
 
@@ -154,12 +155,14 @@ def _migrate() -> None:
 
 
 def _start_vmctl() -> None:
-    """The lab's own vmctl processes: the watcher, the API replicas and HAProxy."""
+    """The lab's own vmctl processes: the watcher, the API replicas and HAProxy, the workers."""
     watcher.start(vmctl_settings())
     api.start(vmctl_settings())
+    workers.start(vmctl_settings())
 
 
 def _stop_vmctl() -> None:
+    workers.stop()
     api.stop()
     watcher.stop()
 
@@ -240,6 +243,7 @@ def status() -> dict[str, object]:
         },
         "inventory": str(config.INVENTORY),
         "api": api.status(),
+        "workers": workers.status(),
         "monitoring": monitoring.status(lab_nodes),
         "bare": bare_info,
     }
@@ -325,6 +329,10 @@ def main(argv: list[str]) -> int:
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("env", help="print export lines for vmctl and the tests")
     sub.add_parser(
+        "start-workers",
+        help="start the lab's two `vmctl worker`s if they do not run (touches nothing else)",
+    )
+    sub.add_parser(
         "restart-vmctl",
         help="restart the lab's vmctl processes: watch-ip, API (after code changes)",
     )
@@ -382,6 +390,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         reset_bare(args.names)
     elif args.command == "warm-bare":
         warm_bare(args.name)
+    elif args.command == "start-workers":
+        if _load_state() is None:
+            raise LabError("the lab is not up: run `lab/lab up`")
+        workers.start(vmctl_settings())
     elif args.command == "restart-vmctl":
         if _load_state() is None:
             raise LabError("the lab is not up: run `lab/lab up`")
@@ -416,6 +428,8 @@ def _print_status(info: dict[str, object]) -> None:
     print(f"api      {a['external']} (external), {a['internal']} (internal); {replicas}")  # type: ignore[index]
     w = info["watcher"]
     print(f"watch-ip pid {w['pid'] or '-':<15} {'up' if w['up'] else 'DOWN'}  log {w['log']}")  # type: ignore[index]
+    for k in info.get("workers", []):  # type: ignore[attr-defined]
+        print(f"worker   pid {k['pid'] or '-':<15} {'up' if k['up'] else 'DOWN'}  log {k['log']}")
     b = info["bare"]
     for h in b["hosts"]:  # type: ignore[index]
         print(f"{h['name']:8} {h['address']:14} {'up' if h['up'] else 'DOWN':5} bare host")

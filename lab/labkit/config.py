@@ -49,6 +49,7 @@ KNOWN_HOSTS = SSH_DIR / "known_hosts"
 INVENTORY = LAB_DIR / "inventory.yaml"
 NODES_DIR = LAB_DIR / "nodes"
 WATCHER_DIR = LAB_DIR / "watch-ip"
+WORKERS_DIR = LAB_DIR / "workers"
 MONITORING_DIR = LAB_DIR / "monitoring"
 QEMU_CAPS_CACHE = CACHE_DIR / "qemu-capabilities"
 

@@ -41,6 +41,7 @@ from tests.conftest import fresh_schema
 from vmctl.adapters import db
 from vmctl.adapters.cache import NullCache
 from vmctl.adapters.guest import SshGuestProbe
+from vmctl.adapters.jobs import PgJobQueue
 from vmctl.adapters.storage import LocalStorage
 from vmctl.adapters.store import PgStore
 from vmctl.api import create_app
@@ -49,6 +50,7 @@ from vmctl.core.addressing import Observation
 from vmctl.core.errors import StoreUnavailable
 from vmctl.core.inventory import Node, load_inventory
 from vmctl.services import Services
+from vmctl.services.jobs import JobService
 from vmctl.services.tokens import TokenService
 from vmctl.services.vms import VmService
 
@@ -232,8 +234,9 @@ def _serve(pg_url: str, directory: Path) -> Iterator[Api]:
         )
         with lock:
             services.append(svc)
-        return Services(vms=svc, tokens=TokenService(svc.store))
+        return Services(vms=svc, tokens=TokenService(svc.store), jobs=JobService(queue, svc))
 
+    queue = PgJobQueue(pg_url)  # no worker: what the async form queues stays queued
     app = create_app(make_service, logging.getLogger("test"))
     with PgStore(pg_url, actor="api-test@test") as store:
         store.create_token(PROJECT, tokens.digest(TOKEN), "api test")
@@ -242,6 +245,7 @@ def _serve(pg_url: str, directory: Path) -> Iterator[Api]:
         finally:
             for svc in services:  # one per worker thread, each with its own connection
                 svc.store.close()
+            queue.close()
 
 
 @pytest.fixture
@@ -350,6 +354,7 @@ def test_the_schema_covers_every_route() -> None:
         ("POST", "/api/v1/vm/{name}/snapshots/{snapshot}/revert"),
         ("DELETE", "/api/v1/vm/{name}/snapshots/{snapshot}"),
         ("POST", "/api/v1/phone-home/{name}"),
+        ("GET", "/api/v1/jobs/{job_id}"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
     }
@@ -565,6 +570,70 @@ def test_another_project_sees_nothing_of_demo(client: TestClient, api: Api) -> N
     assert client.get("/api/v1/vm/mine-1").status_code == 200
 
 
+def test_the_async_create_is_202_with_its_job_in_the_document(shared_api: Api) -> None:
+    """`Prefer: respond-async` answers 202 with the job and its Location, in the shape the
+    document gives (checked as the fuzzer checks), and the job is there to be asked for."""
+    case = schema["/api/v1/vm"]["POST"].Case(
+        body={"Name": "jobs-async-1", "RAM": "256"},
+        headers={"Prefer": "respond-async", **bearer(TOKEN)},
+    )
+    response = _call_and_check(case, shared_api.app)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == [f"/api/v1/jobs/{job['id']}"]
+    assert (job["kind"], job["vm"], job["state"], job["attempts"]) == (
+        "create",
+        "jobs-async-1",
+        "queued",
+        0,
+    )
+    got = schema["/api/v1/jobs/{job_id}"]["GET"].Case(
+        path_parameters={"job_id": job["id"]}, headers=bearer(TOKEN)
+    )
+    again = _call_and_check(got, shared_api.app)
+    assert again.status_code == 200 and again.json() == job
+
+
+def test_async_creates_check_the_request_before_queueing(client: TestClient) -> None:
+    async_ = {"Prefer": "respond-async"}
+    bad = client.post("/api/v1/vm", json={"Name": "jobs-bad", "RAM": "lots"}, headers=async_)
+    assert bad.status_code == 400 and bad.json()["field"] == "ram"
+    _create(client, "jobs-taken")
+    taken = client.post("/api/v1/vm", json={"Name": "jobs-taken"}, headers=async_)
+    assert taken.status_code == 409
+
+
+def test_a_job_of_another_project_or_none_is_404(client: TestClient, api: Api) -> None:
+    made = client.post(
+        "/api/v1/vm", json={"Name": "jobs-mine"}, headers={"Prefer": "wait=5, respond-async"}
+    )
+    assert made.status_code == 202, made.text
+    other = bearer(api.new_token("other"))
+    assert client.get(made.headers["Location"], headers=other).status_code == 404
+    assert client.get(made.headers["Location"]).status_code == 200
+    assert client.get("/api/v1/jobs/999999999").status_code == 404
+    assert client.get("/api/v1/jobs/0").status_code == 422
+
+
+def test_an_async_create_retried_with_its_key_gets_the_same_job(client: TestClient) -> None:
+    headers = {"Prefer": "respond-async", "Idempotency-Key": "jobs-key-1"}
+    first = client.post("/api/v1/vm", json={"Name": "jobs-keyed"}, headers=headers)
+    again = client.post("/api/v1/vm", json={"Name": "jobs-keyed"}, headers=headers)
+    assert first.status_code == again.status_code == 202, (first.text, again.text)
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert again.headers["location"] == first.headers["location"]
+    # the same key waiting for the VM instead is another request
+    waiting = client.post(
+        "/api/v1/vm", json={"Name": "jobs-keyed"}, headers={"Idempotency-Key": "jobs-key-1"}
+    )
+    assert waiting.status_code == 422, waiting.text
+
+
+def test_without_prefer_the_create_is_201_as_before(client: TestClient) -> None:
+    made = client.post("/api/v1/vm", json={"Name": "jobs-sync"}, headers={"Prefer": "return=x"})
+    assert made.status_code == 201 and made.json()["Name"] == "jobs-sync"
+
+
 def test_ram_more_than_any_node_has_is_507(client: TestClient, api: Api) -> None:
     response = client.post("/api/v1/vm", json={"Name": "huge-1", "RAM": str(1024 * 1024)})
     assert response.status_code == 507, response.text
@@ -723,7 +792,7 @@ def test_the_document_declares_bearer_auth_on_the_vm_routes() -> None:
     }
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            needs_token = path.startswith(("/api/v1/vm", "/api/v1/ip"))
+            needs_token = path.startswith(("/api/v1/vm", "/api/v1/ip", "/api/v1/jobs"))
             declared = operation.get("security") == [{"HTTPBearer": []}]
             assert declared == needs_token, (method, path)
 

@@ -129,7 +129,7 @@ def test_the_wheel_holds_templates_scripts_and_migrations(wheel: Path) -> None:
         assert bool((entry.external_attr >> 16) & stat.S_IXUSR) == os.access(REPO / name, os.X_OK)
     migrations = _files("vmctl/adapters/migrations")
     assert any(m.endswith(".sql") for m in migrations)
-    assert [m for m in migrations if m.endswith(".sql")] == sorted(
+    assert [m for m in migrations if m.endswith((".sql", ".py"))] == sorted(
         n for n in entries if n.startswith("vmctl/adapters/migrations/")
     )
     # Nothing lands outside the package (no top-level templates/ or scripts/ in site-packages).
@@ -186,7 +186,8 @@ def test_the_installed_wheel_finds_its_own_files(venv: Path, work: Path) -> None
         mac="52:54:00:01:02:03",
     )
     assert got["rendered"] == cloudinit.render(seed)
-    sql = sorted(p.stem for p in (REPO / "vmctl/adapters/migrations").glob("*.sql"))
+    folder = REPO / "vmctl/adapters/migrations"
+    sql = sorted(p.stem for p in [*folder.glob("*.sql"), *folder.glob("[0-9]*.py")])
     assert got["migrations"] == sql
     assert got["override"] == "/elsewhere/cloud-init"  # VMCTL_TEMPLATES_DIR still wins
 

@@ -59,3 +59,19 @@ def test_create_per_node_is_a_small_whole_number(tmp_path: Path) -> None:
     for bad in ("0", "many", "65", "1.5"):
         with pytest.raises(ConfigError, match="VMCTL_CREATE_PER_NODE: create_per_node"):
             settings.load(environ={"VMCTL_CREATE_PER_NODE": bad}, config_file=none)
+
+
+def test_the_job_settings(tmp_path: Path) -> None:
+    none = tmp_path / "none.toml"
+    default = settings.load(environ={}, config_file=none)
+    assert (default.queue, default.worker_concurrency, default.job_queue) == (False, 4, "vmctl")
+    env = {"VMCTL_QUEUE": "yes", "VMCTL_WORKER_CONCURRENCY": "2", "VMCTL_JOB_QUEUE": "q2"}
+    told = settings.load(environ=env, config_file=none)
+    assert (told.queue, told.worker_concurrency, told.job_queue) == (True, 2, "q2")
+    path = tmp_path / "config.toml"
+    path.write_text("queue = true\n")
+    assert settings.load(environ={}, config_file=path).queue is True
+    with pytest.raises(ConfigError, match="VMCTL_QUEUE: queue must be true or false"):
+        settings.load(environ={"VMCTL_QUEUE": "maybe"}, config_file=none)
+    with pytest.raises(ConfigError, match="worker_concurrency must be a number 1-64"):
+        settings.load(environ={"VMCTL_WORKER_CONCURRENCY": "0"}, config_file=none)

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from vmctl.adapters.metrics import process_registry, requests
 from vmctl.api import errors
 from vmctl.api.deps import PerThread
-from vmctl.api.routes import internal, lifecycle, metrics, snapshots, vms
+from vmctl.api.routes import internal, jobs, lifecycle, metrics, snapshots, vms
 from vmctl.services import Services
 
 
@@ -28,6 +28,7 @@ def create_app(make_services: Callable[[], Services], log: logging.Logger) -> Fa
     app.add_middleware(requests.RequestMetrics, registry=app.state.metrics)
     errors.install(app, log)
     app.include_router(vms.router)
+    app.include_router(jobs.router)
     app.include_router(lifecycle.router)
     app.include_router(snapshots.router)
     app.include_router(internal.router)

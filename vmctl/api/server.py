@@ -25,6 +25,7 @@ def build(settings: Settings, log: logging.Logger) -> FastAPI:
     # One pool of PostgreSQL connections for every worker thread (uvicorn runs sync routes on
     # AnyIO's pool of at most 40 threads; most calls hold a connection for milliseconds).
     shared = wiring.store(settings, max_size=POOL_SIZE)
+    queue = wiring.job_queue(settings)  # one pool for every thread's jobs
     return create_app(
         lambda: wiring.services(
             settings,
@@ -33,6 +34,7 @@ def build(settings: Settings, log: logging.Logger) -> FastAPI:
             default_keys=keys,
             shared_store=shared,
             log=log,  # what a look for an address (POST /api/v1/ip/) finds is logged here
+            shared_queue=queue,
         ),
         log,
     )

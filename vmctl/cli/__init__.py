@@ -18,6 +18,7 @@ from vmctl.cli import (
     ansible,
     daemons,
     images,
+    jobs,
     lifecycle,
     monitoring,
     move,
@@ -49,6 +50,7 @@ app.add_typer(tokens.app, name="token")
 app.add_typer(snapshots.app, name="snapshot")
 app.add_typer(images.app, name="images")
 app.add_typer(monitoring.app, name="monitoring")
+app.add_typer(jobs.app, name="job")
 
 
 def _version(value: bool) -> None:

@@ -1,4 +1,5 @@
-"""The long-running commands (`vmctl watch-ip`, `vmctl serve`) and `vmctl db upgrade`."""
+"""The long-running commands (`vmctl watch-ip`, `vmctl serve`, `vmctl worker`) and
+`vmctl db upgrade`."""
 
 from __future__ import annotations
 
@@ -138,6 +139,43 @@ def serve(
         log_level="warning",
         timeout_graceful_shutdown=30,
     )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="Jobs run at once (default 4) [VMCTL_WORKER_CONCURRENCY].", min=1),
+    ] = None,
+    stalled_after: Annotated[
+        float,
+        typer.Option(
+            "--stalled-after",
+            metavar="SECONDS",
+            help="A worker silent this long is dead: its jobs are run again by another.",
+        ),
+    ] = 30,
+    name: Annotated[
+        str | None, typer.Option(help="This worker's name in the logs (default host:pid).")
+    ] = None,
+    log_format: Annotated[str, typer.Option(help="logfmt or json.")] = "logfmt",
+) -> None:
+    """Run queued jobs (creates, deletes) until stopped (SIGTERM, Ctrl-C: the jobs under way
+    are finished first). Run several: a job of a worker that dies is run again by another."""
+    import socket
+
+    from vmctl import wiring
+    from vmctl.wiring import logs
+
+    if not 1 <= stalled_after <= 3600:
+        raise InvalidInput("stalled-after", "must be 1-3600 seconds")
+    config = settings()
+    config.require_database()
+    log = logs.setup("vmctl.worker", log_format)
+    me = name or f"{socket.gethostname()}:{os.getpid()}"
+    count = concurrency or config.worker_concurrency
+    wiring.run_worker(config, log, me, count, stalled_after)  # logs "working" once connected
+    log.info("stopped", extra=logs.fields(worker=me))
 
 
 @db_app.command("upgrade")

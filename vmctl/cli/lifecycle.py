@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,14 +14,19 @@ from vmctl.cli.complete import vm_names
 from vmctl.cli.options import (
     Format,
     LockTimeoutOpt,
+    QueueOpt,
     output_options,
     progress,
+    queued,
     settings,
     vm_service,
 )
 from vmctl.cli.output import EVENT_COLUMNS, SHOW_COLUMNS, emit, event_row, record
 from vmctl.core import validation
 from vmctl.core.errors import ExitStatus, InvalidInput, VmctlError
+
+if TYPE_CHECKING:
+    from vmctl.services.vms import VmService
 
 app = typer.Typer()
 
@@ -50,10 +55,10 @@ def each(names: list[str], verb: str, act: Callable[[str], object], done: str) -
 
 
 @app.command()
-def start(names: NamesArg, lock_timeout: LockTimeoutOpt = None) -> None:
+def start(names: NamesArg, lock_timeout: LockTimeoutOpt = None, queue: QueueOpt = None) -> None:
     """Start stopped VMs."""
     svc = vm_service(lock_timeout=lock_timeout)
-    each(names, "start", svc.start, "started")
+    each(names, "start", _queued_or(svc, queue, "start") or svc.start, "started")
 
 
 @app.command()
@@ -66,11 +71,13 @@ def stop(
         bool, typer.Option("--force", help="Power off the ones still running after --timeout.")
     ] = False,
     lock_timeout: LockTimeoutOpt = None,
+    queue: QueueOpt = None,
 ) -> None:
     """Shut VMs down gracefully; with --force, power off what does not stop in time."""
     validation.seconds("timeout", timeout)
     svc = vm_service(lock_timeout=lock_timeout)
-    each(names, "stop", lambda name: svc.stop(name, timeout, force), "stopped")
+    act = _queued_or(svc, queue, "stop", timeout, force)
+    each(names, "stop", act or (lambda name: svc.stop(name, timeout, force)), "stopped")
 
 
 @app.command()
@@ -78,10 +85,23 @@ def reboot(
     names: NamesArg,
     force: Annotated[bool, typer.Option("--force", help="Reset at once (no ACPI).")] = False,
     lock_timeout: LockTimeoutOpt = None,
+    queue: QueueOpt = None,
 ) -> None:
     """Reboot running VMs (ACPI, else the guest agent; --force resets them)."""
     svc = vm_service(lock_timeout=lock_timeout)
-    each(names, "reboot", lambda name: svc.reboot(name, force), "rebooting")
+    act = _queued_or(svc, queue, "reboot", force=force)
+    each(names, "reboot", act or (lambda name: svc.reboot(name, force)), "rebooting")
+
+
+def _queued_or(
+    svc: VmService, queue: bool | None, kind: str, timeout: float = 60.0, force: bool = False
+) -> Callable[[str], object] | None:
+    """With --queue (or the setting): the verb as a job for `vmctl worker`; else None."""
+    if not queued(queue):
+        return None
+    from vmctl.cli.jobs import lifecycle_queued
+
+    return lifecycle_queued(svc, kind, timeout, force)
 
 
 @app.command()

@@ -80,6 +80,20 @@ LockTimeoutOpt = Annotated[
 ]
 
 
+QueueOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--queue/--no-queue",
+        help="Queue a job for `vmctl worker` and wait for it, rather than doing the work here "
+        "(default: no) [VMCTL_QUEUE].",
+    ),
+]
+
+
+def queued(flag: bool | None) -> bool:
+    return settings().queue if flag is None else flag
+
+
 def progress(message: str) -> None:
     from vmctl import wiring
 

@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 
 from vmctl.cli.complete import node_names, vm_names
-from vmctl.cli.options import Format, LockTimeoutOpt, output_options, settings, vm_service
+from vmctl.cli.options import (
+    Format,
+    LockTimeoutOpt,
+    QueueOpt,
+    output_options,
+    queued,
+    settings,
+    vm_service,
+)
 from vmctl.cli.output import NODE_COLUMNS, SHOW_COLUMNS, VM_COLUMNS, emit, record, stream_json
 from vmctl.core import validation
 from vmctl.core.errors import ExitStatus, InvalidInput
@@ -70,6 +78,7 @@ def create(
     wait_for: WaitForOpt = None,
     timeout: TimeoutOpt = 300,
     lock_timeout: LockTimeoutOpt = None,
+    queue: QueueOpt = None,
     *,
     fmt: Format,
 ) -> None:
@@ -102,7 +111,12 @@ def create(
     ]
     svc = vm_service(lock_timeout=lock_timeout)
     until_or_none = until if wait or wait_for is not None else None
-    outcomes = svc.create_many(requests, until_or_none, timeout)
+    if queued(queue):
+        from vmctl.cli.jobs import create_queued
+
+        outcomes = create_queued(svc, requests, until_or_none, timeout)
+    else:
+        outcomes = svc.create_many(requests, until_or_none, timeout)
     made = [o.vm for o in outcomes if o.vm is not None]
     failed = [o for o in outcomes if o.error is not None]
     if n == 1 and failed:
@@ -231,6 +245,7 @@ def delete(
     names: Annotated[list[str], typer.Argument(help="VMs to delete.", autocompletion=vm_names)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
     lock_timeout: LockTimeoutOpt = None,
+    queue: QueueOpt = None,
 ) -> None:
     """Delete VMs: domain, disks, seed, snapshots, row and cache key. Keeps going past failures;
     a VM whose node does not answer stays `deleting` until it does (exit 6)."""
@@ -241,6 +256,11 @@ def delete(
             raise InvalidInput("yes", "refusing to delete without --yes when not on a terminal")
         typer.confirm(f"Delete {', '.join(names)}?", abort=True, err=True)
     svc = vm_service(lock_timeout=lock_timeout)
+    if queued(queue):
+        from vmctl.cli.jobs import delete_queued
+
+        each(names, "delete", delete_queued(svc), "deleted")
+        return
     each(names, "delete", svc.delete, "deleted")
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from vmctl.services.idempotency import IdempotencyService
 
 if TYPE_CHECKING:
+    from vmctl.services.jobs import JobService
     from vmctl.services.tokens import TokenService
     from vmctl.services.vms import VmService
 
@@ -18,6 +19,8 @@ class Services:
 
     vms: VmService
     tokens: TokenService
+    jobs: JobService | None = None  # None: no job queue (async requests are refused)
+    use_queue: bool = False  # creates go through the queue (setting ``queue``)
     # requests with an Idempotency-Key (by default over the VM service's store)
     idempotency: IdempotencyService = field(default=None)  # type: ignore[assignment]
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 from vmctl.core import cloudinit, hostkeys, placement, tokens, validation
 from vmctl.core.domainxml import GuestSpec
-from vmctl.core.errors import Conflict, InvalidInput, NotFound
+from vmctl.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from vmctl.core.nodecmd import Disks, Reservation
 from vmctl.core.records import Mark, NewVm, VmRecord
 from vmctl.core.requests import CreateRequest
@@ -78,6 +78,35 @@ def create(svc: VmService, req: CreateRequest) -> VmRecord:
     leaves a ``creating`` row that no one holds, which `vmctl reconcile` rolls back."""
     new = check(svc, req)
     with svc.locked(new.name, "create"):
+        return _create(svc, req, new)
+
+
+def create_job(svc: VmService, req: CreateRequest, mac: str) -> VmRecord:
+    """The create of a durable job (vmctl.services.jobs), safe to run again after its worker
+    died at any point: the job fixes the VM's MAC, so a row with that MAC that is ``running`` or
+    ``stopped`` is the VM an earlier attempt made (returned as is). A ``creating`` row that no
+    one holds (this attempt holds the VM's lock) is what a dead attempt left: it is rolled back
+    by reconcile's rule for a stuck create (node, cache key, row), then the VM is made anew. So
+    a retry finishes the job or fails it, and never leaves a half VM nor makes two."""
+    name = validation.name(req.name)
+    with svc.locked(name, "create"):
+        try:
+            row: VmRecord | None = svc.store.get(name)
+        except NotFound:
+            row = None
+        if row is not None and row.mac == mac and row.state in ("running", "stopped"):
+            svc.progress(f"{name}: made by an earlier attempt of this job")
+            return row
+        if row is not None and row.state == "creating":
+            svc.progress(f"{name}: an earlier attempt died mid-way; rolling back what it left")
+            hv = svc.connect(svc.inventory.node(row.node))
+            problems = rollback(svc, row, hv, RuntimeError("its worker died mid-way (job retry)"))
+            if problems:
+                raise Unavailable(
+                    f"{name}: could not roll back what an earlier attempt left "
+                    f"({'; '.join(problems)}); `vmctl reconcile --fix` finishes it"
+                )
+        new = replace(check(svc, req), mac=mac)
         return _create(svc, req, new)
 
 

@@ -63,8 +63,14 @@ class VmService:
     _slots: dict[str, threading.BoundedSemaphore] = field(default_factory=dict, repr=False)
     _slots_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def node_slot(self, node: str) -> threading.BoundedSemaphore:
+    # None: ``per_node`` counts this process's creates; else the slot of a node across every
+    # process (`vmctl worker`: PostgreSQL locks, vmctl.services.jobs.shared_node_slot)
+    slot_of: Callable[[str], AbstractContextManager[object]] | None = None
+
+    def node_slot(self, node: str) -> AbstractContextManager[object]:
         """Held while a create's node work (disks, seed, start) runs on ``node``."""
+        if self.slot_of is not None:
+            return self.slot_of(node)
         with self._slots_lock:
             return self._slots.setdefault(node, threading.BoundedSemaphore(self.per_node))
 

@@ -15,7 +15,8 @@ from vmctl.core import validation
 from vmctl.core.errors import ConfigError, InvalidInput
 from vmctl.core.logfields import fields
 from vmctl.services import Services
-from vmctl.services.ports import Cache, GuestProbe, Hypervisor, Store
+from vmctl.services.jobs import JobService
+from vmctl.services.ports import Cache, GuestProbe, Hypervisor, JobQueue, Store
 from vmctl.services.tokens import TokenService
 from vmctl.services.vms import VmService
 from vmctl.wiring.settings import Settings
@@ -142,6 +143,7 @@ def services(
     default_keys: Sequence[str] = (),
     shared_store: Store | None = None,
     log: logging.Logger | None = None,
+    shared_queue: JobQueue | None = None,
 ) -> Services:
     vms = vm_service(
         settings,
@@ -151,7 +153,47 @@ def services(
         shared_store=shared_store,
         log=log,
     )
-    return Services(vms=vms, tokens=TokenService(vms.store))
+    return Services(
+        vms=vms,
+        tokens=TokenService(vms.store),
+        jobs=job_service(settings, vms, shared_queue),
+        use_queue=settings.queue,
+    )
+
+
+def job_queue(settings: Settings) -> JobQueue:
+    """Jobs queued in PostgreSQL (procrastinate's pool is opened when the first is queued)."""
+    from vmctl.adapters.jobs import PgJobQueue
+
+    return PgJobQueue(settings.require_database(), settings.job_queue)
+
+
+def job_service(settings: Settings, vms: VmService, queue: JobQueue | None = None) -> JobService:
+    return JobService(queue=queue or job_queue(settings), vms=vms)
+
+
+def run_worker(
+    settings: Settings, log: logging.Logger, name: str, concurrency: int, stalled_after: float
+) -> None:
+    """`vmctl worker`: run queued jobs until stopped. Its creates take a node slot across every
+    worker (``create_per_node`` at once on one node)."""
+    from dataclasses import replace
+
+    from vmctl.adapters.jobs import run_worker as run
+    from vmctl.services.jobs import shared_node_slot
+
+    vms = vm_service(settings, tell=log.info, log=log)
+    vms = replace(vms, slot_of=shared_node_slot(vms.store, settings.create_per_node))
+    jobs = job_service(settings, vms)
+    run(
+        settings.require_database(),
+        jobs.run,
+        name=name,
+        queue=settings.job_queue,
+        concurrency=concurrency,
+        stalled_after=stalled_after,
+        log=log,
+    )
 
 
 def upgrade_database(settings: Settings) -> list[str]:

@@ -27,6 +27,10 @@ class Settings:
     api_internal_url: str | None = None  # where guests phone home (the internal HAProxy)
     lock_timeout: float = 30.0  # seconds an operation waits while another holds the VM
     create_per_node: int = 4  # creates whose node work (disks, seed, start) runs at once per node
+    # (under `vmctl worker`: across every worker, docs/architecture.md "Durable jobs")
+    queue: bool = False  # `create`/`delete` queue a job for `vmctl worker` and wait for it
+    worker_concurrency: int = 4  # jobs one `vmctl worker` runs at once
+    job_queue: str = "vmctl"  # the queue jobs go to and workers take them from
 
     @property
     def authorized_key_files(self) -> tuple[Path, ...]:
@@ -57,13 +61,20 @@ def _convert(name: str, value: object, source: str) -> object:
         if not 0 <= seconds < 86400:
             raise ConfigError(f"{source}: lock_timeout must be seconds (0 or more), not {value!r}")
         return seconds
-    if name == "create_per_node":
+    if name == "queue":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ConfigError(f"{source}: queue must be true or false, not {value!r}")
+        return text in ("1", "true", "yes", "on")
+    if name in ("create_per_node", "worker_concurrency"):
         try:
             count = int(str(value))
         except ValueError:
             count = 0
         if not 1 <= count <= 64:
-            raise ConfigError(f"{source}: create_per_node must be a number 1-64, not {value!r}")
+            raise ConfigError(f"{source}: {name} must be a number 1-64, not {value!r}")
         return count
     if not isinstance(value, str):
         raise ConfigError(f"{source}: {name} must be a string")

@@ -46,8 +46,9 @@ _VM_FIELDS = frozenset(f.name for f in dataclasses.fields(VmRecord))
 
 
 def vm_record(row: dict[str, Any]) -> VmRecord:
-    """A row of vms as a VmRecord (the columns only the database uses, e.g. row_version, left
-    out)."""
+    """A row of vms as a VmRecord. Columns only the database uses (row_version) and columns
+    this vmctl does not know are left out: a newer schema (applied by a newer vmctl during a
+    rolling upgrade) does not break an older one's reads."""
     fields = {k: v for k, v in row.items() if k in _VM_FIELDS}
     fields["ip"] = None if row["ip"] is None else str(row["ip"])
     fields["reserved_ip"] = None if row.get("reserved_ip") is None else str(row["reserved_ip"])

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from vmctl.api.deps import Project, Svc
 from vmctl.api.errors import ERRORS, error_body, status_of
 from vmctl.api.models import IpIn, VmDetail, VmIn, VmOut, vm_detail
+from vmctl.api.routes import jobs
 from vmctl.core import idempotency
 from vmctl.core.errors import VmctlError
 from vmctl.core.idempotency import Answer
@@ -43,20 +44,32 @@ IdempotencyKey = Annotated[
     status_code=201,
     response_model=VmDetail,
     responses={
-        201: {"headers": {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}}}
+        201: {"headers": {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}}},
+        **jobs.ASYNC_RESPONSE,
     },
 )
-def create_vm(body: VmIn, project: Project, svc: Svc, key: IdempotencyKey = None) -> JSONResponse:
+def create_vm(
+    body: VmIn,
+    project: Project,
+    svc: Svc,
+    key: IdempotencyKey = None,
+    prefer: jobs.PreferHeader = None,
+) -> JSONResponse:
     payload = body.model_dump(mode="json")
-    digest = idempotency.fingerprint("POST", "/api/v1/vm", payload)
-    answer = svc.idempotency.run(project, key, digest, lambda: _create(body, project, svc))
-    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
-    return JSONResponse(answer.body, status_code=answer.status, headers=headers)
+    # An async request's answer (202, the job) differs from a waiting one's: another request.
+    method = "POST async" if jobs.wants_async(prefer) else "POST"
+    digest = idempotency.fingerprint(method, "/api/v1/vm", payload)
+    answer = svc.idempotency.run(project, key, digest, lambda: _create(body, project, svc, prefer))
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    if answer.status == 202:
+        headers.update(jobs.accepted_headers(int(answer.body["id"])))
+    return JSONResponse(answer.body, status_code=answer.status, headers=headers or None)
 
 
-def _create(body: VmIn, project: str, svc: Svc) -> Answer:
-    """The create's answer: 201 and the VM, or a refusal (4xx; its key keeps all but a 400); a
-    server error is raised (the error handlers answer it, and the key keeps nothing)."""
+def _create(body: VmIn, project: str, svc: Svc, prefer: str | None) -> Answer:
+    """The create's answer: 201 and the VM, 202 and its job when queued (Prefer:
+    respond-async), or a refusal (4xx; its key keeps all but a 400); a server error is raised
+    (the error handlers answer it, and the key keeps nothing)."""
     req = CreateRequest(
         name=body.Name,
         ram_mb=body.RAM,
@@ -69,12 +82,15 @@ def _create(body: VmIn, project: str, svc: Svc) -> Answer:
     # Runs to the end (or rolls back) even if the client goes away: the work is not tied to the
     # connection.
     try:
-        vm = svc.vms.create(req)
+        vm = jobs.create(svc, req, prefer)
     except VmctlError as e:
         status = status_of(e)
         if status >= 500:
             raise
         return Answer(status, error_body(str(e), getattr(e, "field", None)))
+    if isinstance(vm, dict):
+        log.info("queued", extra=fields(vm=req.name, job=vm["id"], project=project))
+        return Answer(202, vm)
     log.info("created", extra=fields(vm=vm.name, node=vm.node, project=project))
     return Answer(201, vm_detail(vm))
 

@@ -8,6 +8,7 @@ pass fakes. A service never names an adapter class, only these.
 from vmctl.services.ports.cache import Cache, Subscription, SubscriptionLost
 from vmctl.services.ports.claims import AllNodes, NodeShares
 from vmctl.services.ports.guest import CloudInit, GuestProbe
+from vmctl.services.ports.jobs import JobQueue
 from vmctl.services.ports.metrics import NoMetrics, WatchMetrics
 from vmctl.services.ports.node import Connect, Hypervisor, Result, Runner
 from vmctl.services.ports.store import (
@@ -36,6 +37,7 @@ __all__ = [
     "Hypervisor",
     "IdempotencyStore",
     "ImageStore",
+    "JobQueue",
     "NoMetrics",
     "NodeShares",
     "Result",
