@@ -80,6 +80,7 @@ class FakeHypervisor(UnusedHypervisor):
         self.fail = fail
         self.observed: list[str] = []
         self.asked: list[str] = []
+        self.closes = 0
 
     def observe(self, network: str, timeout: float = 15.0) -> Observation:
         self.observed.append(network)
@@ -100,7 +101,7 @@ class FakeHypervisor(UnusedHypervisor):
         stop.wait()  # a lease file that never changes
 
     def close(self) -> None:
-        pass
+        self.closes += 1
 
 
 def found(
@@ -811,3 +812,56 @@ def test_a_vm_the_follower_already_saw_is_reported_when_it_becomes_known() -> No
     shared.apply(WatchChanges(1, False, [target("a", MAC_A)], []))
     got = shared.results.get_nowait()
     assert (got.name, got.ip, got.source) == ("a", "10.20.1.10", "lease")
+
+
+class Shares:
+    """The division as a test sets it: the nodes this watcher holds, from one round on."""
+
+    def __init__(self, held: set[str]) -> None:
+        self.held = frozenset(held)
+        self.rounds = 0
+        self.closed = False
+
+    def balance(self, nodes: Sequence[str]) -> frozenset[str]:
+        self.rounds += 1
+        return self.held
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_sharing_watcher_watches_only_its_nodes_and_lets_go_of_one_given_back() -> None:
+    store = FakeStore([vm("a", MAC_A, state="creating"), vm("c", MAC_C, node="kvm2")])
+    nodes = {"kvm1": FakeHypervisor(), "kvm2": FakeHypervisor()}
+    shares = Shares({"kvm2"})
+    w = Watcher(
+        INVENTORY,
+        store,
+        FakeCache(),
+        lambda node: nodes[node.name],
+        logging.getLogger("test-watch-ip"),
+        sources=("lease", "arp"),
+        timing=FAST,
+        follow=False,
+        shares=shares,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(nodes["kvm2"].observed) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert nodes["kvm1"].observed == []  # another watcher's node: never looked at
+        shares.held = frozenset({"kvm1"})  # kvm2 given back, kvm1 taken
+        while not nodes["kvm1"].observed or nodes["kvm2"].closes == 0:
+            assert time.monotonic() < deadline, "kvm2 not let go of, or kvm1 not taken"
+            time.sleep(0.01)
+        looked = len(nodes["kvm2"].observed)
+        time.sleep(0.3)  # several of FAST's passes
+        assert len(nodes["kvm2"].observed) == looked  # no look at a node given back
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert shares.closed and not thread.is_alive()

@@ -111,6 +111,8 @@ class NodeWatch:
                 self.metrics.node_passed(self.node.name)  # looked, or nothing to look for
             wake.wait(pause)
             wake.clear()
+        if hv is not None:
+            hv.close()  # stopped (or the node given back to another watcher): no idle connection
 
     def _look_failed(self, backoff: Backoff, kind: str, exc: Exception) -> None:
         if backoff.failed():
@@ -163,6 +165,7 @@ class NodeWatch:
                 self.shared.unfollow(node)
                 self.metrics.node_following(node, False)
             if error is None or stop.is_set():
+                hv.close()  # nothing to follow, or stopped: no idle connection is kept
                 return
             self.metrics.node_connected(node, False)
             if backoff.failed():
