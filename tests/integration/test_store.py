@@ -687,7 +687,7 @@ def test_node_usage_counts_the_vms_recorded_before_schema_0008(pg_url: str) -> N
                       CASE WHEN i % 7 = 0 THEN 'node-9' END
                FROM generate_series(1, 50) AS i"""
         )
-    assert db.upgrade(pg_url) == ["0008_node_usage"]
+    assert db.upgrade(pg_url)[0] == "0008_node_usage"  # (and any later ones)
     with PgStore(pg_url) as s:
         kept = s.usage()
     assert kept == _summed(pg_url) and len(kept) == 4

@@ -40,10 +40,28 @@ def _params(url: str) -> dict[str, Any]:
 
 
 def describe(url: str) -> str:
-    """``HOST:PORT`` of a PostgreSQL URL or conninfo string, for messages (never the password)."""
+    """``HOST:PORT`` of a PostgreSQL URL or conninfo string, for messages (never the password);
+    every host of a multi-host one (``host=a,b port=5432,5433``), comma-separated, as libpq
+    pairs them: one port for all hosts, or one port each."""
     params = _params(url)
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    return f"{host}:{params.get('port') or 5432}"
+    hosts = str(params.get("host") or params.get("hostaddr") or "localhost").split(",")
+    ports = str(params.get("port") or "").split(",")
+    if len(ports) != len(hosts):
+        ports = [ports[0]] * len(hosts)
+    return ",".join(
+        f"{_bracketed(host or 'localhost')}:{port or 5432}"
+        for host, port in zip(hosts, ports, strict=True)
+    )
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # an IPv6 address
+
+
+def hosts(url: str) -> int:
+    """How many hosts the URL names (libpq tries them in order)."""
+    params = _params(url)
+    return len(str(params.get("host") or params.get("hostaddr") or "localhost").split(","))
 
 
 def unreachable(url: str, error: Exception) -> StoreUnavailable:

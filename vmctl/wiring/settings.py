@@ -27,6 +27,9 @@ class Settings:
     api_internal_url: str | None = None  # where guests phone home (the internal HAProxy)
     lock_timeout: float = 30.0  # seconds an operation waits while another holds the VM
     create_per_node: int = 4  # creates whose node work (disks, seed, start) runs at once per node
+    # seconds a call rides out a lost PostgreSQL (a failover) before it is an outage; unset: 30
+    # for a URL with several hosts (host=a,b), 0 (report at once) for one host
+    failover_timeout: float | None = None
 
     @property
     def authorized_key_files(self) -> tuple[Path, ...]:
@@ -56,6 +59,14 @@ def _convert(name: str, value: object, source: str) -> object:
             seconds = -1.0
         if not 0 <= seconds < 86400:
             raise ConfigError(f"{source}: lock_timeout must be seconds (0 or more), not {value!r}")
+        return seconds
+    if name == "failover_timeout":
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            seconds = -1.0
+        if not 0 <= seconds <= 3600:
+            raise ConfigError(f"{source}: failover_timeout must be seconds (0-3600), not {value!r}")
         return seconds
     if name == "create_per_node":
         try:

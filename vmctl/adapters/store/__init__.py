@@ -36,7 +36,8 @@ class PgStore(
     ImagesMixin,
     MetricsMixin,
 ):
-    """All of PostgreSQL that vmctl uses: ``PgStore(url, actor=None, max_size=MAX_SIZE)``."""
+    """All of PostgreSQL that vmctl uses:
+    ``PgStore(url, actor=None, max_size=MAX_SIZE, failover_s=None)``."""
 
 
 if TYPE_CHECKING:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import ipaddress
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from ipaddress import IPv4Address
@@ -30,11 +31,12 @@ _USAGE_SQL = """
 
 _INSERT_SQL = """
     INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image, mac, host_key,
-                     group_name, project, ip_pool, reserved_ip, ip, ip_state, phone_home_hash)
+                     group_name, project, ip_pool, reserved_ip, ip, ip_state, phone_home_hash,
+                     claim_id)
     VALUES (%(name)s, %(node)s, 'creating', %(ram_mb)s, %(cpu)s, %(disk_gb)s, %(root_gb)s,
             %(image)s, %(mac)s, %(host_key)s, %(group_name)s, %(project)s, %(pool)s, %(ip)s,
             %(ip)s, CASE WHEN %(ip)s::inet IS NULL THEN NULL ELSE 'expected' END,
-            %(phone_home_hash)s)
+            %(phone_home_hash)s, %(claim_id)s)
     RETURNING *
 """
 
@@ -222,7 +224,12 @@ class VmsMixin(StoreBase):
 
         When ``pool_of(node)`` gives an address pool (a managed network), the VM also gets a free
         address of it, recorded as its *expected* IP; CapacityError if none is left.
+
+        The claim has an id of its own (schema 0012): when a failover leaves its COMMIT's
+        outcome unknown, the row is looked up by that id on the new primary, so a claim that
+        was made is a success (not "the name is taken") and one that was not is made again.
         """
+        claim_id = uuid.uuid4()
 
         def work(conn: Connection) -> VmRecord:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (db.CLAIM_LOCK_KEY,))
@@ -240,10 +247,15 @@ class VmsMixin(StoreBase):
                     "host_key": host_key,
                     "pool": None if pool is None else pool.key,
                     "ip": address,
+                    "claim_id": claim_id,
                 },
             )
 
-        return self._run(work)
+        def confirm(conn: Connection) -> VmRecord | None:
+            row = conn.execute("SELECT * FROM vms WHERE claim_id = %s", (claim_id,)).fetchone()
+            return None if row is None else vm_record(row)
+
+        return self._run(work, confirm)
 
     def get(self, name: str) -> VmRecord:
         row = self._run(
@@ -464,7 +476,13 @@ class VmsMixin(StoreBase):
                 )
             return row is not None
 
-        return self._run(work)
+        def confirm(conn: Connection) -> bool | None:
+            # an unknown outcome: the row gone means this delete took it (the caller holds the
+            # VM's lock, so no other operation was deleting it)
+            row = conn.execute("SELECT 1 FROM vms WHERE name = %s", (name,)).fetchone()
+            return True if row is None else None
+
+        return self._run(work, confirm)
 
     def usage(self) -> builtins.list[NodeUsage]:
         """Per node that has VMs, what they take, ordered by node name."""
