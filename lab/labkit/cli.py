@@ -447,7 +447,8 @@ def _print_status(info: dict[str, object]) -> None:
             f"{x['name']}:{x['port']}({x['role'] or 'DOWN'})"
             for x in h["members"]  # type: ignore[index]
         )
-        print(f"ha       etcd 127.0.0.1:{h['etcd']['port']} {'up' if h['up'] else 'DOWN'}; {roles}")  # type: ignore[index]
+        etcd = "up" if h["etcd"]["pid"] else "DOWN"  # type: ignore[index]
+        print(f"ha       etcd 127.0.0.1:{h['etcd']['port']} {etcd}; {roles}")  # type: ignore[index]
     m = info["monitoring"]
     p = m["prometheus"]  # type: ignore[index]
     down = [name for name, e in m["exporters"].items() if not e["up"]]  # type: ignore[index]

@@ -156,3 +156,17 @@ def test_a_wrong_password_is_reported_at_once_whatever_the_window(
         store.ping()
     assert time.monotonic() - started < 6
     assert "password authentication failed" in str(info.value)
+
+
+def test_a_streamed_list_rides_out_an_outage_before_its_first_row(
+    pg_url: str,  # noqa: F811
+    proxy: PgProxy,
+) -> None:
+    db.upgrade(pg_url)
+    with PgStore(_through(pg_url, proxy), failover_s=10) as store:
+        store.claim(_vm("listed"), lambda _u: "node-a")
+        proxy.refuse(2)
+        started = time.monotonic()
+        rows = list(store.list_json())
+        assert len(rows) == 1 and '"name": "listed"' in rows[0]
+    assert 1.5 < time.monotonic() - started < 8

@@ -245,15 +245,19 @@ class StoreBase:
                     raise error from lost.error
                 time.sleep(pause)
 
-    def _once(self, work: Callable[[Connection], T]) -> T:
-        """``work`` in one transaction on a connection of the pool; retry.Lost when the
-        connection could not be had or was lost (saying whether COMMIT had been sent)."""
+    def _getconn_or_lost(self) -> tuple[ConnectionPool[Connection], Connection]:
+        """``_getconn``, its StoreUnavailable as retry.Lost (no connection was had)."""
         try:
-            pool, conn = self._getconn()
+            return self._getconn()
         except StoreUnavailable as e:
             cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
             lost = retry.Lost(cause, False, connected=False, permanent=retry.permanent(cause))
             raise lost from e
+
+    def _once(self, work: Callable[[Connection], T]) -> T:
+        """``work`` in one transaction on a connection of the pool; retry.Lost when the
+        connection could not be had or was lost (saying whether COMMIT had been sent)."""
+        pool, conn = self._getconn_or_lost()
         try:
             committing = False
             with conn.transaction():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import ipaddress
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -14,6 +15,7 @@ import psycopg
 import psycopg.rows
 
 from vmctl.adapters import db
+from vmctl.adapters.store import retry
 from vmctl.adapters.store.base import Connection, StoreBase, _shutting_down, vm_record
 from vmctl.core import addressing
 from vmctl.core.errors import CapacityError, Conflict, InvalidInput, NotFound
@@ -307,15 +309,36 @@ class VmsMixin(StoreBase):
         exhausted or closed (closing it early cancels the query)."""
         params = _list_params(node, state, project, limit, after)
         size = ROWS_PER_FETCH if psycopg.pq.version() >= CHUNKS_SINCE else 1
-        with self._connection() as conn:
+        window = retry.Window(self.failover_s)
+        while True:
+            try:
+                yield from self._stream_list_json(params, size)
+                return
+            except retry.Lost as lost:  # before the first row: nothing was given, start again
+                pause = window.next_pause(lost)
+                if pause is None:
+                    raise db.unreachable(self._url, lost.error) from lost.error
+                time.sleep(pause)
+
+    def _stream_list_json(self, params: dict[str, Any], size: int) -> Iterator[str]:
+        """One try of list_json: retry.Lost when no connection could be had, or the one had
+        was lost before the first row; StoreUnavailable when it was lost later."""
+        pool, conn = self._getconn_or_lost()
+        given = False
+        try:
             cursor = conn.cursor(row_factory=psycopg.rows.tuple_row)
             try:
                 for (text,) in cursor.stream(_LIST_JSON_SQL, params, size=size):
+                    given = True
                     yield _ascii_json(text)
             except psycopg.OperationalError as e:
                 if conn.closed or conn.broken or _shutting_down(e):
+                    if not given:
+                        raise retry.Lost(e, committing=False) from e
                     raise db.unreachable(self._url, e) from e
                 raise
+        finally:
+            pool.putconn(conn)
 
     def list_contract_page(
         self,
