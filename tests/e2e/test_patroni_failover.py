@@ -167,6 +167,16 @@ def _run_stream(
             _api(stream, api, f"delete {name}", "DELETE", f"/api/v1/vm/{name}")
 
 
+def _run_lists(
+    stream: Stream, env: dict[str, str], api: httpx.Client, stop: threading.Event
+) -> None:
+    """Lists beside the creates and deletes (no guest): more calls in flight at the kill."""
+    while not stop.is_set():
+        _cli(stream, env, "list", "--json")
+        _api(stream, api, "list", "GET", "/api/v1/vm")
+        stop.wait(0.5)
+
+
 def test_a_stream_of_creates_lists_and_deletes_rides_out_a_patroni_failover(
     lab: dict,  # type: ignore[type-arg]
     ha_env: dict[str, str],
@@ -182,8 +192,12 @@ def test_a_stream_of_creates_lists_and_deletes_rides_out_a_patroni_failover(
     before = ha.primary()
     assert before is not None, "no Patroni primary"
     stop = threading.Event()
-    worker = threading.Thread(target=_run_stream, args=(stream, ha_env, ha_api, stop))
-    worker.start()
+    workers = [
+        threading.Thread(target=run, args=(stream, ha_env, ha_api, stop))
+        for run in (_run_stream, _run_lists)
+    ]
+    for worker in workers:
+        worker.start()
     try:
         time.sleep(10)  # the stream runs on the old primary a while
         kept = run_vmctl(ha_env, "create", keep, "--no-wait", *VM)
@@ -200,11 +214,12 @@ def test_a_stream_of_creates_lists_and_deletes_rides_out_a_patroni_failover(
         time.sleep(max(0.0, killed_at + STREAM_AFTER_KILL_S - (time.monotonic() - stream.started)))
     finally:
         stop.set()
-        worker.join(timeout=600)
+        for worker in workers:
+            worker.join(timeout=600)
         deleted_keep = run_vmctl(ha_env, "delete", keep, "--yes")
     names += stream.names
 
-    for o in stream.outcomes:
+    for o in sorted(stream.outcomes, key=lambda o: o.at):
         sys.stderr.write(
             f"{o.at:6.1f} s {o.took:5.1f} s {'ok ' if o.ok else 'ERR'} {o.what} {o.detail}\n"
         )

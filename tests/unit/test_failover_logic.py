@@ -82,3 +82,21 @@ def test_failover_timeout_setting() -> None:
     assert load(environ=env).failover_timeout == 12.5
     with pytest.raises(ConfigError, match="failover_timeout must be seconds"):
         load(environ={"VMCTL_FAILOVER_TIMEOUT": "soon", "VMCTL_CONFIG": "/nonexistent"})
+
+
+def test_an_unreachable_multi_host_url_gives_each_hosts_reason_without_the_password() -> None:
+    error = Exception(
+        'connection failed: connection to server at "127.0.0.1", port 15442 failed: FATAL:  '
+        'password authentication failed for user "vmctl"\n'
+        "Multiple connection attempts failed. All failures were:\n"
+        "- host: '127.0.0.1', port: '15441', hostaddr: '127.0.0.1': connection failed: "
+        'connection to server at "127.0.0.1", port 15441 failed: Connection refused\n'
+        "\tIs the server running on that host and accepting TCP/IP connections?\n"
+        "- host: '127.0.0.1', port: '15442', hostaddr: '127.0.0.1': connection failed: "
+        'connection to server at "127.0.0.1", port 15442 failed: session is read-only s3cr3t'
+    )
+    url = "postgresql://vmctl:s3cr3t@127.0.0.1:15441,127.0.0.1:15442/vmctl"
+    assert str(db.unreachable(url, error)) == (
+        "PostgreSQL at 127.0.0.1:15441,127.0.0.1:15442 is unreachable: "
+        "127.0.0.1:15441: Connection refused; 127.0.0.1:15442: session is read-only ***"
+    )
