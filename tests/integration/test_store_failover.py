@@ -170,3 +170,16 @@ def test_a_streamed_list_rides_out_an_outage_before_its_first_row(
         rows = list(store.list_json())
         assert len(rows) == 1 and '"name": "listed"' in rows[0]
     assert 1.5 < time.monotonic() - started < 8
+
+
+def test_a_vms_lock_waits_out_an_outage_shorter_than_the_window(
+    pg_url: str,  # noqa: F811
+    proxy: PgProxy,
+) -> None:
+    db.upgrade(pg_url)
+    with PgStore(_through(pg_url, proxy), failover_s=10) as store:
+        proxy.refuse(2)
+        started = time.monotonic()
+        with store.vm_lock("locked", "test", timeout=0):
+            took = time.monotonic() - started
+    assert 1.5 < took < 8, took
