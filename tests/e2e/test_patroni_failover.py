@@ -263,3 +263,66 @@ def test_a_stream_of_creates_lists_and_deletes_rides_out_a_patroni_failover(
     report = json.loads(reconcile.stdout)
     ours = [d for d in report["drift"] if any(n in json.dumps(d) for n in names)]
     assert ours == [], ours
+
+
+def test_with_a_window_shorter_than_the_promotion_commands_fail_cleanly(
+    lab: dict,  # type: ignore[type-arg]
+    ha_env: dict[str, str],
+) -> None:
+    """The same stream through the CLI with `VMCTL_FAILOVER_TIMEOUT=1`: the commands caught by
+    the failover fail, as outages (exit 6, both hosts named), and leave nothing behind."""
+    from labkit import ha
+
+    from vmctl.adapters.store import PgStore
+
+    env = {**ha_env, "VMCTL_FAILOVER_TIMEOUT": "1"}
+    stream = Stream(prefix=f"haf-{secrets.token_hex(2)}")
+    subprocess.run([str(LAB), "up", "--ha"], check=True)  # both members (the test before)
+    before = eventually("a Patroni primary", ha.primary, timeout=60)
+    stop = threading.Event()
+
+    def creates_and_deletes() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            name = f"{stream.prefix}-{i}"
+            stream.names.append(name)
+            if _cli(stream, env, "create", name, "--no-wait", *VM):
+                stream.created.append(name)
+                _cli(stream, env, "delete", name, "--yes")
+
+    worker = threading.Thread(target=creates_and_deletes)
+    worker.start()
+    try:
+        time.sleep(5)
+        killed_at = time.monotonic() - stream.started
+        ha.kill_member(before)
+        eventually("a new primary", ha.primary, timeout=60)
+        promoted_at = time.monotonic() - stream.started
+        time.sleep(8)
+    finally:
+        stop.set()
+        worker.join(timeout=600)
+    for o in sorted(stream.outcomes, key=lambda o: o.at):
+        sys.stderr.write(
+            f"{o.at:6.1f} s {o.took:5.1f} s {'ok ' if o.ok else 'ERR'} {o.what} {o.detail}\n"
+        )
+    sys.stderr.write(f"killed at {killed_at:.1f} s, promoted at {promoted_at:.1f} s\n")
+    failures = [o for o in stream.outcomes if not o.ok]
+    assert failures, "no command was caught by the failover"
+    for o in failures:
+        assert o.detail.startswith("exit 6:") and _unavailable(o.detail), o
+        assert "127.0.0.1:15441,127.0.0.1:15442" in o.detail and "Traceback" not in o.detail
+        assert "exists already" not in o.detail
+    failed_creates = {o.what.split()[-1] for o in failures if o.what.split()[1] == "create"}
+    undeleted = {o.what.split()[-1] for o in failures if o.what.split()[1] == "delete"}
+    with PgStore(ha_env["VMCTL_DATABASE_URL"]) as store:
+        rows = {vm.name for vm in store.list() if vm.name.startswith(stream.prefix)}
+    assert rows <= undeleted, (rows, failed_creates)  # a failed create left no row
+    for name in rows:
+        again = run_vmctl(ha_env, "delete", name, "--yes")
+        assert again.returncode == 0, again.stderr
+    assert leftovers(lab, ha_env, stream.names) == {}
+    report = json.loads(run_vmctl(ha_env, "reconcile", "--json").stdout)
+    ours = [d for d in report["drift"] if any(n in json.dumps(d) for n in stream.names)]
+    assert ours == [], ours
