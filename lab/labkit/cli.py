@@ -309,6 +309,7 @@ def env_lines() -> list[str]:
     }
     if ha.is_up():  # `lab/lab up --ha`: PostgreSQL under Patroni, by its multi-host URL
         values["VMCTL_HA_DATABASE_URL"] = ha.url()
+        values["VMCTL_HA_INVENTORY"] = str(ha.INVENTORY)  # its own addresses (.90-.99)
     return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
 
 

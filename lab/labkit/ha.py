@@ -117,6 +117,23 @@ def patroni_config(member: Member, passwords: dict[str, str]) -> dict[str, objec
     }
 
 
+INVENTORY = HA_DIR / "inventory.yaml"
+HA_FIRST_HOST = 90  # the HA installation's addresses: .90-.99 of each node's reserved range
+
+
+def inventory(text: str) -> str:
+    """The lab's inventory for the HA installation: the same nodes, but only the top of each
+    node's reserved addresses (.90-.99). The two installations (the lab's database and this
+    one) do not know each other's reservations; the lab's takes addresses from .10 up."""
+    import re
+
+    return re.sub(
+        r"addresses: \{first: (\d+\.\d+\.\d+)\.\d+,",
+        lambda m: f"addresses: {{first: {m.group(1)}.{HA_FIRST_HOST},",
+        text,
+    )
+
+
 def url() -> str:
     """vmctl's URL of the HA database: both members, the primary whichever it is."""
     password = _secret(HA_DIR / "vmctl.password")
@@ -185,6 +202,7 @@ def ensure() -> None:
         timeout=120,
     )
     _ensure_vmctl_database(passwords["postgres"])
+    INVENTORY.write_text(inventory(config.INVENTORY.read_text()))
     env = {"VMCTL_DATABASE_URL": url()}
     require_vmctl()
     log("ha: " + run_vmctl(env, "db", "upgrade").stderr.strip().removeprefix("vmctl: "))

@@ -64,15 +64,19 @@ def ha_env(vmctl_env: dict[str, str]) -> Iterator[dict[str, str]]:
     additive, the rest of the lab is left as it is)."""
     subprocess.run([str(LAB), "up", "--ha"], check=True)
     out = subprocess.run([str(LAB), "env"], capture_output=True, text=True, check=True).stdout
-    url = next(
-        line.split("=", 1)[1].strip("'")
-        for line in out.splitlines()
-        if line.startswith("export VMCTL_HA_DATABASE_URL=")
-    )
+    exported = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+    url = exported["VMCTL_HA_DATABASE_URL"].strip("'")
     # Redis database 1: the cache keys of this installation's VMs are not the lab watcher's
     # (it would see them as stale keys of VMs it does not know)
     redis_url = vmctl_env["VMCTL_REDIS_URL"].rsplit("/", 1)[0] + "/1"
-    yield {**vmctl_env, "VMCTL_DATABASE_URL": url, "VMCTL_REDIS_URL": redis_url}
+    # and its own addresses (.90-.99 of each node's): the lab's installation does not know them
+    inventory = exported["VMCTL_HA_INVENTORY"].strip("'")
+    yield {
+        **vmctl_env,
+        "VMCTL_DATABASE_URL": url,
+        "VMCTL_REDIS_URL": redis_url,
+        "VMCTL_INVENTORY": inventory,
+    }
     subprocess.run([str(LAB), "up", "--ha"], check=True)  # the killed member back, a replica
 
 

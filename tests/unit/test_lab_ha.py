@@ -4,6 +4,7 @@ import json
 
 import pytest
 from labkit import config, ha
+from labkit.inventory import render as inventory_render
 
 pytestmark = pytest.mark.unit
 
@@ -38,3 +39,12 @@ def test_the_config_is_json_that_patroni_reads_as_yaml() -> None:
         "username": "replicator",
         "password": "rep-pw",
     }
+
+
+def test_the_ha_inventory_takes_only_the_top_of_each_nodes_reserved_addresses() -> None:
+    text = inventory_render(config.nodes(2))
+    ha_text = ha.inventory(text)
+    for node in config.nodes(2):
+        net = node.guest_subnet.rsplit(".", 1)[0]
+        assert ha_text.count(f"addresses: {{first: {net}.90, last: {net}.99}}") == 1
+    assert ha_text.replace(".90, last", ".10, last") == text  # nothing else changed
