@@ -15,6 +15,7 @@ APT_PACKAGES=(
   prometheus-postgres-exporter prometheus-redis-exporter
   ceph-mgr-modules-core python3-cherrypy3 python3-yaml
   ansible ansible-lint apt-cacher-ng systemd-container
+  patroni etcd-server  # `lab/lab up --ha`: PostgreSQL 15 under Patroni, one etcd
   busybox  # its udhcpc stands in for a guest's DHCP client in tests (a lease in 0.1 s, not a boot)
 )
 

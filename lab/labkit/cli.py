@@ -1,4 +1,4 @@
-"""lab/lab up | down | status [--json] | env"""
+"""lab/lab up [--ha] | down | status [--json] | env"""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from . import (
     bare,
     ceph,
     config,
+    ha,
     inventory,
     monitoring,
     net,
@@ -168,6 +169,7 @@ def _stop_vmctl() -> None:
 
 
 def down() -> None:
+    ha.stop()
     monitoring.stop()
     _stop_vmctl()
     ceph.stop()
@@ -205,6 +207,7 @@ def status() -> dict[str, object]:
             "ceph": {"up": False},
             "monitoring": {"up": False, "prometheus_url": monitoring.prometheus_url()},
             "bare": {"proxy": {"up": False, "url": bare.proxy_url()}, "hosts": []},
+            "ha": {"up": False},
         }
     lab_nodes = config.nodes(int(state["node_count"]))  # type: ignore[call-overload]
     node_info = []
@@ -246,6 +249,7 @@ def status() -> dict[str, object]:
         "workers": workers.status(),
         "monitoring": monitoring.status(lab_nodes),
         "bare": bare_info,
+        "ha": ha.status(),
     }
 
 
@@ -307,6 +311,9 @@ def env_lines() -> list[str]:
         "CEPH_CONF": str(ceph.CONF),  # `ceph health` as client.admin
         "VMCTL_LAB_PROMETHEUS_URL": monitoring.prometheus_url(),
     }
+    if ha.is_up():  # `lab/lab up --ha`: PostgreSQL under Patroni, by its multi-host URL
+        values["VMCTL_HA_DATABASE_URL"] = ha.url()
+        values["VMCTL_HA_INVENTORY"] = str(ha.INVENTORY)  # its own addresses (.90-.99)
     return [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
 
 
@@ -324,7 +331,15 @@ def main(argv: list[str]) -> int:
         metavar="N",
         help="also N bare hosts (fresh Debian, systemd as PID 1) for deploy/ansible (default 3)",
     )
-    sub.add_parser("down", help="remove everything the lab made (safe to run twice)")
+    p_up.add_argument(
+        "--ha",
+        action="store_true",
+        help="also PostgreSQL under Patroni (etcd, two members); on a lab that is up, only adds it",
+    )
+    p_down = sub.add_parser("down", help="remove everything the lab made (safe to run twice)")
+    p_down.add_argument(
+        "--ha", action="store_true", help="remove only what `up --ha` added (etcd, Patroni)"
+    )
     p_status = sub.add_parser("status", help="what runs, where")
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("env", help="print export lines for vmctl and the tests")
@@ -374,9 +389,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise LabError(f"--nodes must be between 1 and 9, not {args.nodes}")
         if not 0 <= args.bare <= 9:
             raise LabError(f"--bare must be between 0 and 9, not {args.bare}")
-        up(args.nodes, args.bare)
+        if args.ha and _load_state() is not None:
+            ha.ensure()  # additive: the rest of the lab runs and is left as it is
+        else:
+            up(args.nodes, args.bare)
+            if args.ha:
+                ha.ensure()
     elif args.command == "down":
-        down()
+        if args.ha:
+            ha.remove()
+        else:
+            down()
     elif args.command == "status":
         info = status()
         if args.json:
@@ -433,6 +456,14 @@ def _print_status(info: dict[str, object]) -> None:
     b = info["bare"]
     for h in b["hosts"]:  # type: ignore[index]
         print(f"{h['name']:8} {h['address']:14} {'up' if h['up'] else 'DOWN':5} bare host")
+    h = info.get("ha") or {}
+    if h.get("up") or h.get("members"):  # type: ignore[attr-defined]
+        roles = " ".join(
+            f"{x['name']}:{x['port']}({x['role'] or 'DOWN'})"
+            for x in h["members"]  # type: ignore[index]
+        )
+        etcd = "up" if h["etcd"]["pid"] else "DOWN"  # type: ignore[index]
+        print(f"ha       etcd 127.0.0.1:{h['etcd']['port']} {etcd}; {roles}")  # type: ignore[index]
     m = info["monitoring"]
     p = m["prometheus"]  # type: ignore[index]
     down = [name for name, e in m["exporters"].items() if not e["up"]]  # type: ignore[index]

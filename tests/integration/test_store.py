@@ -801,10 +801,15 @@ def test_rows_from_before_schema_0009_are_read_whole_then_followed(pg_url: str) 
     with db._yoyo_backend(pg_url) as backend:  # up to schema 0008
         older = read_migrations(str(db.MIGRATIONS_DIR)).filter(lambda m: m.id < "0009")
         backend.apply_migrations(backend.to_apply(older))
-    with PgStore(pg_url) as s:
-        s.claim(_vm("old-a"), lambda _u: "node-a")
-        s.claim(_vm("old-b"), lambda _u: "node-a")
-        before = s.vms_version()
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # as vmctl of schema 0008 did
+        for name in ("old-a", "old-b"):
+            conn.execute(
+                """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image, mac)
+                   VALUES (%s, 'node-a', 'creating', 512, 1, 2, 4, 'debian-12', 'm')""",
+                (name,),
+            )
+        row = conn.execute("SELECT version FROM vms_version").fetchone()
+        before = row[0] if row else 0
     assert db.upgrade(pg_url) == [m for m in ALL_MIGRATIONS if m >= "0009"]
     with PgStore(pg_url) as s:
         assert s.vms_version() == before  # the sequence goes on from the version

@@ -40,24 +40,57 @@ def _params(url: str) -> dict[str, Any]:
 
 
 def describe(url: str) -> str:
-    """``HOST:PORT`` of a PostgreSQL URL or conninfo string, for messages (never the password)."""
+    """``HOST:PORT`` of a PostgreSQL URL or conninfo string, for messages (never the password);
+    every host of a multi-host one (``host=a,b port=5432,5433``), comma-separated, as libpq
+    pairs them: one port for all hosts, or one port each."""
     params = _params(url)
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    return f"{host}:{params.get('port') or 5432}"
+    hosts = str(params.get("host") or params.get("hostaddr") or "localhost").split(",")
+    ports = str(params.get("port") or "").split(",")
+    if len(ports) != len(hosts):
+        ports = [ports[0]] * len(hosts)
+    return ",".join(
+        f"{_bracketed(host or 'localhost')}:{port or 5432}"
+        for host, port in zip(hosts, ports, strict=True)
+    )
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # an IPv6 address
+
+
+def hosts(url: str) -> int:
+    """How many hosts the URL names (libpq tries them in order)."""
+    params = _params(url)
+    return len(str(params.get("host") or params.get("hostaddr") or "localhost").split(","))
 
 
 def unreachable(url: str, error: Exception) -> StoreUnavailable:
     """StoreUnavailable for ``error``: libpq's first line, less the "connection to server at
-    ... failed:" that repeats the address, and never the password."""
+    ... failed:" that repeats the address, and never the password. With several hosts, each
+    host's reason ("127.0.0.1:5432: Connection refused; 127.0.0.1:5433: session is read-only")."""
     password = _params(url).get("password")
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = lines[0] if lines else type(error).__name__
-    detail = re.sub(r"^connection failed: ", "", detail)
-    detail = re.sub(r"^connection to server (at|on) .*?, port \d+ failed: ", "", detail)
-    detail = " ".join(detail.split()) or type(error).__name__
+    text = str(error)
+    attempts = _ATTEMPT.findall(text) if "Multiple connection attempts failed" in text else []
+    if attempts:
+        detail = "; ".join(f"{_bracketed(h)}:{p}: {_reason(reason)}" for h, p, reason in attempts)
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        detail = _reason(lines[0]) if lines else ""
+    detail = detail or type(error).__name__
     if password:
         detail = detail.replace(str(password), "***")
     return StoreUnavailable(f"PostgreSQL at {describe(url)} is unreachable: {detail}")
+
+
+# psycopg's account of each host it tried: "- host: 'H', port: 'P', hostaddr: ...: REASON"
+_ATTEMPT = re.compile(r"^- host: '([^']*)', port: '([^']*)'[^:]*(?:: '[^']*')?: (.*)$", re.M)
+
+
+def _reason(line: str) -> str:
+    line = re.sub(r"^connection failed: ", "", line.strip())
+    line = re.sub(r"^connection to server (at|on) .*?, port \d+ failed: ", "", line)
+    line = re.sub(r"^FATAL:\s+", "", line)
+    return " ".join(line.split())
 
 
 def check_url(url: str) -> None:

@@ -87,7 +87,11 @@ def store(settings: Settings, max_size: int | None = None) -> Store:
     """psycopg is imported only by commands that reach PostgreSQL."""
     from vmctl.adapters.store import MAX_SIZE, PgStore
 
-    return PgStore(settings.require_database(), max_size=max_size or MAX_SIZE)
+    return PgStore(
+        settings.require_database(),
+        max_size=max_size or MAX_SIZE,
+        failover_s=settings.failover_timeout,
+    )
 
 
 def vm_service(

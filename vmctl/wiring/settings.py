@@ -31,6 +31,9 @@ class Settings:
     queue: bool = False  # `create`/`delete` queue a job for `vmctl worker` and wait for it
     worker_concurrency: int = 4  # jobs one `vmctl worker` runs at once
     job_queue: str = "vmctl"  # the queue jobs go to and workers take them from
+    # seconds a call rides out a lost PostgreSQL (a failover) before it is an outage; unset: 30
+    # for a URL with several hosts (host=a,b), 0 (report at once) for one host
+    failover_timeout: float | None = None
 
     @property
     def authorized_key_files(self) -> tuple[Path, ...]:
@@ -68,6 +71,14 @@ def _convert(name: str, value: object, source: str) -> object:
         if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
             raise ConfigError(f"{source}: queue must be true or false, not {value!r}")
         return text in ("1", "true", "yes", "on")
+    if name == "failover_timeout":
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            seconds = -1.0
+        if not 0 <= seconds <= 3600:
+            raise ConfigError(f"{source}: failover_timeout must be seconds (0-3600), not {value!r}")
+        return seconds
     if name in ("create_per_node", "worker_concurrency"):
         try:
             count = int(str(value))

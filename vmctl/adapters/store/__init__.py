@@ -39,7 +39,8 @@ class PgStore(
     MetricsMixin,
     IdempotencyMixin,
 ):
-    """All of PostgreSQL that vmctl uses: ``PgStore(url, actor=None, max_size=MAX_SIZE)``."""
+    """All of PostgreSQL that vmctl uses:
+    ``PgStore(url, actor=None, max_size=MAX_SIZE, failover_s=None)``."""
 
 
 if TYPE_CHECKING:

@@ -18,6 +18,8 @@ class AddressesMixin(StoreBase):
 
         None when nothing changed (already confirmed at that address) or when there is no such
         VM any more (deleted, or deleted and made again with another MAC, while it was watched).
+        Idempotent: run again after a failover left its COMMIT's outcome unknown, it finds the
+        address confirmed already and says None (the change and its event were recorded once).
         """
         return self._run(lambda conn: self._record_ip(conn, name, mac, ip, source))
 
@@ -26,7 +28,7 @@ class AddressesMixin(StoreBase):
         secret up (it works once) and record the address. Forbidden if the secret is not the
         VM's (or was used already), NotFound if there is no such VM."""
 
-        def work(conn: Connection) -> IpChange | None:
+        def work(conn: Connection) -> tuple[IpChange | None]:
             row = conn.execute(
                 "SELECT mac, phone_home_hash FROM vms WHERE name = %s FOR UPDATE", (name,)
             ).fetchone()
@@ -36,9 +38,19 @@ class AddressesMixin(StoreBase):
             if stored is None or not hmac.compare_digest(stored, secret_hash):
                 raise Forbidden(f"{name}: not its phone-home secret (or it was used already)")
             conn.execute("UPDATE vms SET phone_home_hash = NULL WHERE name = %s", (name,))
-            return self._record_ip(conn, name, row["mac"], ip, "phone-home")
+            return (self._record_ip(conn, name, row["mac"], ip, "phone-home"),)
 
-        return self._run(work)
+        def confirm(conn: Connection) -> tuple[IpChange | None] | None:
+            # an unknown outcome: the secret used up and the address recorded means this call
+            # did it (the secret works once), not that the secret is wrong
+            row = conn.execute(
+                """SELECT 1 FROM vms WHERE name = %s AND phone_home_hash IS NULL
+                   AND ip = %s AND ip_state = 'confirmed'""",
+                (name, ipaddress.ip_address(ip)),
+            ).fetchone()
+            return None if row is None else (None,)
+
+        return self._run(work, confirm)[0]
 
     def _record_ip(
         self, conn: Connection, name: str, mac: str, ip: str, source: str

@@ -21,6 +21,8 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from vmctl.adapters import db
+from vmctl.adapters.store import retry
+from vmctl.core.errors import StoreUnavailable
 from vmctl.core.records import VmRecord, default_actor
 
 T = TypeVar("T")
@@ -51,6 +53,7 @@ def vm_record(row: dict[str, Any]) -> VmRecord:
     rolling upgrade) does not break an older one's reads."""
     fields = {k: v for k, v in row.items() if k in _VM_FIELDS}
     fields["ip"] = None if row["ip"] is None else str(row["ip"])
+    fields.pop("claim_id", None)  # schema 0012: the store's own business
     fields["reserved_ip"] = None if row.get("reserved_ip") is None else str(row["reserved_ip"])
     fields["move_ip"] = None if row.get("move_ip") is None else str(row["move_ip"])
     fields["created_at"] = utc(row["created_at"])
@@ -62,6 +65,16 @@ def _shutting_down(error: psycopg.Error) -> bool:
     """The server ended the session (SQLSTATE class 57P: shut down, crashed, starting up): the
     connection is as good as dead, even before psycopg marks it broken."""
     return (error.sqlstate or "").startswith("57P")
+
+
+def _gone(sql: str, params: tuple[object, ...]) -> Callable[[Connection], dict[str, Any] | None]:
+    """The ``confirm`` of a delete whose outcome is unknown: when ``sql`` finds no row, the row
+    is gone, which is what the delete was for (a stand-in row for "there was one")."""
+
+    def confirm(conn: Connection) -> dict[str, Any] | None:
+        return {"gone": True} if conn.execute(sql, params).fetchone() is None else None
+
+    return confirm
 
 
 class _ConnectAttempts:
@@ -108,8 +121,17 @@ def _reporting_to(attempts: _ConnectAttempts) -> type[Connection]:
 class StoreBase:
     """Connection handling shared by the parts of ``PgStore``; safe to share between threads."""
 
-    def __init__(self, url: str, actor: str | None = None, max_size: int = MAX_SIZE) -> None:
+    def __init__(
+        self,
+        url: str,
+        actor: str | None = None,
+        max_size: int = MAX_SIZE,
+        failover_s: float | None = None,
+    ) -> None:
         self._url = url
+        # how long a call rides out a lost PostgreSQL; by default FAILOVER_S when the URL names
+        # several hosts (a failover is expected there), else 0: an outage is reported at once
+        self.failover_s = retry.default_window(url) if failover_s is None else failover_s
         self.actor = actor or default_actor()
         self.max_size = max_size
         self._pool: ConnectionPool[Connection] | None = None
@@ -188,29 +210,77 @@ class StoreBase:
         finally:
             pool.putconn(conn)  # a broken connection is dropped and replaced by the pool
 
-    def _run(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in one transaction.
+    def _run(
+        self,
+        work: Callable[[Connection], T],
+        confirm: Callable[[Connection], T | None] | None = None,
+    ) -> T:
+        """Run ``work`` in one transaction, riding out a lost PostgreSQL for ``failover_s``.
 
-        A connection found dead (PostgreSQL restarted, network gone) is reported as
-        StoreUnavailable; the pool replaces it. If it died before COMMIT was sent, nothing was
-        committed, so the work is run once more on another connection (``work`` must not have
-        effects outside the transaction that matter twice). Once COMMIT was sent, whether it
-        was committed is unknown: that is StoreUnavailable, never retried.
+        A connection found dead (PostgreSQL restarted, a failover, network gone) is replaced by
+        the pool. If it died before COMMIT was sent, nothing was committed: ``work`` runs again
+        on another connection (it must not have effects outside the transaction that matter
+        twice). Once COMMIT was sent, whether it was committed is unknown: then ``confirm`` runs
+        on the new connection (the primary that took over) and tells: a result when the
+        commit happened (that is the call's result), None when it did not (``work`` runs
+        again). ``work`` without ``confirm`` must be idempotent (running it twice leaves what
+        running it once does): every such writer in this package is, or documents why not.
+
+        Without a failover window (``failover_s`` 0, single-host URLs by default) this is the
+        old contract: one more try when the connection died before COMMIT, else
+        StoreUnavailable at once.
         """
-        for retry in (False, True):
-            with self._connection() as conn:
-                committing = False
-                try:
-                    with conn.transaction():
-                        result = work(conn)
-                        committing = True
-                    return result
-                except psycopg.OperationalError as e:
-                    if not (conn.closed or conn.broken or _shutting_down(e)):
-                        raise  # e.g. a deadlock or a cancelled query: the server is there
-                    if committing or retry:
-                        raise db.unreachable(self._url, e) from e
-        raise AssertionError("not reached")
+        window = retry.Window(self.failover_s)
+        unknown = False  # the last attempt's COMMIT was sent and its answer lost
+        while True:
+            try:
+                if unknown and confirm is not None:
+                    found = self._once(confirm)
+                    if found is not None:
+                        return found
+                    unknown = False
+                return self._once(work)
+            except retry.Lost as lost:
+                unknown = unknown or lost.committing
+                pause = window.next_pause(lost)
+                if pause is None:
+                    error = db.unreachable(self._url, lost.error)
+                    if unknown:
+                        error = StoreUnavailable(
+                            f"{error}; whether the change was saved is unknown"
+                        )
+                    raise error from lost.error
+                time.sleep(pause)
+
+    def _getconn_or_lost(self) -> tuple[ConnectionPool[Connection], Connection]:
+        """``_getconn``, its StoreUnavailable as retry.Lost (no connection was had)."""
+        try:
+            return self._getconn()
+        except StoreUnavailable as e:
+            cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
+            lost = retry.Lost(cause, False, connected=False, permanent=retry.permanent(cause))
+            raise lost from e
+
+    def _once(self, work: Callable[[Connection], T]) -> T:
+        """``work`` in one transaction on a connection of the pool; retry.Lost when the
+        connection could not be had or was lost (saying whether COMMIT had been sent)."""
+        pool, conn = self._getconn_or_lost()
+        try:
+            committing = False
+            with conn.transaction():
+                result = work(conn)
+                committing = True
+            return result
+        except psycopg.errors.ReadOnlySqlTransaction as e:
+            # a standby (the old primary, demoted): this connection is of no use for writing
+            conn.close()
+            raise retry.Lost(e, committing=False) from e
+        except psycopg.OperationalError as e:
+            if not (conn.closed or conn.broken or _shutting_down(e)):
+                raise  # e.g. a deadlock or a cancelled query: the server is there
+            raise retry.Lost(e, committing=committing) from e
+        finally:
+            pool.putconn(conn)  # a broken or closed connection is dropped and replaced
 
     def ping(self) -> None:
         """StoreUnavailable unless PostgreSQL answers."""

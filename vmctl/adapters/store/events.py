@@ -15,7 +15,12 @@ class EventsMixin(StoreBase):
     def add_event(
         self, vm: str | None, node: str | None, action: str, result: str, detail: dict[str, Any]
     ) -> int:
-        """Append to the event log (the actor is this store's); the event's id."""
+        """Append to the event log (the actor is this store's); the event's id.
+
+        Not idempotent, and run again when a failover leaves its COMMIT's outcome unknown: the
+        log may then hold the event twice (with two ids). A duplicate line in an audit log is
+        the lesser harm; failing the operation that did its work, or losing the line, would
+        be worse."""
         if result not in RESULTS:
             raise ValueError(f"unknown event result {result!r}")
         row = self._run(

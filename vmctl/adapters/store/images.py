@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from vmctl.adapters.store.base import StoreBase, utc
+from vmctl.adapters.store.base import StoreBase, _gone, utc
 from vmctl.core.errors import InvalidInput
 from vmctl.core.images import ImageRecord
 
@@ -51,6 +51,7 @@ class ImagesMixin(StoreBase):
             lambda c: c.execute(
                 "DELETE FROM images WHERE name = %s AND location = %s RETURNING name",
                 (name, location),
-            ).fetchone()
+            ).fetchone(),
+            _gone("SELECT 1 FROM images WHERE name = %s AND location = %s", (name, location)),
         )
         return row is not None

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import psycopg
 
 from vmctl.adapters import db
+from vmctl.adapters.store import retry
 from vmctl.adapters.store.base import CONNECT_TIMEOUT_S, StoreBase
 from vmctl.core.errors import Busy
 
@@ -38,11 +39,7 @@ class LocksMixin(StoreBase):
         """Hold VM ``name``'s lock while the block runs; Busy when another operation holds it
         for ``timeout`` s more (0: do not wait). StoreUnavailable if PostgreSQL does not answer."""
         label = f"vmctl {operation} {name} by {self.actor}"[:63]
-        try:
-            kwargs = {**db.connection_kwargs(), "connect_timeout": CONNECT_TIMEOUT_S}
-            conn = psycopg.connect(self._url, **kwargs, application_name=label)
-        except psycopg.OperationalError as e:
-            raise db.unreachable(self._url, e) from e
+        conn = self._lock_connection(label)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -57,6 +54,24 @@ class LocksMixin(StoreBase):
             yield
         finally:
             conn.close()  # ends the session: the lock goes with it
+
+    def _lock_connection(self, label: str) -> psycopg.Connection[dict[str, object]]:
+        """A connection of its own for a VM's lock, riding out a failover as ``_run`` does.
+
+        (If the primary is lost while the lock is held, so is the lock: the operation goes on,
+        and another one on that VM could start on the new primary meanwhile. Claims do not
+        depend on it: they are serialized by the claim lock, in their own transaction.)"""
+        kwargs = {**db.connection_kwargs(), "connect_timeout": CONNECT_TIMEOUT_S}
+        window = retry.Window(self.failover_s)
+        while True:
+            try:
+                return psycopg.connect(self._url, **kwargs, application_name=label)
+            except psycopg.OperationalError as e:
+                lost = retry.Lost(e, False, connected=False, permanent=retry.permanent(e))
+                pause = window.next_pause(lost)
+                if pause is None:
+                    raise db.unreachable(self._url, e) from e
+                time.sleep(pause)
 
     def _busy_message(
         self, conn: psycopg.Connection[dict[str, object]], name: str, operation: str, waited: float

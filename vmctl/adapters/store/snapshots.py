@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from vmctl.adapters.store.base import StoreBase, utc
+from vmctl.adapters.store.base import StoreBase, _gone, utc
 from vmctl.core.errors import Conflict, InvalidInput, NotFound
 from vmctl.core.snapshots import Snapshot
 
@@ -30,7 +30,14 @@ class SnapshotsMixin(StoreBase):
                            RETURNING *)
                        SELECT {_COLUMNS} FROM s JOIN vms v ON v.id = s.vm_id""",
                     (name, vm_state, quiesced, self.actor, vm),
-                ).fetchone()
+                ).fetchone(),
+                # an unknown outcome: the snapshot there means this call recorded it (the caller
+                # holds the VM's lock), not that the name was taken
+                lambda c: c.execute(
+                    f"""SELECT {_COLUMNS} FROM snapshots s JOIN vms v ON v.id = s.vm_id
+                        WHERE v.name = %s AND s.name = %s AND s.actor = %s""",
+                    (vm, name, self.actor),
+                ).fetchone(),
             )
         except psycopg.errors.UniqueViolation as e:
             raise Conflict(f"{vm} has a snapshot named {name} already") from e
@@ -81,6 +88,11 @@ class SnapshotsMixin(StoreBase):
                 """DELETE FROM snapshots s USING vms v
                    WHERE v.id = s.vm_id AND v.name = %s AND s.name = %s RETURNING s.id""",
                 (vm, name),
-            ).fetchone()
+            ).fetchone(),
+            _gone(
+                "SELECT 1 FROM snapshots s JOIN vms v ON v.id = s.vm_id "
+                "WHERE v.name = %s AND s.name = %s",
+                (vm, name),
+            ),
         )
         return row is not None

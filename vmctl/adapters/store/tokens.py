@@ -15,7 +15,12 @@ class TokensMixin(StoreBase):
                 "INSERT INTO api_tokens (project, name, token_hash) VALUES (%s, %s, %s) "
                 "RETURNING id",
                 (project, name, token_hash),
-            ).fetchone()
+            ).fetchone(),
+            # an unknown outcome: the hash is unique and made by the caller, so a row with it
+            # is this call's
+            lambda c: c.execute(
+                "SELECT id FROM api_tokens WHERE token_hash = %s", (token_hash,)
+            ).fetchone(),
         )
         assert row is not None
         return int(row["id"])

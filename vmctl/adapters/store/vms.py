@@ -5,6 +5,8 @@ from __future__ import annotations
 import builtins
 import ipaddress
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime
@@ -15,6 +17,7 @@ import psycopg
 import psycopg.rows
 
 from vmctl.adapters import db
+from vmctl.adapters.store import retry
 from vmctl.adapters.store.base import Connection, StoreBase, _shutting_down, utc, vm_record
 from vmctl.core import addressing
 from vmctl.core.errors import CapacityError, Conflict, InvalidInput, NotFound
@@ -40,11 +43,12 @@ _USAGE_SQL = """
 
 _INSERT_SQL = """
     INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image, mac, host_key,
-                     group_name, project, ip_pool, reserved_ip, ip, ip_state, phone_home_hash)
+                     group_name, project, ip_pool, reserved_ip, ip, ip_state, phone_home_hash,
+                     claim_id)
     VALUES (%(name)s, %(node)s, 'creating', %(ram_mb)s, %(cpu)s, %(disk_gb)s, %(root_gb)s,
             %(image)s, %(mac)s, %(host_key)s, %(group_name)s, %(project)s, %(pool)s, %(ip)s,
             %(ip)s, CASE WHEN %(ip)s::inet IS NULL THEN NULL ELSE 'expected' END,
-            %(phone_home_hash)s)
+            %(phone_home_hash)s, %(claim_id)s)
     RETURNING *
 """
 
@@ -276,7 +280,12 @@ class VmsMixin(StoreBase):
 
         When ``pool_of(node)`` gives an address pool (a managed network), the VM also gets a free
         address of it, recorded as its *expected* IP; CapacityError if none is left.
+
+        The claim has an id of its own (schema 0012): when a failover leaves its COMMIT's
+        outcome unknown, the row is looked up by that id on the new primary, so a claim that
+        was made is a success (not "the name is taken") and one that was not is made again.
         """
+        claim_id = uuid.uuid4()
 
         def work(conn: Connection) -> VmRecord:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (db.CLAIM_LOCK_KEY,))
@@ -294,10 +303,15 @@ class VmsMixin(StoreBase):
                     "host_key": host_key,
                     "pool": None if pool is None else pool.key,
                     "ip": address,
+                    "claim_id": claim_id,
                 },
             )
 
-        return self._run(work)
+        def confirm(conn: Connection) -> VmRecord | None:
+            row = conn.execute("SELECT * FROM vms WHERE claim_id = %s", (claim_id,)).fetchone()
+            return None if row is None else vm_record(row)
+
+        return self._run(work, confirm)
 
     def get(self, name: str) -> VmRecord:
         row = self._run(
@@ -370,15 +384,36 @@ class VmsMixin(StoreBase):
         exhausted or closed (closing it early cancels the query)."""
         params = _list_params(node, state, project, limit, after)
         size = ROWS_PER_FETCH if psycopg.pq.version() >= CHUNKS_SINCE else 1
-        with self._connection() as conn:
+        window = retry.Window(self.failover_s)
+        while True:
+            try:
+                yield from self._stream_list_json(params, size)
+                return
+            except retry.Lost as lost:  # before the first row: nothing was given, start again
+                pause = window.next_pause(lost)
+                if pause is None:
+                    raise db.unreachable(self._url, lost.error) from lost.error
+                time.sleep(pause)
+
+    def _stream_list_json(self, params: dict[str, Any], size: int) -> Iterator[str]:
+        """One try of list_json: retry.Lost when no connection could be had, or the one had
+        was lost before the first row; StoreUnavailable when it was lost later."""
+        pool, conn = self._getconn_or_lost()
+        given = False
+        try:
             cursor = conn.cursor(row_factory=psycopg.rows.tuple_row)
             try:
                 for (text,) in cursor.stream(_LIST_JSON_SQL, params, size=size):
+                    given = True
                     yield _ascii_json(text)
             except psycopg.OperationalError as e:
                 if conn.closed or conn.broken or _shutting_down(e):
+                    if not given:
+                        raise retry.Lost(e, committing=False) from e
                     raise db.unreachable(self._url, e) from e
                 raise
+        finally:
+            pool.putconn(conn)
 
     def list_contract_page(
         self,
@@ -539,7 +574,13 @@ class VmsMixin(StoreBase):
                 )
             return row is not None
 
-        return self._run(work)
+        def confirm(conn: Connection) -> bool | None:
+            # an unknown outcome: the row gone means this delete took it (the caller holds the
+            # VM's lock, so no other operation was deleting it)
+            row = conn.execute("SELECT 1 FROM vms WHERE name = %s", (name,)).fetchone()
+            return True if row is None else None
+
+        return self._run(work, confirm)
 
     def usage(self) -> builtins.list[NodeUsage]:
         """Per node that has VMs, what they take, ordered by node name."""
