@@ -260,7 +260,8 @@ def test_a_stream_of_creates_lists_and_deletes_rides_out_a_patroni_failover(
     summed: dict[str, tuple[int, int, int, int]] = {}
     for vm in everything:
         cpu, ram, disk, count = summed.get(vm.node, (0, 0, 0, 0))
-        summed[vm.node] = (cpu + vm.cpu, ram + vm.ram_mb, disk + vm.disk_gb, count + 1)
+        # a VM counts its data and root disks (schema 0008)
+        summed[vm.node] = (cpu + vm.cpu, ram + vm.ram_mb, disk + vm.disk_gb + vm.root_gb, count + 1)
     assert usage == summed  # the kept sums (schema 0008) match the rows: nothing counted twice
     assert leftovers(lab, ha_env, names) == {}
     reconcile = run_vmctl(ha_env, "reconcile", "--json")
