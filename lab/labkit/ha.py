@@ -196,9 +196,14 @@ def ensure() -> None:
     passwords = _passwords()
     for member in MEMBERS:
         _start_member(member, passwords)
+    # a replica that is not yet the synchronous standby would not be promoted (synchronous
+    # mode): a failover right after `up --ha` would find no new primary
     wait_for(
-        "a Patroni primary and a streaming replica",
-        lambda: sorted(filter(None, (role(m) for m in MEMBERS))) == ["primary", "replica"],
+        "a Patroni primary and a synchronous standby",
+        lambda: (
+            sorted(filter(None, (role(m) for m in MEMBERS))) == ["primary", "replica"]
+            and any(_rest(m, "/sync")[0] == 200 for m in MEMBERS)
+        ),
         timeout=120,
     )
     _ensure_vmctl_database(passwords["postgres"])

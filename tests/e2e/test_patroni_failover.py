@@ -240,8 +240,8 @@ def test_a_stream_of_creates_lists_and_deletes_rides_out_a_patroni_failover(
     for name in stream.created:
         deletes = [o for o in stream.outcomes if o.what.endswith(f"delete {name}")]
         assert deletes and (deletes[0].ok or _unavailable(deletes[0].detail)), (name, deletes)
-    # the stream went on through the failover, on both sides
-    after_kill = [o for o in stream.outcomes if o.at > killed_at]
+    # the stream went on through the failover, on both sides: creates that ended after the kill
+    after_kill = [o for o in stream.outcomes if o.at + o.took > killed_at]
     assert any(o.ok and o.what.startswith("cli create") for o in after_kill)
     assert any(o.ok and o.what.startswith("api create") for o in after_kill)
 
@@ -260,7 +260,8 @@ def test_a_stream_of_creates_lists_and_deletes_rides_out_a_patroni_failover(
     summed: dict[str, tuple[int, int, int, int]] = {}
     for vm in everything:
         cpu, ram, disk, count = summed.get(vm.node, (0, 0, 0, 0))
-        summed[vm.node] = (cpu + vm.cpu, ram + vm.ram_mb, disk + vm.disk_gb, count + 1)
+        # a VM counts its data and root disks (schema 0008)
+        summed[vm.node] = (cpu + vm.cpu, ram + vm.ram_mb, disk + vm.disk_gb + vm.root_gb, count + 1)
     assert usage == summed  # the kept sums (schema 0008) match the rows: nothing counted twice
     assert leftovers(lab, ha_env, names) == {}
     reconcile = run_vmctl(ha_env, "reconcile", "--json")
