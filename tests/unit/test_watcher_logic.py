@@ -644,7 +644,10 @@ def run_until(w: Watcher, done: Any, seconds: float = 10) -> None:
 
 
 def service_watcher(
-    store: FakeStore, nodes: dict[str, FakeHypervisor], sources: Sequence[str] = ("lease", "arp")
+    store: FakeStore,
+    nodes: dict[str, FakeHypervisor],
+    sources: Sequence[str] = ("lease", "arp"),
+    **options: Any,
 ) -> Watcher:
     return Watcher(
         INVENTORY,
@@ -654,6 +657,7 @@ def service_watcher(
         logging.getLogger("test-watch-ip"),
         sources=sources,
         timing=FAST,
+        **options,
     )
 
 
@@ -834,17 +838,7 @@ def test_a_sharing_watcher_watches_only_its_nodes_and_lets_go_of_one_given_back(
     store = FakeStore([vm("a", MAC_A, state="creating"), vm("c", MAC_C, node="kvm2")])
     nodes = {"kvm1": FakeHypervisor(), "kvm2": FakeHypervisor()}
     shares = Shares({"kvm2"})
-    w = Watcher(
-        INVENTORY,
-        store,
-        FakeCache(),
-        lambda node: nodes[node.name],
-        logging.getLogger("test-watch-ip"),
-        sources=("lease", "arp"),
-        timing=FAST,
-        follow=False,
-        shares=shares,
-    )
+    w = service_watcher(store, nodes, follow=False, shares=shares)
     stop = threading.Event()
     thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
     thread.start()
