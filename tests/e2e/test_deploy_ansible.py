@@ -421,6 +421,7 @@ def test_the_manager_is_what_the_role_says(cloud: BareCloud) -> None:
         "haproxy",
         "prometheus",
         "vmctl-watch-ip",
+        "vmctl-worker@1",
         *units,
     ):
         assert host.service(service).is_running, service
@@ -438,7 +439,7 @@ def test_the_manager_is_what_the_role_says(cloud: BareCloud) -> None:
 
 
 def test_the_units_stop_and_start(cloud: BareCloud) -> None:
-    for unit in ("vmctl-watch-ip", f"vmctl-api@{API_PORTS[0]}"):
+    for unit in ("vmctl-watch-ip", f"vmctl-api@{API_PORTS[0]}", "vmctl-worker@1"):
         cloud.ssh(cloud.manager, f"systemctl stop {unit}")
         state = cloud.ssh(cloud.manager, f"systemctl is-active {unit}", check=False).strip()
         assert state == "inactive", f"{unit} after stop: {state}"
