@@ -53,7 +53,6 @@ def vm_record(row: dict[str, Any]) -> VmRecord:
     rolling upgrade) does not break an older one's reads."""
     fields = {k: v for k, v in row.items() if k in _VM_FIELDS}
     fields["ip"] = None if row["ip"] is None else str(row["ip"])
-    fields.pop("claim_id", None)  # schema 0012: the store's own business
     fields["reserved_ip"] = None if row.get("reserved_ip") is None else str(row["reserved_ip"])
     fields["move_ip"] = None if row.get("move_ip") is None else str(row["move_ip"])
     fields["created_at"] = utc(row["created_at"])

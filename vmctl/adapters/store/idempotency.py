@@ -9,7 +9,6 @@ session; so no time bound has to guess how long a create may take before another
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,11 +17,10 @@ from psycopg.types.json import Json
 
 from vmctl.adapters import db
 from vmctl.adapters.store.base import CONNECT_TIMEOUT_S, Connection, StoreBase
-from vmctl.core.errors import Busy
+from vmctl.adapters.store.locks import take_lock
 from vmctl.core.idempotency import HEADER, KeptAnswer
 
 KEY_LOCK_CLASS = 0x6964  # first half of the advisory lock key ("id"); the second is a hash
-POLL_S = 0.1
 EXPIRED_PER_KEEP = 100  # expired rows each keep_answer deletes
 
 
@@ -38,21 +36,17 @@ class IdempotencyMixin(StoreBase):
         except psycopg.OperationalError as e:
             raise db.unreachable(self._url, e) from e
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                # two keys that hash alike share a lock: they wait for each other, nothing more
-                row = conn.execute(
-                    "SELECT pg_try_advisory_lock(%s, hashtext(%s || E'\\n' || %s)) AS got",
-                    (KEY_LOCK_CLASS, scope, key),
-                ).fetchone()
-                if row and row["got"]:
-                    break
-                if time.monotonic() >= deadline:
-                    raise Busy(
-                        f"{HEADER} {key!r}: the first request with this key is still running "
-                        f"after {timeout:g} s; try again later with the same key"
-                    )
-                time.sleep(POLL_S)
+            # two keys that hash alike share a lock: they wait for each other, nothing more
+            take_lock(
+                conn,
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s || E'\\n' || %s)) AS got",
+                (KEY_LOCK_CLASS, scope, key),
+                timeout,
+                lambda: (
+                    f"{HEADER} {key!r}: the first request with this key is still running "
+                    f"after {timeout:g} s; try again later with the same key"
+                ),
+            )
             yield
         except psycopg.OperationalError as e:
             raise db.unreachable(self._url, e) from e

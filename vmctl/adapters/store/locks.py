@@ -10,7 +10,7 @@ busy is told who holds it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -31,6 +31,25 @@ _HOLDER_SQL = """
 """
 
 
+def take_lock(
+    conn: psycopg.Connection[dict[str, object]],
+    sql: str,
+    params: tuple[object, ...],
+    timeout: float,
+    busy: Callable[[], str],
+) -> None:
+    """Run ``sql`` (a ``pg_try_advisory_lock(...) AS got``) every POLL_S s until it takes the
+    lock; Busy with ``busy()``'s message once ``timeout`` s have passed (0: one try)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute(sql, params).fetchone()
+        if row and row["got"]:
+            return
+        if time.monotonic() >= deadline:
+            raise Busy(busy())
+        time.sleep(POLL_S)
+
+
 class LocksMixin(StoreBase):
     _installation: str | None = None
 
@@ -41,16 +60,13 @@ class LocksMixin(StoreBase):
         label = f"vmctl {operation} {name} by {self.actor}"[:63]
         conn = self._lock_connection(label)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                row = conn.execute(
-                    "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS got", (VM_LOCK_CLASS, name)
-                ).fetchone()
-                if row and row["got"]:
-                    break
-                if time.monotonic() >= deadline:
-                    raise Busy(self._busy_message(conn, name, operation, timeout))
-                time.sleep(POLL_S)
+            take_lock(
+                conn,
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS got",
+                (VM_LOCK_CLASS, name),
+                timeout,
+                lambda: self._busy_message(conn, name, operation, timeout),
+            )
             yield
         finally:
             conn.close()  # ends the session: the lock goes with it
