@@ -1,7 +1,8 @@
 """VMs on Ceph RBD, on the lab's real cluster: two VMs cloned from the same base on two nodes
 (node2 and node3 share the pool) both boot; one gets a file on its data disk and a snapshot, and
-moves to the other node while it runs (the file, the snapshot and SSH are there after, at the
-new node's address; PostgreSQL and Redis say the new node; nothing is left on the old one); the
+moves to the other node while it runs, as a job whose worker is killed half-way (the file, the
+snapshot and SSH are there after, at the new node's address; PostgreSQL and Redis say the new
+node; nothing is left on the old one; reconcile is clean); the
 other's move fails because its target lacks the Ceph secret, and it keeps running where it was;
 deleting both leaves no image, snapshot or clone of theirs in the pool and no secret but the
 node's own. Four boots, two of them at once."""
@@ -9,14 +10,19 @@ node's own. Four boots, two of them at once."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import leftovers, rbd, rbd_images, run_vmctl
+from tests.conftest import eventually, leftovers, rbd, rbd_images, run_vmctl
+from tests.e2e.test_jobs import VMCTL, Worker, job_row
 
 pytestmark = pytest.mark.e2e
 
@@ -106,14 +112,50 @@ def test_two_clones_of_one_base_boot_on_two_nodes(
     assert "before-move" in rbd("snap", "ls", f"vms/vmctl.{A}.data")
 
 
-def test_a_running_vm_moves_with_its_disks_and_address(
+def test_a_running_vm_moves_with_its_disks_and_address_through_a_killed_worker(
     lab: dict,  # type: ignore[type-arg]
     vmctl_env: dict[str, str],
     vms: dict[str, dict[str, Any]],
+    tmp_path: Path,
 ) -> None:
-    env = vmctl_env
+    """As a job (`move --queue`) whose worker is killed once the move has taken room on node3:
+    the other worker runs the job again, which ends the dead move (undone on node3; the VM had
+    not been shut down) and moves it."""
+    env = {**vmctl_env, "VMCTL_JOB_QUEUE": "rbd-e2e"}  # a queue of this test's own
     old_ip = _show(env, A)["ip"]
-    moved = json.loads(_ok(env, "move", A, "--to", "node3", "--wait", "-o", "json"))
+    workers = [Worker(env, f"rbd-e2e-w{i}", tmp_path / f"w{i}.log") for i in (1, 2)]
+    client = subprocess.Popen(
+        [VMCTL, "move", A, "--to", "node3", "--queue", "--wait", "-o", "json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for w in workers:
+            eventually(f"{w.name} working", lambda w=w: w.said("msg=working"))
+        assert client.stderr is not None
+        line = client.stderr.readline()
+        job_id = int(line.split("queued as job ")[1].split(";")[0])
+        taker = eventually("a worker takes the job", lambda: job_row(env, job_id)["worker"])
+        dead = next(w for w in workers if w.name == taker)
+        deadline = time.monotonic() + 120
+        while not dead.said(f"{A}: room taken on node3"):  # then it defines it on node3
+            assert time.monotonic() < deadline, "the move never took room on node3"
+            time.sleep(0.05)
+        os.kill(dead.proc.pid, signal.SIGKILL)
+        dead.proc.wait()
+        out, err = client.communicate(timeout=900)
+        assert client.returncode == 0, err
+    finally:
+        if client.poll() is None:
+            client.kill()
+        for w in workers:
+            w.stop()
+    job = job_row(env, job_id)
+    assert (job["state"], job["attempts"], job["kind"]) == ("succeeded", 2, "move"), job
+    moved = json.loads(out)
     assert moved["node"] == "node3" and moved["state"] == "running"
     assert moved["ip"] != old_ip and moved["ip"].startswith("10.213.13.")
     assert _inside(env, A, "cat /dataxfs/moved.txt").strip() == "written-on-node2"
@@ -129,7 +171,11 @@ def test_a_running_vm_moves_with_its_disks_and_address(
     events = json.loads(_ok(env, "events", A, "-o", "json"))
     moves = [(e["result"], e["node"]) for e in events if e["action"] == "move"]
     assert moves[0] == ("started", "node2") and moves[-1] == ("ok", "node3")
+    ended = [e["detail"].get("ended") for e in events if e["action"] == "move"]
+    assert "back" in ended  # the dead attempt's move, ended (undone on node3) first
     assert [r for r, _ in moves].count("step") >= 5
+    report = json.loads(_ok(env, "reconcile", "-o", "json"))
+    assert [d for d in report["drift"] if d.get("vm") == A] == []
 
 
 def test_a_move_the_target_cannot_start_leaves_the_vm_running_where_it_was(

@@ -18,7 +18,15 @@ from vmctl.core.idempotency import KeptAnswer
 from vmctl.core.images import ImageRecord
 from vmctl.core.inventory import AddressPool, Inventory
 from vmctl.core.nodecmd import Disks, Reservation
-from vmctl.core.records import IpChange, NewVm, NodeUsage, VmRecord, WatchChanges, WatchTarget
+from vmctl.core.records import (
+    RESULTS,
+    IpChange,
+    NewVm,
+    NodeUsage,
+    VmRecord,
+    WatchChanges,
+    WatchTarget,
+)
 from vmctl.services.ports import CloudInit, Subscription
 from vmctl.services.ports.storage import PoolSpace
 from vmctl.services.vms import VmService
@@ -316,6 +324,8 @@ class FakeStore(Failing, ChangesByComparison):
         self, vm: str | None, node: str | None, action: str, result: str, detail: dict[str, Any]
     ) -> int:
         self._call(f"add_event:{result}")
+        if result not in RESULTS:  # as the real store (and the events table's CHECK)
+            raise ValueError(f"unknown event result {result!r}")
         self.logged.append((vm, node, action, result, detail))
         return len(self.logged)
 

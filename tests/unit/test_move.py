@@ -4,8 +4,10 @@ the services with fakes (the real thing: tests/e2e/test_rbd.py)."""
 import pytest
 
 from tests.unit.fakes import FakeStorage, World, world
+from tests.unit.test_jobs import jobs_of, run_next
 from vmctl.core.errors import CapacityError, InvalidInput, RemoteCommandFailed, WrongState
 from vmctl.core.requests import CreateRequest
+from vmctl.services import move as move_service
 
 GiB = 2**30
 
@@ -102,3 +104,159 @@ def test_a_pool_whose_room_is_unknown_takes_no_new_disk() -> None:
     with pytest.raises(CapacityError, match="room unknown"):
         w.svc.create(CreateRequest("web-1", node="kvm1"))
     assert w.store.list() == []
+
+
+class Killed(BaseException):
+    """The moving process dies here (kill -9): nothing after this runs, no undo."""
+
+
+def killed_at(monkeypatch: pytest.MonkeyPatch, w: World, node: str, call: str) -> None:
+    """The next move dies at ``node``'s ``call`` without undoing anything."""
+    monkeypatch.setattr(move_service._Move, "undo", lambda *a, **k: None)
+    w.nodes[node].fail_at[call] = Killed()
+
+
+def survived(monkeypatch: pytest.MonkeyPatch, w: World) -> None:
+    monkeypatch.undo()
+    for hv in w.nodes.values():
+        hv.fail_at.clear()
+
+
+def test_a_move_that_died_before_the_target_started_it_is_undone_and_the_vm_started_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = shared_world()
+    w.svc.create(CreateRequest("web-1", node="kvm1"))
+    src, dst = w.nodes["kvm1"], w.nodes["kvm2"]
+    killed_at(monkeypatch, w, "kvm2", "start")  # defined there, shut down here: then killed
+    with pytest.raises(Killed):
+        w.svc.move("web-1", "kvm2")
+    assert w.store.get("web-1").move_node == "kvm2" and src.states["web-1"] == "shut off"
+    survived(monkeypatch, w)
+    vm = move_service.recover(w.svc, "web-1")  # what `vmctl reconcile --fix` does
+    assert vm is not None and vm.node == "kvm1" and vm.move_node is None
+    assert src.states["web-1"] == "running"  # it ran before the move: running again
+    assert "web-1" not in dst.defined and dst.kept_disks == ["web-1"]
+    assert any(d.get("ended") == "back" for *_, d in w.store.logged)
+    assert move_service.recover(w.svc, "web-1") is None  # nothing left to end
+
+
+def test_a_move_that_died_before_anything_moved_is_undone_then_done_by_the_next_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = shared_world()
+    w.svc.create(CreateRequest("web-1", node="kvm1"))
+    w.svc.stop("web-1", 1)
+    killed_at(monkeypatch, w, "kvm2", "adopt")  # room taken on kvm2, nothing there yet
+    with pytest.raises(Killed):
+        w.svc.move("web-1", "kvm2")
+    survived(monkeypatch, w)
+    moved = w.svc.move("web-1", "kvm2")  # the next move ends the dead one, then moves
+    assert moved.node == "kvm2" and moved.move_node is None
+    assert "web-1" not in w.nodes["kvm1"].defined and "web-1" in w.nodes["kvm2"].defined
+    events = w.store.events_of("web-1")
+    assert events[-1] == ("move", "ok")
+    assert [d["ended"] for *_, d in w.store.logged if "ended" in d] == ["back"]
+
+
+def test_a_move_that_died_after_the_target_started_it_goes_forward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = shared_world()
+    w.svc.create(CreateRequest("web-1", node="kvm1"))
+    src, dst = w.nodes["kvm1"], w.nodes["kvm2"]
+    killed_at(monkeypatch, w, "kvm1", "delete")  # runs on kvm2, still defined on kvm1
+    with pytest.raises(Killed):
+        w.svc.move("web-1", "kvm2")
+    assert w.store.get("web-1").node == "kvm1" and dst.states["web-1"] == "running"
+    survived(monkeypatch, w)
+    dst.calls.clear()
+    moved = w.svc.move("web-1", "kvm2")  # asked again: the earlier one ends, nothing more
+    assert moved.node == "kvm2" and moved.move_node is None and moved.state == "running"
+    assert "web-1" not in src.defined and src.kept_disks == ["web-1"]
+    assert [c for c in dst.calls if c != "state"] == []  # not defined or started twice
+    assert w.cache.get_node("web-1") == "kvm2"
+
+
+def test_a_dead_move_with_the_vm_running_on_both_nodes_is_left_for_the_operator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = shared_world()
+    w.svc.create(CreateRequest("web-1", node="kvm1"))
+    killed_at(monkeypatch, w, "kvm1", "delete")
+    with pytest.raises(Killed):
+        w.svc.move("web-1", "kvm2")
+    survived(monkeypatch, w)
+    w.nodes["kvm1"].states["web-1"] = "running"  # someone started it there again
+    with pytest.raises(WrongState, match="running on kvm1 and running on kvm2"):
+        w.svc.move("web-1", "kvm2")
+    assert w.store.get("web-1").move_node == "kvm2"  # untouched
+
+
+def test_a_move_job_whose_worker_died_is_finished_by_the_next_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = shared_world()
+    w.svc.create(CreateRequest("web-1", node="kvm1"))
+    jobs, queue = jobs_of(w)
+    with pytest.raises(InvalidInput, match="on node kvm1 already"):
+        jobs.submit_move("web-1", "kvm1")
+    with pytest.raises(WrongState):
+        w.nodes["kvm1"].storage = FakeStorage()  # local disks: refused before queueing
+        jobs.submit_move("web-1", "kvm2")
+    w.nodes["kvm1"].storage = FakeStorage(shared="vms@mon")
+    assert queue.queued == []
+    job_id = jobs.submit_move("web-1", "kvm2", timeout=5)
+    killed_at(monkeypatch, w, "kvm1", "delete")
+    with pytest.raises(Killed):
+        run_next(jobs, queue, "w1")
+    survived(monkeypatch, w)
+    assert run_next(jobs, queue, "w2") == {"name": "web-1", "node": "kvm2", "state": "running"}
+    assert queue.jobs[job_id].attempts == 2 and queue.jobs[job_id].state == "succeeded"
+    # and once more (the second worker died before the queue heard it): still done, no error
+    assert run_next(jobs, queue, "w3")["node"] == "kvm2"
+    assert jobs.outcome(queue.jobs[job_id]) == w.store.get("web-1")
+
+
+def test_a_vm_shut_off_moves_shut_off() -> None:
+    w = shared_world()
+    w.svc.create(CreateRequest("web-1", node="kvm1"))
+    w.svc.stop("web-1", 1)
+    moved = w.svc.move("web-1", "kvm2")
+    assert moved.node == "kvm2" and moved.state == "stopped"
+    assert "start" not in w.nodes["kvm2"].calls and w.nodes["kvm2"].states["web-1"] == "shut off"
+
+
+def test_a_dead_move_of_a_vm_shut_off_whose_old_part_was_removed_goes_forward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = shared_world()
+    w.svc.create(CreateRequest("web-1", node="kvm1"))
+    w.svc.stop("web-1", 1)
+    monkeypatch.setattr(w.store, "end_move", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        w.svc.move("web-1", "kvm2")  # removed from kvm1, then died before the record followed
+    monkeypatch.undo()
+    assert "web-1" not in w.nodes["kvm1"].defined and w.store.get("web-1").node == "kvm1"
+    vm = move_service.recover(w.svc, "web-1")
+    assert vm is not None and vm.node == "kvm2" and vm.state == "stopped"
+    assert "web-1" in w.nodes["kvm2"].defined  # not undone: it is the only domain it has
+
+
+def test_reconcile_fix_ends_a_stuck_move(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmctl.core import drift as dr
+    from vmctl.services.reconcile import Reconciler
+
+    w = shared_world()
+    w.svc.create(CreateRequest("web-1", node="kvm1"))
+    killed_at(monkeypatch, w, "kvm1", "delete")
+    with pytest.raises(Killed):
+        w.svc.move("web-1", "kvm2")
+    survived(monkeypatch, w)
+    stuck = dr.Drift(dr.STUCK_MOVING, "kvm1", "web-1", "row web-1", "stuck", "end the move")
+    (action,) = Reconciler.of(w.svc).apply([stuck])
+    assert action.result == "fixed", action.detail
+    assert "forward: web-1 runs on kvm2" in action.detail
+    assert w.store.get("web-1").node == "kvm2" and "web-1" not in w.nodes["kvm1"].defined
+    (again,) = Reconciler.of(w.svc).apply([stuck])  # looked at again: not so any more
+    assert again.result == "skipped"

@@ -251,6 +251,25 @@ def test_stuck_rows_only_when_no_process_holds_them() -> None:
     assert kinds(found) == {(dr.STUCK_CREATING, "new"), (dr.STUCK_DELETING, "old")}
 
 
+def test_a_move_is_one_stuck_row_once_no_process_holds_it_and_its_part_there_is_no_orphan() -> None:
+    mac = "52:54:00:aa:00:07"
+    moving = row("mv-1", node="kvm2", move_node="kvm1", move_ip="10.9.1.50", mac=mac)
+    target = sv.NodeSurvey(  # kvm1, where it goes: the domain, its directory and reservation
+        "kvm1",
+        domains=(dom(moving, "shut off"),),
+        dirs=(vmdir("mv-1", record_id=moving.id),),
+        hosts=(sv.Host("config", mac, "mv-1", "10.9.1.50"),),
+    )
+    source = sv.NodeSurvey("kvm2", domains=(dom(moving, "shut off"),))
+    pools = {"kvm1": POOL, "kvm2": POOL}
+    both = rc.compare([moving], [target, source], {}, OURS, set(), pools=pools)
+    assert both == []  # at work: neither its part on kvm1 nor its shut-off state on kvm2
+    stuck = rc.compare([moving], [target, source], {}, OURS, {"mv-1"}, pools=pools)
+    assert kinds(stuck) == {(dr.STUCK_MOVING, "mv-1")}
+    (d,) = stuck
+    assert d.node == "kvm2" and d.fix is not None and "forward if it runs on kvm1" in d.fix
+
+
 def test_rows_on_a_node_not_surveyed_are_not_judged() -> None:
     assert rc.compare([row("web-1", node="kvm2")], [sv.NodeSurvey("kvm1")], {}, OURS, set()) == []
 

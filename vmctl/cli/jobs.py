@@ -1,5 +1,5 @@
-"""Durable jobs from the command line: `create --queue`, `delete --queue` (queue, then wait
-for the job and print what the in-process command prints) and `vmctl job show|wait ID`."""
+"""Durable jobs from the command line: `create|delete|start|stop|reboot|move --queue` (queue,
+then wait for the job and print what the in-process command prints) and `vmctl job show|wait ID`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from vmctl.cli.output import emit
 from vmctl.core.errors import VmctlError
 
 if TYPE_CHECKING:
+    from vmctl.core.records import VmRecord
     from vmctl.core.requests import CreateRequest
     from vmctl.services.batch import Outcome
     from vmctl.services.jobs import JobService
@@ -98,6 +99,15 @@ def lifecycle_queued(
         jobs.run_and_wait(job_id)
 
     return act
+
+
+def move_queued(svc: VmService, name: str, to: str, timeout: float) -> VmRecord:
+    jobs = _jobs(svc)
+    job_id = jobs.submit_move(name, to, timeout)
+    progress(f"{name}: queued as job {job_id}; {jobs.waiting_for()}")
+    vm = jobs.run_and_wait(job_id)
+    assert vm is not None
+    return vm
 
 
 JobArg = Annotated[int, typer.Argument(help="The job's id.")]

@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from vmctl.cli.complete import vm_names
-from vmctl.cli.options import Format, LockTimeoutOpt, output_options, progress, vm_service
+from vmctl.cli.options import (
+    Format,
+    LockTimeoutOpt,
+    QueueOpt,
+    output_options,
+    progress,
+    queued,
+    vm_service,
+)
 from vmctl.cli.output import SHOW_COLUMNS, emit, record
 from vmctl.core import validation
 from vmctl.core.errors import ExitStatus
@@ -31,15 +39,21 @@ def move(
         bool, typer.Option("--wait", help="Then wait for its new address and SSH.")
     ] = False,
     lock_timeout: LockTimeoutOpt = None,
+    queue: QueueOpt = None,
     *,
     fmt: Format,
 ) -> None:
     """Move a VM whose disks are in shared storage (RBD) to another node that shares it: shut
     down, start there on the same disks, new address from that node's network. A failure leaves
-    it running where it was."""
+    it running where it was; a move that died half-way is ended first."""
     validation.seconds("timeout", timeout)
     svc = vm_service(lock_timeout=lock_timeout)
-    moved = svc.move(name, to, timeout)
+    if queued(queue):
+        from vmctl.cli.jobs import move_queued
+
+        moved = move_queued(svc, name, to, timeout)
+    else:
+        moved = svc.move(name, to, timeout)
     progress(f"{moved.name}: moved to {moved.node}")
     if wait:
         moved = svc.wait(moved.name, timeout=600, until="ssh")

@@ -21,11 +21,13 @@ SNAPSHOT_WITHOUT_ROW = "snapshot-without-row"  # on a disk, not recorded: report
 ROW_WITHOUT_SNAPSHOT = "row-without-snapshot"  # recorded, missing from a disk: reported only
 STUCK_CREATING = "stuck-creating"
 STUCK_DELETING = "stuck-deleting"
+STUCK_MOVING = "stuck-moving"  # a move began, its process died: move_node is set
 FOREIGN = "foreign"  # information only: not vmctl's, never touched
 
 KINDS = (
     STUCK_CREATING,
     STUCK_DELETING,
+    STUCK_MOVING,
     DOMAIN_WITHOUT_ROW,
     ORPHAN_DIR,
     ORPHAN_IMAGE,

@@ -11,7 +11,7 @@ from typing import Any
 from vmctl.core import errors
 from vmctl.core.errors import ExitStatus, VmctlError
 
-KINDS = ("create", "delete", "start", "stop", "reboot")
+KINDS = ("create", "delete", "start", "stop", "reboot", "move")
 STATES = ("queued", "running", "succeeded", "failed")
 
 

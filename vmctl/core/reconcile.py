@@ -54,11 +54,11 @@ def compare(
     """Every difference between PostgreSQL (``rows``), the nodes surveyed and Redis
     (``cache_keys``: key -> the node it names), plus ``foreign`` information.
 
-    ``locked_free``: the ``creating``/``deleting`` rows whose lock was free (no process works on
-    them: they are stuck). ``pools``: each node's vmctl address range (managed networks);
-    ``storage``: each node's storage directory (for messages); ``snapshots``: the snapshot
-    names PostgreSQL records, of the VMs whose snapshots are to be compared. Rows on nodes not
-    surveyed are not judged."""
+    ``locked_free``: the ``creating``/``deleting`` rows, and those with a move begun, whose lock
+    was free (no process works on them: they are stuck). ``pools``: each node's vmctl address
+    range (managed networks); ``storage``: each node's storage directory (for messages);
+    ``snapshots``: the snapshot names PostgreSQL records, of the VMs whose snapshots are to be
+    compared. Rows on nodes not surveyed are not judged."""
     rows = list(rows)
     pools = pools or {}
     storage = storage or {}
@@ -95,6 +95,8 @@ def _compare_node(
     node = s.node
     where = storage.get(node, "the storage directory")
     here = {r.name: r for r in rows if r.node == node}
+    # a move's part here (under way, or stuck: reported with its row on the node it leaves)
+    arriving = {r.name: r for r in rows if r.move_node == node and r.node != node}
     domains = {d.name: d for d in s.domains}
     drift: list[dr.Drift] = []
 
@@ -102,6 +104,18 @@ def _compare_node(
         drift.append(dr.Drift(kind, node, vm, subject, detail, fix))
 
     for r in here.values():
+        if r.move_node is not None:  # a move at work (its state in flux), or stuck
+            if r.name not in locked_free:
+                continue
+            add(
+                dr.STUCK_MOVING,
+                r.name,
+                f"row {r.name}",
+                f"a move to {r.move_node} began and no vmctl process holds it",
+                f"end the move: forward if it runs on {r.move_node}, else undo it there (and "
+                "start it again here if the move shut it down)",
+            )
+            continue
         if r.state in ("creating", "deleting"):
             if r.name in locked_free:
                 kind = dr.STUCK_CREATING if r.state == "creating" else dr.STUCK_DELETING
@@ -160,6 +174,8 @@ def _compare_node(
                 add(dr.FOREIGN, None, f"domain {dom.name}", f"{whose}; left alone")
             continue
         assert dom.mark is not None
+        if row is None and dom.name in arriving:
+            continue
         if row is None:
             elsewhere = next((r for r in rows if r.name == dom.name), None)
             note = f" ({dom.name} is recorded on {elsewhere.node})" if elsewhere else ""
@@ -189,7 +205,7 @@ def _compare_node(
                 }.get(d.marker, f"marked by installation {d.installation}")
                 add(dr.FOREIGN, None, f"{where}/{d.name}", f"directory with {whose}; left alone")
             continue
-        if d.name in here or d.name in domains:
+        if d.name in here or d.name in domains or d.name in arriving:
             continue  # the row's, or the domain's (domain-without-row removes it with it)
         drift.append(
             dr.Drift(
@@ -224,8 +240,9 @@ def _compare_node(
             )
         )
 
-    macs = {r.mac.lower() for r in here.values()}
+    macs = {r.mac.lower() for r in (*here.values(), *arriving.values())}
     ips = {ip for r in here.values() for ip in (r.reserved_ip, r.ip) if ip}
+    ips |= {r.move_ip for r in arriving.values() if r.move_ip}
     seen: dict[tuple[str, str, str], list[str]] = {}
     for h in s.hosts:
         seen.setdefault((h.mac, h.ip, h.name), []).append(h.scope)

@@ -1,11 +1,12 @@
-"""Durable jobs (docs/architecture.md, "Durable jobs"): creates and deletes queued in PostgreSQL
-and run by `vmctl worker`, any of several.
+"""Durable jobs (docs/architecture.md, "Durable jobs"): creates, deletes, starts, stops, reboots
+and moves queued in PostgreSQL and run by `vmctl worker`, any of several.
 
 ``submit_*`` checks the request first (bad input is refused at once, nothing queued) and queues
 it; ``wait`` polls the job until it is done; ``run`` is the worker's side: it records the attempt,
-runs the operation (the create as ``create.create_job``: safe to run again after a worker died
-mid-way) and records the outcome. A failed job's error comes back to the waiter as the same typed
-error the operation raised (``vmctl.core.jobs.error_of``): the same exit code, the same HTTP status.
+runs the operation (each is safe to run again after a worker died mid-way: the create as
+``create.create_job``, a move through ``move.move``, which first ends a move that died) and
+records the outcome. A failed job's error comes back to the waiter as the same typed error the
+operation raised (``vmctl.core.jobs.error_of``): the same exit code, the same HTTP status.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ class JobService:
         args = {"name": vm.name, "timeout": timeout, "force": force}
         return self.queue.enqueue(kind, vm.name, args, project=vm.project, actor=self.vms.actor)
 
+    def submit_move(self, name: str, to: str, timeout: float = 120.0) -> int:
+        """Queue a move (safe to run again: a move that died half-way is ended first, see
+        vmctl.services.move)."""
+        from vmctl.services import move
+
+        validation.seconds("timeout", timeout)
+        vm = self.vms.get(validation.name(name))  # NotFound: nothing is queued
+        target = move.target_of(self.vms, to)  # InvalidInput: nothing is queued
+        source = self.vms.inventory.node(vm.node)
+        move.check_movable(self.vms, vm, source, target)  # WrongState, InvalidInput
+        args = {"name": vm.name, "to": target.name, "timeout": timeout}
+        return self.queue.enqueue("move", vm.name, args, project=vm.project, actor=self.vms.actor)
+
     def waiting_for(self) -> str:
         """What a caller waits for, in words: a worker, or none running now."""
         n = self.queue.live_workers(LIVE_S)
@@ -138,7 +152,7 @@ class JobService:
     def _run(
         self, svc: VmService, kind: str, args: Mapping[str, Any], retry: bool
     ) -> dict[str, Any]:
-        from vmctl.services import create, delete
+        from vmctl.services import create, delete, move
 
         if kind == "create":
             fields = {f.name for f in dataclasses.fields(CreateRequest)}
@@ -163,6 +177,15 @@ class JobService:
             else:
                 vm = svc.reboot(name, force)
             return {"name": vm.name, "state": vm.state}
+        if kind == "move":
+            name, to = str(args["name"]), str(args["to"])
+            if retry:  # an earlier attempt may have ended the move before its worker died
+                vm = svc.get(name)
+                if vm.node == to and vm.move_node is None:
+                    svc.progress(f"{name}: moved to {to} by an earlier attempt of this job")
+                    return {"name": vm.name, "node": vm.node, "state": vm.state}
+            vm = move.move(svc, name, to, float(args.get("timeout", 120.0)))
+            return {"name": vm.name, "node": vm.node, "state": vm.state}
         raise ValueError(f"unknown job kind {kind!r}")
 
 

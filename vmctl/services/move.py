@@ -3,10 +3,17 @@ and draining a node of such VMs.
 
 A move is cold: take room and an address on the target (PostgreSQL, under the claim lock),
 define the domain there on the same disks (stopped), shut the VM down where it is, start it on
-the target, then remove it from the old node (domain, local files, DHCP reservation; never the
-disks) and record the new node and address (the watcher confirms the address). Until the VM runs
+the target (a VM that was shut off stays so), then remove it from the old node (domain, local
+files, DHCP reservation; never the disks) and record the new node and address (the watcher
+confirms the address). Until the VM runs
 on the target, any failure undoes what the move did there and starts the VM again where it was:
 it keeps running on its old node. Every step is an event (``move`` with result ``step``).
+
+A move whose process died half-way (kill -9, a lost manager, a worker's job run again) leaves
+``move_node`` on the row. The next move of that VM (or ``vmctl reconcile --fix``) first ends it,
+by what the nodes show (``recover``): the VM runs on the target, so the move goes forward (removed
+from the old node, the record follows); else what it made on the target is undone and the VM is
+started again where it was if the move had shut it down. A move is thus safe to run again.
 """
 
 from __future__ import annotations
@@ -59,12 +66,69 @@ def check_movable(svc: VmService, vm: VmRecord, source: Node, target: Node | Non
 def move(svc: VmService, name: str, to: str, timeout: float = 120.0) -> VmRecord:
     """Move VM ``name`` to node ``to`` (see the module); the VM's record as it is after."""
     validation.seconds("timeout", timeout)
+    target = target_of(svc, to)
+    with svc.locked(validation.name(name), "move"):
+        ended = recover_locked(svc, name, timeout)
+        if ended is not None and ended.node == target.name:
+            return ended  # an earlier move there, which died half-way, is now done
+        return _Move(svc, name, target, timeout).run()
+
+
+def target_of(svc: VmService, to: str) -> Node:
+    """The node named ``to``; InvalidInput naming ``to`` if the inventory has none."""
     try:
-        target = svc.inventory.node(to)
+        return svc.inventory.node(to)
     except VmctlError as exc:
         raise InvalidInput("to", str(exc)) from exc
+
+
+def recover(svc: VmService, name: str, timeout: float = 120.0) -> VmRecord | None:
+    """End a move of VM ``name`` that died half-way (see the module): the record after it went
+    forward or was undone; None if no move of it was under way."""
     with svc.locked(validation.name(name), "move"):
-        return _Move(svc, name, target, timeout).run()
+        return recover_locked(svc, name, timeout)
+
+
+def recover_locked(svc: VmService, name: str, timeout: float = 120.0) -> VmRecord | None:
+    """``recover`` for a caller that holds the VM's lock (so no live process works on it)."""
+    vm = svc.get(name)
+    if vm.move_node is None:
+        return None
+    source, target = svc.inventory.node(vm.node), svc.inventory.node(vm.move_node)
+    src, dst = svc.connect(source), svc.connect(target)
+    m = _Move(svc, vm.name, target, timeout, node=source.name)
+    here, there = src.state(vm.name), dst.state(vm.name)
+    # Forward when it runs on the target, or when the old node's part is gone already (a VM
+    # moved shut off, whose move died after removing it there): the target's is all there is.
+    if RECORDED.get(there or "") == "running" or (here is None and there is not None):
+        if here not in (None, "shut off"):
+            raise WrongState(
+                f"{vm.name}: a move from {source.name} to {target.name} died half-way and the VM "
+                f"is {here} on {source.name} and {there} on {target.name}, on the same disks: "
+                f"stop it on one of them (`virsh destroy` there), then run the move again"
+            )
+        m.step(
+            f"an earlier move to {target.name} died after it moved there: going forward",
+            ended="forward",
+            **{"from": source.name, "to": target.name},
+        )
+        return m.finish(vm, source, src, dst)
+    was = _was(svc, vm.name)
+    m.step(
+        f"an earlier move to {target.name} died before starting it there: undoing it",
+        ended="back",
+        **{"from": source.name, "to": target.name},
+    )
+    m.undo(vm, source, src, dst, defined=True, stopped=(was == "running" and here == "shut off"))
+    return svc.get(vm.name)
+
+
+def _was(svc: VmService, name: str) -> str | None:
+    """The VM's state when its last move began (from that move's ``started`` event)."""
+    for e in reversed(svc.store.events(vm=name, limit=200)):
+        if e["action"] == "move" and e["result"] == "started":
+            return str(e["detail"].get("was"))
+    return None
 
 
 @dataclass
@@ -152,12 +216,18 @@ class _Move:
                 self._shut_down(src, source)
                 stopped = True
                 self.step(f"shut down on {source.name}")
-            dst.start(vm.name)
-            self.step(f"started on {target.name}")
+                dst.start(vm.name)  # a VM shut off stays so: it is only defined there
+                self.step(f"started on {target.name}")
         except BaseException as exc:
-            self._undo(vm, source, src, dst, defined, stopped, exc)
+            svc.progress(f"{self.name}: move failed ({exc or type(exc).__name__}); undoing it")
+            self.undo(vm, source, src, dst, defined, stopped)
             raise
-        # It runs on the target: from here on the move goes forward.
+        return self.finish(vm, source, src, dst)
+
+    def finish(self, vm: VmRecord, source: Node, src: Hypervisor, dst: Hypervisor) -> VmRecord:
+        """It runs on the target: the move goes forward (the old node's part removed, the
+        record moved)."""
+        svc, target = self.svc, self.target
         try:
             remove_from_node(src, source, vm, svc.store.installation_id(), keep_disks=True)
             self.step(f"removed from {source.name} (domain, local files, reservation; disks kept)")
@@ -183,7 +253,7 @@ class _Move:
                 )
             time.sleep(POLL_S)
 
-    def _undo(
+    def undo(
         self,
         vm: VmRecord,
         source: Node,
@@ -191,12 +261,10 @@ class _Move:
         dst: Hypervisor,
         defined: bool,
         stopped: bool,
-        cause: BaseException,
     ) -> None:
         """Back to where the move began: nothing of it on the target, the VM running on its
         node if it was, the room and address on the target given back."""
         svc = self.svc
-        svc.progress(f"{self.name}: move failed ({cause or type(cause).__name__}); undoing it")
         if defined:
             try:
                 if dst.state(vm.name) not in (None, "shut off"):

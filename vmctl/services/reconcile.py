@@ -86,7 +86,9 @@ class Reconciler:
         connect: Connect,
         progress: Callable[[str], None] = lambda _m: None,
         actor: str | None = None,
+        end_move: Callable[[str], VmRecord | None] | None = None,
     ) -> None:
+        self.end_move = end_move  # ends a move that died (vmctl.services.move.recover_locked)
         self.inventory = inventory
         self.store = store
         self.cache = cache
@@ -96,7 +98,17 @@ class Reconciler:
 
     @classmethod
     def of(cls, svc: VmService) -> Reconciler:
-        return cls(svc.inventory, svc.store, svc.cache, svc.connect, svc.progress, svc.actor)
+        from vmctl.services import move
+
+        return cls(
+            svc.inventory,
+            svc.store,
+            svc.cache,
+            svc.connect,
+            svc.progress,
+            svc.actor,
+            end_move=lambda name: move.recover_locked(svc, name),
+        )
 
     # -- looking -----------------------------------------------------------------------------
 
@@ -112,7 +124,12 @@ class Reconciler:
         rows = self.store.list()  # after the surveys: what a create claimed meanwhile is here
         surveyed = {s.node for s in surveys}
         mine = [r for r in rows if r.node in surveyed]
-        free = {r.name for r in mine if r.state in ("creating", "deleting") and self._free(r.name)}
+        free = {
+            r.name
+            for r in mine
+            if (r.state in ("creating", "deleting") or r.move_node is not None)
+            and self._free(r.name)
+        }
         names = self.store.snapshot_names()  # one query, not one per VM
         recorded = {
             r.name: names.get(r.name, []) for r in mine if r.state in ("running", "stopped")
@@ -213,6 +230,18 @@ class Reconciler:
         except NotFound:
             return None
 
+    def _end_move(self, name: str, node: Node) -> str:
+        row = self._row(name)
+        if row is None or row.move_node is None or row.node != node.name:
+            raise _Gone(f"no move of {name} from {node.name} is under way")
+        if self.end_move is None:
+            raise _Gone("this reconciler cannot end moves")
+        after = self.end_move(name)
+        assert after is not None
+        if after.node == row.move_node:
+            return f"ended the move forward: {name} runs on {after.node}, recorded there"
+        return f"undid the move to {row.move_node}: {name} is {after.state} on {after.node}"
+
     def _repair(self, item: dr.Drift) -> str:
         """Look again, then repair; what was done. _Gone when it is not so any more."""
         name = item.vm or ""
@@ -240,6 +269,8 @@ class Reconciler:
             self.store.delete(name)
             verb = "rolled back the create" if state == "creating" else "finished the delete"
             return f"{verb}: removed {name} from {node.name}, forgot its cache key, deleted its row"
+        if item.kind == dr.STUCK_MOVING:
+            return self._end_move(name, node)
         if item.kind in (dr.DOMAIN_WITHOUT_ROW, dr.ORPHAN_DIR):
             row = self._row(name)
             if row is not None and row.node == node.name:
