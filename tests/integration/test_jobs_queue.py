@@ -120,3 +120,48 @@ def test_a_worker_runs_again_a_job_whose_worker_died(pg_url: str, queue: PgJobQu
     assert ran == [(job_id, "create", {"name": "web-2"}, "w-alive")]
     assert (job.state, job.attempts, job.worker) == ("succeeded", 2, "w-alive")
     assert not thread.is_alive()
+
+
+def test_jobs_done_long_ago_are_forgotten_and_the_others_kept(
+    pg_url: str, queue: PgJobQueue
+) -> None:
+    import asyncio
+
+    from procrastinate import App, PsycopgConnector
+
+    from vmctl.adapters.jobs import prune
+
+    old_done = queue.enqueue("create", "old-1", {"name": "old-1"})
+    recent = queue.enqueue("create", "new-1", {"name": "new-1"})
+    old_waiting = queue.enqueue("create", "old-2", {"name": "old-2"})
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for job_id in (old_done, recent):
+            conn.execute("UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %s", (job_id,))
+            conn.execute(
+                "UPDATE vmctl_jobs SET state = 'failed', finished_at = now() WHERE id = %s",
+                (job_id,),
+            )
+        ago = "now() - interval '200 hours'"
+        conn.execute(
+            f"UPDATE procrastinate_events SET at = {ago} WHERE job_id IN (%s, %s)",
+            (old_done, old_waiting),
+        )
+        conn.execute(
+            f"UPDATE vmctl_jobs SET finished_at = {ago}, created_at = {ago} WHERE id = %s",
+            (old_done,),
+        )
+        conn.execute(f"UPDATE vmctl_jobs SET created_at = {ago} WHERE id = %s", (old_waiting,))
+
+    async def run() -> int:
+        app = App(connector=PsycopgConnector(conninfo=pg_url))
+        connect = psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+        async with app.open_async(), await connect as conn:
+            return await prune(app, conn, "jobs-it", 168)
+
+    assert asyncio.run(run()) == 1
+    with pytest.raises(NotFound):
+        queue.get(old_done)
+    assert queue.get(recent).state == "failed" and queue.get(old_waiting).state == "queued"
+    with psycopg.connect(pg_url) as conn:
+        left = {r[0] for r in conn.execute("SELECT id FROM procrastinate_jobs").fetchall()}
+    assert left == {recent, old_waiting}  # the old one's gone; one still to run is kept

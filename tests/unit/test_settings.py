@@ -75,3 +75,10 @@ def test_the_job_settings(tmp_path: Path) -> None:
         settings.load(environ={"VMCTL_QUEUE": "maybe"}, config_file=none)
     with pytest.raises(ConfigError, match="worker_concurrency must be a number 1-64"):
         settings.load(environ={"VMCTL_WORKER_CONCURRENCY": "0"}, config_file=none)
+    assert default.job_keep_hours == 168
+    assert (
+        settings.load(environ={"VMCTL_JOB_KEEP_HOURS": "24"}, config_file=none).job_keep_hours == 24
+    )
+    for bad in ("0", "a week", "87601"):
+        with pytest.raises(ConfigError, match="job_keep_hours must be hours"):
+            settings.load(environ={"VMCTL_JOB_KEEP_HOURS": bad}, config_file=none)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -172,6 +173,35 @@ def _job(row: Mapping[str, Any], parse_times: bool = False) -> Job:
     )
 
 
+PRUNE_EVERY_S = 3600.0  # how often a worker deletes the records of jobs done long ago
+PRUNE_BATCH = 10_000  # at most this many vmctl_jobs rows per statement
+
+
+async def prune(app: App, conn: psycopg.AsyncConnection[Any], queue: str, keep_hours: int) -> int:
+    """Delete what is kept of the jobs that ended more than ``keep_hours`` ago: procrastinate's
+    rows of ``queue`` (succeeded, failed, cancelled or aborted) and vmctl_jobs rows (every
+    queue's); how many vmctl_jobs rows went."""
+    await app.job_manager.delete_old_jobs(
+        nb_hours=keep_hours,
+        queue=queue,
+        include_failed=True,
+        include_cancelled=True,
+        include_aborted=True,
+    )
+    gone = 0
+    while True:
+        cursor = await conn.execute(
+            """DELETE FROM vmctl_jobs WHERE id = ANY (ARRAY(
+                   SELECT id FROM vmctl_jobs
+                   WHERE finished_at < now() - make_interval(hours => %s)
+                   LIMIT %s))""",
+            (keep_hours, PRUNE_BATCH),
+        )
+        gone += cursor.rowcount
+        if cursor.rowcount < PRUNE_BATCH:
+            return gone
+
+
 def run_worker(
     url: str,
     handle: Handler,
@@ -181,12 +211,16 @@ def run_worker(
     concurrency: int,
     stalled_after: float,
     log: logging.Logger,
+    keep_hours: int = 168,
+    prune_every: float = PRUNE_EVERY_S,
     install_signal_handlers: bool = True,
     stop: threading.Event | None = None,
 ) -> None:
     """Run jobs until SIGTERM/SIGINT (a job under way is finished first, as procrastinate's
     graceful shutdown does); ``handle(job_id, kind, args, worker)`` runs one. Heartbeats every
     ``stalled_after / 5`` s; jobs of workers silent for ``stalled_after`` s are queued again.
+    Every ``prune_every`` s (one worker at a time), jobs done more than ``keep_hours`` ago are
+    forgotten (``prune``).
     ``stop`` (for a worker run in a thread, without signal handlers) ends it too."""
     db.check_url(url)
     app = _app(PsycopgConnector(conninfo=url, min_size=1, max_size=concurrency + 4))
@@ -205,6 +239,8 @@ def run_worker(
             raise
         log.info("job done", extra=fields(job=job_id, kind=kind, vm=args.get("name")))
         return dict(result)
+
+    pruned_at = [-prune_every]  # the first rescue prunes too
 
     async def rescue_once(conn: psycopg.AsyncConnection[Any]) -> None:
         # One worker at a time (an advisory lock): a job one worker queued again and another
@@ -227,6 +263,11 @@ def run_worker(
                         extra=fields(job=job.id, dead_worker=job.worker_id),
                     )
             await app.job_manager.prune_stalled_workers(stalled_after * 10)
+            if time.monotonic() >= pruned_at[0] + prune_every:
+                pruned_at[0] = time.monotonic()
+                gone = await prune(app, conn, queue, keep_hours)
+                if gone:
+                    log.info("old jobs forgotten", extra=fields(jobs=gone, hours=keep_hours))
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (RESCUE_KEY,))
 

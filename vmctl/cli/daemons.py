@@ -160,8 +160,10 @@ def worker(
     ] = None,
     log_format: Annotated[str, typer.Option(help="logfmt or json.")] = "logfmt",
 ) -> None:
-    """Run queued jobs (creates, deletes) until stopped (SIGTERM, Ctrl-C: the jobs under way
-    are finished first). Run several: a job of a worker that dies is run again by another."""
+    """Run queued jobs (creates, deletes, starts, stops, reboots, moves) until stopped
+    (SIGTERM, Ctrl-C: the jobs under way are finished first). Run several: a job of a worker
+    that dies is run again by another. Jobs done more than job_keep_hours ago (default 168)
+    are forgotten [VMCTL_JOB_KEEP_HOURS]."""
     import socket
 
     from vmctl import wiring

@@ -197,6 +197,7 @@ def run_worker(
         concurrency=concurrency,
         stalled_after=stalled_after,
         log=log,
+        keep_hours=settings.job_keep_hours,
     )
 
 

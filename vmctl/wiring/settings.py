@@ -31,6 +31,7 @@ class Settings:
     queue: bool = False  # `create`/`delete` queue a job for `vmctl worker` and wait for it
     worker_concurrency: int = 4  # jobs one `vmctl worker` runs at once
     job_queue: str = "vmctl"  # the queue jobs go to and workers take them from
+    job_keep_hours: int = 168  # a job done longer ago than this is forgotten (by the workers)
     # seconds a call rides out a lost PostgreSQL (a failover) before it is an outage; unset: 30
     # for a URL with several hosts (host=a,b), 0 (report at once) for one host
     failover_timeout: float | None = None
@@ -79,6 +80,14 @@ def _convert(name: str, value: object, source: str) -> object:
         if not 0 <= seconds <= 3600:
             raise ConfigError(f"{source}: failover_timeout must be seconds (0-3600), not {value!r}")
         return seconds
+    if name == "job_keep_hours":
+        try:
+            hours = int(str(value))
+        except ValueError:
+            hours = 0
+        if not 1 <= hours <= 87600:
+            raise ConfigError(f"{source}: job_keep_hours must be hours (1-87600), not {value!r}")
+        return hours
     if name in ("create_per_node", "worker_concurrency"):
         try:
             count = int(str(value))
