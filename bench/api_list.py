@@ -15,6 +15,13 @@ directory, a free loopback port). The lab's own Prometheus is paused (SIGSTOP) f
 so that "without" means no scrape at all, and resumed at the end.
 
     .venv/bin/python bench/api_list.py --vms 10000 --seconds 20 --rounds 6 --scrape-every 5
+
+With --vs-one-replica (issue 16: API req/s with 1 manager against 2), the rounds alternate
+between both replicas and one (the lab HAProxy's second server disabled through its admin
+socket); --limit N asks for pages of N VMs instead of the whole list.
+
+    .venv/bin/python bench/api_list.py --vms 10000 --limit 100 --seconds 15 --rounds 6 \
+        --vs-one-replica
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def run(clients: int, seconds: float, expect: int) -> dict[str, object]:
+def run(clients: int, seconds: float, expect: int, limit: int = 0) -> dict[str, object]:
     base, ca = os.environ["VMCTL_API_URL"], os.environ["VMCTL_API_CA"]
     headers = {"Authorization": f"Bearer {os.environ['VMCTL_API_TOKEN']}"}
     latencies: list[float] = []
@@ -75,19 +82,22 @@ def run(clients: int, seconds: float, expect: int) -> dict[str, object]:
     tls = ssl.create_default_context(cafile=ca)
     stop_at = time.monotonic() + seconds
 
-    def client() -> None:
-        with httpx.Client(base_url=base, verify=tls, headers=headers, timeout=60) as http:
+    def client(i: int) -> None:
+        # each client from an address of its own (127.0.1.i, loopback): HAProxy's rate limit
+        # is per source address (VMCTL_RATE_LIMIT per 10 s)
+        transport = httpx.HTTPTransport(verify=tls, local_address=f"127.0.1.{i + 1}")
+        with httpx.Client(base_url=base, transport=transport, headers=headers, timeout=60) as http:
             while time.monotonic() < stop_at:
                 started = time.perf_counter()
-                response = http.get("/api/v1/vm")
+                response = http.get("/api/v1/vm", params={"limit": limit} if limit else None)
                 took = time.perf_counter() - started
                 with lock:
-                    if response.status_code == 200 and len(response.json()) >= expect:
+                    if response.status_code == 200 and len(response.json()) >= (limit or expect):
                         latencies.append(took)
                     else:
                         errors.append(f"{response.status_code}")
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     began = time.monotonic()
     for t in threads:
         t.start()
@@ -100,6 +110,7 @@ def run(clients: int, seconds: float, expect: int) -> dict[str, object]:
         "requests": len(latencies),
         "errors": len(errors),
         "req_per_s": round(len(latencies) / elapsed, 1),
+        "error_statuses": sorted(set(errors)),
         "p50_ms": round(1000 * statistics.median(latencies), 1),
         "p99_ms": round(1000 * percentile(latencies, 99), 1),
         "max_ms": round(1000 * max(latencies), 1),
@@ -186,6 +197,15 @@ def main() -> None:
         metavar="S",
         help="alternate rounds without and with Prometheus scraping every S s",
     )
+    parser.add_argument(
+        "--vs-one-replica",
+        action="store_true",
+        help="alternate rounds with both replicas and with one (the second disabled in HAProxy "
+        "through its admin socket, enabled again at the end)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=0, help="ask for a page of this many VMs (?limit=N)"
+    )
     args = parser.parse_args()
     url = os.environ["VMCTL_DATABASE_URL"]
     empty(url)
@@ -202,8 +222,12 @@ def main() -> None:
         print(f"one response: {size / 1e6:.2f} MB", file=sys.stderr)
         if args.scrape_every:
             results = alternate(args)
+        elif args.vs_one_replica:
+            results = replicas_alternate(args)
         else:
-            results = [run(args.clients, args.seconds, args.vms) for _ in range(args.rounds)]
+            results = [
+                run(args.clients, args.seconds, args.vms, args.limit) for _ in range(args.rounds)
+            ]
     finally:
         empty(url)
     started = datetime.now().isoformat(timespec="seconds")
@@ -212,6 +236,8 @@ def main() -> None:
     }  # fmt: skip
     if args.scrape_every:
         report["summary"] = summary(results)
+    elif args.vs_one_replica:
+        report["summary"] = summary(results, ("two replicas", "one replica"))
     print(json.dumps(report))
 
 
@@ -228,9 +254,44 @@ def alternate(args: argparse.Namespace) -> list[dict[str, object]]:
     return results
 
 
-def summary(results: list[dict[str, object]]) -> dict[str, object]:
-    """Medians without and with scraping, and the median of each pair's ratio (with / without,
-    a round with scraping against the round before it: the host's drift cancels out)."""
+ADMIN_SOCKET = Path("/var/lib/vmctl-lab/api/admin.sock")  # the lab HAProxy's (level admin)
+
+
+def haproxy_admin(command: str) -> str:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(ADMIN_SOCKET))
+        sock.sendall(command.encode() + b"\n")
+        return b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+
+
+@contextlib.contextmanager
+def one_replica() -> Iterator[None]:
+    """The lab HAProxy sends nothing to its second replica (api/api2) meanwhile."""
+    haproxy_admin("disable server api/api2")
+    try:
+        yield
+    finally:
+        haproxy_admin("enable server api/api2")
+
+
+def replicas_alternate(args: argparse.Namespace) -> list[dict[str, object]]:
+    results = []
+    for i in range(args.rounds):
+        one = i % 2 == 1
+        with one_replica() if one else contextlib.nullcontext():
+            result = run(args.clients, args.seconds, args.vms, args.limit)
+        result["replicas"] = 1 if one else 2
+        print(json.dumps(result), file=sys.stderr)
+        results.append(result)
+    return results
+
+
+def summary(
+    results: list[dict[str, object]], labels: tuple[str, str] = ("without", "with")
+) -> dict[str, object]:
+    """Medians of the even rounds and of the odd ones (without and with scraping, say), and the
+    median of each pair's ratio (odd / even, a round against the round before it: the host's
+    drift cancels out)."""
     out: dict[str, object] = {}
     pairs = list(zip(results[0::2], results[1::2], strict=False))
     for key in ("req_per_s", "p50_ms", "p99_ms"):
@@ -238,8 +299,8 @@ def summary(results: list[dict[str, object]]) -> dict[str, object]:
         with_ = statistics.median(float(b[key]) for _, b in pairs)  # type: ignore[arg-type]
         ratios = [float(b[key]) / float(a[key]) for a, b in pairs]  # type: ignore[arg-type]
         out[key] = {
-            "without": without,
-            "with": with_,
+            labels[0]: without,
+            labels[1]: with_,
             "pair_ratios": [round(r, 3) for r in ratios],
             "median_ratio": round(statistics.median(ratios), 3),
         }
