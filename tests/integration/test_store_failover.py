@@ -9,6 +9,7 @@ answer reaches vmctl. The Patroni lab test (tests/e2e/test_patroni_failover.py) 
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator
 
@@ -16,11 +17,13 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from tests.conftest import eventually
 from tests.integration.pgproxy import PgProxy
 from tests.integration.test_store import _closed_port, _vm, lab_pg_url, pg_url  # noqa: F401
 from vmctl.adapters import db
 from vmctl.adapters.store import PgStore
-from vmctl.core.errors import StoreUnavailable
+from vmctl.adapters.store.locks import VM_LOCK_CLASS
+from vmctl.core.errors import Busy, StoreUnavailable
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +186,55 @@ def test_a_vms_lock_waits_out_an_outage_shorter_than_the_window(
         with store.vm_lock("locked", "test", timeout=0):
             took = time.monotonic() - started
     assert 1.5 < took < 8, took
+
+
+def _holder(url: str, name: str) -> str | None:
+    """The application_name of the session holding VM ``name``'s lock (None: nobody)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            """SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+               WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s
+                 AND l.objid = hashtext(%s)::oid AND l.objsubid = 2""",
+            (VM_LOCK_CLASS, name),
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def test_a_held_lock_whose_connection_is_lost_is_taken_again(
+    pg_url: str,  # noqa: F811
+    proxy: PgProxy,
+) -> None:
+    name = f"keeper-{secrets.token_hex(4)}"
+    with PgStore(_through(pg_url, proxy), failover_s=10, actor="holder@test") as store:
+        with store.vm_lock(name, "stop", 0):
+            assert (_holder(pg_url, name) or "").startswith(f"vmctl stop {name}")
+            proxy.refuse(2)  # the session ends: PostgreSQL lets the lock go
+            eventually("the lock let go", lambda: _holder(pg_url, name) is None, timeout=10)
+            eventually("the lock taken again", lambda: _holder(pg_url, name), timeout=15)
+            with (
+                PgStore(pg_url, actor="other@test") as other,
+                pytest.raises(Busy),
+                other.vm_lock(name, "start", 0),
+            ):
+                pass  # pragma: no cover - it must be busy
+        assert _holder(pg_url, name) is None  # let go at the end, as ever
+
+
+def test_a_lock_another_took_while_its_connection_was_lost_is_said_lost(
+    pg_url: str,  # noqa: F811
+    proxy: PgProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = f"keeper-{secrets.token_hex(4)}"
+    with (
+        PgStore(_through(pg_url, proxy), failover_s=10) as store,
+        store.vm_lock(name, "stop", 0),
+        psycopg.connect(pg_url, autocommit=True) as thief,
+    ):
+        proxy.refuse(3)
+        take = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
+        eventually(
+            "another takes it", lambda: thief.execute(take, (VM_LOCK_CLASS, name)).fetchone()[0]
+        )
+        eventually("the keeper says so", lambda: "lock lost" in caplog.text, timeout=15)
+    assert [r.message for r in caplog.records].count("lock lost") == 2  # the keeper's, the exit's

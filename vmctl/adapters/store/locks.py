@@ -5,10 +5,20 @@ the operation runs: operations on one VM never interleave, whichever manager (CL
 runs them, and a process that dies (SIGKILL, a lost manager) lets go at once, because PostgreSQL
 ends its session. The holder names itself in ``application_name``, so a caller that finds the VM
 busy is told who holds it.
+
+A lock goes with its session: a lost PostgreSQL (a failover, a restart) takes it away while the
+operation goes on. So while a lock is held a keeper thread looks at its connection every
+``KEEP_S`` s and, once it is lost, connects again (to the new primary) and takes the lock again
+at once; if another operation took it meanwhile, the keeper says so in the log (``lock lost``)
+and the holder's exit says so too (``LockLost`` is logged, not raised: the operation's work is
+done by then; `vmctl reconcile` judges what two of them left).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,9 +29,13 @@ from vmctl.adapters import db
 from vmctl.adapters.store import retry
 from vmctl.adapters.store.base import CONNECT_TIMEOUT_S, StoreBase
 from vmctl.core.errors import Busy
+from vmctl.core.logfields import fields
 
 VM_LOCK_CLASS = 0x766D  # first half of the advisory lock key; the second is hashtext(name)
 POLL_S = 0.1
+KEEP_S = 1.0  # how often a held lock's connection is looked at
+TAKE_SQL = "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS got"
+log = logging.getLogger("vmctl.store")
 
 _HOLDER_SQL = """
     SELECT a.application_name AS who, extract(epoch FROM now() - a.state_change) AS held_s
@@ -62,26 +76,37 @@ class LocksMixin(StoreBase):
         try:
             take_lock(
                 conn,
-                "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS got",
+                TAKE_SQL,
                 (VM_LOCK_CLASS, name),
                 timeout,
                 lambda: self._busy_message(conn, name, operation, timeout),
             )
+        except BaseException:
+            conn.close()
+            raise
+        keeper = _Keeper(conn, name, lambda: self._connect_once(label))
+        keeper.start()
+        try:
             yield
         finally:
-            conn.close()  # ends the session: the lock goes with it
+            keeper.finish()  # closes its connection: the lock goes with the session
+            if keeper.lost:
+                log.warning(
+                    "lock lost",
+                    extra=fields(vm=name, operation=operation, why=keeper.lost),
+                )
+
+    def _connect_once(self, label: str) -> psycopg.Connection[dict[str, object]]:
+        kwargs = {**db.connection_kwargs(), "connect_timeout": CONNECT_TIMEOUT_S}
+        return psycopg.connect(self._url, **kwargs, application_name=label)
 
     def _lock_connection(self, label: str) -> psycopg.Connection[dict[str, object]]:
-        """A connection of its own for a VM's lock, riding out a failover as ``_run`` does.
-
-        (If the primary is lost while the lock is held, so is the lock: the operation goes on,
-        and another one on that VM could start on the new primary meanwhile. Claims do not
-        depend on it: they are serialized by the claim lock, in their own transaction.)"""
-        kwargs = {**db.connection_kwargs(), "connect_timeout": CONNECT_TIMEOUT_S}
+        """A connection of its own for a VM's lock, riding out a failover as ``_run`` does
+        (once the lock is held, ``_Keeper`` keeps it through one)."""
         window = retry.Window(self.failover_s)
         while True:
             try:
-                return psycopg.connect(self._url, **kwargs, application_name=label)
+                return self._connect_once(label)
             except psycopg.OperationalError as e:
                 lost = retry.Lost(e, False, connected=False, permanent=retry.permanent(e))
                 pause = window.next_pause(lost)
@@ -108,3 +133,67 @@ class LocksMixin(StoreBase):
             assert row is not None, "no installation row: run `vmctl db upgrade`"
             self._installation = str(row["id"])
         return self._installation
+
+
+class _Keeper(threading.Thread):
+    """Looks at a held lock's connection every KEEP_S s; once it is lost, takes the lock again
+    on a new connection (tried every KEEP_S s until the holder is done). ``lost`` says why the
+    lock could not be kept: another session took it meanwhile."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[dict[str, object]],
+        name: str,
+        connect: Callable[[], psycopg.Connection[dict[str, object]]],
+    ) -> None:
+        super().__init__(name=f"vm-lock-keeper {name}", daemon=True)
+        self.conn = conn
+        self.vm = name
+        self.connect = connect
+        self.lost: str | None = None
+        self.retaken = 0  # times the lock was taken again after its connection was lost
+        self._done = threading.Event()
+        self._guard = threading.Lock()  # the connection is the keeper's and finish()'s
+
+    def run(self) -> None:
+        broken = False
+        while not self._done.wait(KEEP_S):
+            with self._guard:
+                if self._done.is_set():
+                    return
+                if not broken:
+                    try:
+                        self.conn.execute("SELECT 1")
+                        continue
+                    except psycopg.Error:
+                        log.warning("lock connection lost", extra=fields(vm=self.vm))
+                broken = not self._take_again()
+                if self.lost is not None:
+                    return
+
+    def _take_again(self) -> bool:
+        try:
+            conn = self.connect()
+        except psycopg.Error:
+            return False  # no primary yet: next time
+        try:
+            row = conn.execute(TAKE_SQL, (VM_LOCK_CLASS, self.vm)).fetchone()
+        except psycopg.Error:
+            conn.close()
+            return False
+        old, self.conn = self.conn, conn
+        with contextlib.suppress(psycopg.Error):
+            old.close()
+        if row and row["got"]:
+            self.retaken += 1
+            log.warning("lock taken again after its connection was lost", extra=fields(vm=self.vm))
+            return True
+        self.lost = "another operation took it while its connection was lost"
+        log.error("lock lost", extra=fields(vm=self.vm, why=self.lost))
+        return True
+
+    def finish(self) -> None:
+        self._done.set()
+        with self._guard, contextlib.suppress(psycopg.Error):
+            self.conn.close()
+        self.join(timeout=KEEP_S * 4)
