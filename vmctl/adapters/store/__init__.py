@@ -33,11 +33,11 @@ class PgStore(
     TokensMixin,
     HeartbeatsMixin,
     EventsMixin,
+    IdempotencyMixin,  # (uses LocksMixin's hold_lock)
     LocksMixin,
     SnapshotsMixin,
     ImagesMixin,
     MetricsMixin,
-    IdempotencyMixin,
 ):
     """All of PostgreSQL that vmctl uses:
     ``PgStore(url, actor=None, max_size=MAX_SIZE, failover_s=None)``."""

@@ -16,42 +16,35 @@ import psycopg
 from psycopg.types.json import Json
 
 from vmctl.adapters import db
-from vmctl.adapters.store.base import CONNECT_TIMEOUT_S, Connection, StoreBase
-from vmctl.adapters.store.locks import take_lock
+from vmctl.adapters.store.base import Connection
+from vmctl.adapters.store.locks import LocksMixin
 from vmctl.core.idempotency import HEADER, KeptAnswer
 
 KEY_LOCK_CLASS = 0x6964  # first half of the advisory lock key ("id"); the second is a hash
 EXPIRED_PER_KEEP = 100  # expired rows each keep_answer deletes
 
 
-class IdempotencyMixin(StoreBase):
+class IdempotencyMixin(LocksMixin):
     @contextmanager
     def idempotency_hold(self, scope: str, key: str, timeout: float) -> Iterator[None]:
         """Hold (scope, key) while the block runs; Busy when another request holds it for
         ``timeout`` s more. StoreUnavailable if PostgreSQL does not answer."""
         label = f"vmctl idempotency {scope} by {self.actor}"[:63]
         try:
-            kwargs = {**db.connection_kwargs(), "connect_timeout": CONNECT_TIMEOUT_S}
-            conn = psycopg.connect(self._url, **kwargs, application_name=label)
-        except psycopg.OperationalError as e:
-            raise db.unreachable(self._url, e) from e
-        try:
             # two keys that hash alike share a lock: they wait for each other, nothing more
-            take_lock(
-                conn,
-                "SELECT pg_try_advisory_lock(%s, hashtext(%s || E'\\n' || %s)) AS got",
-                (KEY_LOCK_CLASS, scope, key),
+            with self.hold_lock(
+                label,
+                (KEY_LOCK_CLASS, f"{scope}\n{key}"),
                 timeout,
-                lambda: (
+                lambda _conn: (
                     f"{HEADER} {key!r}: the first request with this key is still running "
                     f"after {timeout:g} s; try again later with the same key"
                 ),
-            )
-            yield
+                what=f"idempotency key of {scope}",
+            ):
+                yield
         except psycopg.OperationalError as e:
             raise db.unreachable(self._url, e) from e
-        finally:
-            conn.close()  # ends the session: the lock goes with it
 
     def kept_answer(self, scope: str, key: str) -> KeptAnswer | None:
         """The answer kept for (scope, key); None if there is none or it expired."""

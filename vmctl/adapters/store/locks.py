@@ -34,7 +34,7 @@ from vmctl.core.logfields import fields
 VM_LOCK_CLASS = 0x766D  # first half of the advisory lock key; the second is hashtext(name)
 POLL_S = 0.1
 KEEP_S = 1.0  # how often a held lock's connection is looked at
-TAKE_SQL = "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS got"
+TAKE_SQL = "SELECT pg_try_advisory_lock(%s, hashtext(%s)) AS got"  # (class, text)
 log = logging.getLogger("vmctl.store")
 
 _HOLDER_SQL = """
@@ -72,29 +72,41 @@ class LocksMixin(StoreBase):
         """Hold VM ``name``'s lock while the block runs; Busy when another operation holds it
         for ``timeout`` s more (0: do not wait). StoreUnavailable if PostgreSQL does not answer."""
         label = f"vmctl {operation} {name} by {self.actor}"[:63]
+        with self.hold_lock(
+            label,
+            (VM_LOCK_CLASS, name),
+            timeout,
+            lambda conn: self._busy_message(conn, name, operation, timeout),
+            what=f"VM {name} ({operation})",
+        ):
+            yield
+
+    @contextmanager
+    def hold_lock(
+        self,
+        label: str,
+        key: tuple[int, str],
+        timeout: float,
+        busy: Callable[[psycopg.Connection[dict[str, object]]], str],
+        what: str,
+    ) -> Iterator[None]:
+        """Hold the advisory lock ``key`` (its class, and the text its second half is the
+        hashtext of) on a connection of its own named ``label``, kept through a failover by a
+        ``_Keeper``; Busy with ``busy(conn)`` once ``timeout`` s have passed."""
         conn = self._lock_connection(label)
         try:
-            take_lock(
-                conn,
-                TAKE_SQL,
-                (VM_LOCK_CLASS, name),
-                timeout,
-                lambda: self._busy_message(conn, name, operation, timeout),
-            )
+            take_lock(conn, TAKE_SQL, key, timeout, lambda: busy(conn))
         except BaseException:
             conn.close()
             raise
-        keeper = _Keeper(conn, name, lambda: self._connect_once(label))
+        keeper = _Keeper(conn, key, what, lambda: self._connect_once(label))
         keeper.start()
         try:
             yield
         finally:
             keeper.finish()  # closes its connection: the lock goes with the session
             if keeper.lost:
-                log.warning(
-                    "lock lost",
-                    extra=fields(vm=name, operation=operation, why=keeper.lost),
-                )
+                log.warning("lock lost", extra=fields(lock=what, why=keeper.lost))
 
     def _connect_once(self, label: str) -> psycopg.Connection[dict[str, object]]:
         kwargs = {**db.connection_kwargs(), "connect_timeout": CONNECT_TIMEOUT_S}
@@ -143,12 +155,14 @@ class _Keeper(threading.Thread):
     def __init__(
         self,
         conn: psycopg.Connection[dict[str, object]],
-        name: str,
+        key: tuple[int, str],
+        what: str,
         connect: Callable[[], psycopg.Connection[dict[str, object]]],
     ) -> None:
-        super().__init__(name=f"vm-lock-keeper {name}", daemon=True)
+        super().__init__(name=f"lock-keeper {what}", daemon=True)
         self.conn = conn
-        self.vm = name
+        self.key = key
+        self.what = what
         self.connect = connect
         self.lost: str | None = None
         self.retaken = 0  # times the lock was taken again after its connection was lost
@@ -166,7 +180,7 @@ class _Keeper(threading.Thread):
                         self.conn.execute("SELECT 1")
                         continue
                     except psycopg.Error:
-                        log.warning("lock connection lost", extra=fields(vm=self.vm))
+                        log.warning("lock connection lost", extra=fields(lock=self.what))
                 broken = not self._take_again()
                 if self.lost is not None:
                     return
@@ -177,7 +191,7 @@ class _Keeper(threading.Thread):
         except psycopg.Error:
             return False  # no primary yet: next time
         try:
-            row = conn.execute(TAKE_SQL, (VM_LOCK_CLASS, self.vm)).fetchone()
+            row = conn.execute(TAKE_SQL, self.key).fetchone()
         except psycopg.Error:
             conn.close()
             return False
@@ -186,10 +200,12 @@ class _Keeper(threading.Thread):
             old.close()
         if row and row["got"]:
             self.retaken += 1
-            log.warning("lock taken again after its connection was lost", extra=fields(vm=self.vm))
+            log.warning(
+                "lock taken again after its connection was lost", extra=fields(lock=self.what)
+            )
             return True
         self.lost = "another operation took it while its connection was lost"
-        log.error("lock lost", extra=fields(vm=self.vm, why=self.lost))
+        log.error("lock lost", extra=fields(lock=self.what, why=self.lost))
         return True
 
     def finish(self) -> None:
