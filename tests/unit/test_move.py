@@ -260,3 +260,32 @@ def test_reconcile_fix_ends_a_stuck_move(monkeypatch: pytest.MonkeyPatch) -> Non
     assert w.store.get("web-1").node == "kvm2" and "web-1" not in w.nodes["kvm1"].defined
     (again,) = Reconciler.of(w.svc).apply([stuck])  # looked at again: not so any more
     assert again.result == "skipped"
+
+
+def test_drain_with_the_queue_moves_each_vm_by_a_job() -> None:
+    import threading
+
+    w = shared_world()
+    for name in ("web-1", "web-2"):
+        w.svc.create(CreateRequest(name, node="kvm1"))
+    jobs, queue = jobs_of(w)
+    done = threading.Event()
+
+    def worker() -> None:  # runs each job once it is queued, as `vmctl worker` would
+        ran = 0
+        while not done.is_set():
+            for job_id, kind, args in queue.queued[ran:]:
+                jobs.run(job_id, kind, args, "w1")
+                ran += 1
+            done.wait(0.01)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        result = jobs.drain("kvm1", timeout=5)
+    finally:
+        done.set()
+        thread.join()
+    assert sorted(result.moved) == [("web-1", "kvm2"), ("web-2", "kvm2")] and not result.failed
+    assert [kind for _, kind, _ in queue.queued] == ["move", "move"]
+    assert {w.store.get(n).node for n in ("web-1", "web-2")} == {"kvm2"}

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from vmctl.core.requests import CreateRequest
     from vmctl.services.batch import Outcome
     from vmctl.services.jobs import JobService
+    from vmctl.services.move import DrainResult
     from vmctl.services.vms import VmService
 
 app = typer.Typer(
@@ -108,6 +109,12 @@ def move_queued(svc: VmService, name: str, to: str, timeout: float) -> VmRecord:
     vm = jobs.run_and_wait(job_id)
     assert vm is not None
     return vm
+
+
+def drain_queued(svc: VmService, node: str, stop_local: bool, timeout: float) -> DrainResult:
+    jobs = _jobs(svc)
+    progress(f"node {node}: one job per VM; {jobs.waiting_for()}")
+    return jobs.drain(node, stop_local, timeout)
 
 
 JobArg = Annotated[int, typer.Argument(help="The job's id.")]

@@ -72,13 +72,21 @@ def drain(
     ] = False,
     timeout: TimeoutOpt = 120,
     lock_timeout: LockTimeoutOpt = None,
+    queue: QueueOpt = None,
     *,
     fmt: Format,
 ) -> None:
     """Move every VM on shared storage off NODE (to the nodes that share it, spread). VMs with
-    local disks make it refuse, naming them, unless --stop-local. Exit 1 if any VM failed."""
+    local disks make it refuse, naming them, unless --stop-local. Exit 1 if any VM failed.
+    With --queue, one job per VM, all queued at once (the workers run them side by side)."""
     validation.seconds("timeout", timeout)
-    result = vm_service(lock_timeout=lock_timeout).drain(node, stop_local, timeout)
+    svc = vm_service(lock_timeout=lock_timeout)
+    if queued(queue):
+        from vmctl.cli.jobs import drain_queued
+
+        result = drain_queued(svc, node, stop_local, timeout)
+    else:
+        result = svc.drain(node, stop_local, timeout)
     rows = [{"vm": vm, "result": "moved", "detail": f"to {to}"} for vm, to in result.moved]
     rows += [{"vm": vm, "result": "stopped", "detail": "local disks"} for vm in result.stopped]
     rows += [{"vm": vm, "result": "failed", "detail": why} for vm, why in result.failed]

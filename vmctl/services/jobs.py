@@ -26,6 +26,7 @@ from vmctl.services.ports import JobQueue, VmLocks
 
 if TYPE_CHECKING:
     from vmctl.core.records import VmRecord
+    from vmctl.services.move import DrainResult
     from vmctl.services.vms import VmService
 
 POLL_S = 0.5  # how often a waiter looks at its job
@@ -88,6 +89,42 @@ class JobService:
         move.check_movable(self.vms, vm, source, target)  # WrongState, InvalidInput
         args = {"name": vm.name, "to": target.name, "timeout": timeout}
         return self.queue.enqueue("move", vm.name, args, project=vm.project, actor=self.vms.actor)
+
+    def drain(self, node: str, stop_local: bool = False, timeout: float = 120.0) -> DrainResult:
+        """`vmctl drain --queue`: a move job for each VM on shared storage (and, with
+        ``stop_local``, a forced stop job for each VM on the node's own disks), all queued
+        before any is waited for (the workers run them side by side); what each did."""
+        from vmctl.services import move
+
+        plan = move.checked_drain(self.vms, node, stop_local, timeout)
+        queued: list[tuple[str, str | None, int | VmctlError]] = []
+        for name in plan.local:
+            queued.append(
+                (name, None, self._try(self.submit_lifecycle, "stop", name, timeout, True))
+            )
+        for name, target in plan.moves:
+            queued.append((name, target, self._try(self.submit_move, name, target, timeout)))
+        result = move.DrainResult()
+        for name, to, job in queued:
+            try:
+                if isinstance(job, VmctlError):
+                    raise job
+                self.run_and_wait(job)
+            except VmctlError as exc:
+                result.failed.append((name, str(exc)))
+            else:
+                if to is None:
+                    result.stopped.append(name)
+                else:
+                    result.moved.append((name, to))
+        return result
+
+    @staticmethod
+    def _try(submit: Callable[..., int], *args: Any) -> int | VmctlError:
+        try:
+            return submit(*args)
+        except VmctlError as exc:
+            return exc
 
     def waiting_for(self) -> str:
         """What a caller waits for, in words: a worker, or none running now."""

@@ -334,12 +334,9 @@ class DrainResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (vm, why)
 
 
-def drain(
-    svc: VmService, node: str, stop_local: bool = False, timeout: float = 120.0
-) -> DrainResult:
-    """Move every VM of ``node`` on shared storage off it; VMs whose disks are on the node
-    refuse the drain (WrongState naming them, nothing moved) unless ``stop_local`` (then they
-    are shut down, forced after ``timeout``). One VM's failure does not stop the others."""
+def checked_drain(svc: VmService, node: str, stop_local: bool, timeout: float) -> DrainPlan:
+    """The drain's plan; WrongState naming the VMs whose disks are on the node, unless
+    ``stop_local``."""
     validation.seconds("timeout", timeout)
     plan = plan_drain(svc, node)
     if plan.local and not stop_local:
@@ -347,6 +344,16 @@ def drain(
             f"node {node} has VMs whose disks are on the node itself and cannot move: "
             f"{', '.join(plan.local)}; --stop-local shuts them down and drains the rest"
         )
+    return plan
+
+
+def drain(
+    svc: VmService, node: str, stop_local: bool = False, timeout: float = 120.0
+) -> DrainResult:
+    """Move every VM of ``node`` on shared storage off it; VMs whose disks are on the node
+    refuse the drain (WrongState naming them, nothing moved) unless ``stop_local`` (then they
+    are shut down, forced after ``timeout``). One VM's failure does not stop the others."""
+    plan = checked_drain(svc, node, stop_local, timeout)
     result = DrainResult()
     for name in plan.local:
         try:
