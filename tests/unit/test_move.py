@@ -122,17 +122,22 @@ def survived(monkeypatch: pytest.MonkeyPatch, w: World) -> None:
         hv.fail_at.clear()
 
 
+def died_moving(monkeypatch: pytest.MonkeyPatch, w: World, node: str, call: str) -> None:
+    """A move of web-1 to kvm2 dies at ``node``'s ``call``; the next process finds what it left."""
+    killed_at(monkeypatch, w, node, call)
+    with pytest.raises(Killed):
+        w.svc.move("web-1", "kvm2")
+    survived(monkeypatch, w)
+
+
 def test_a_move_that_died_before_the_target_started_it_is_undone_and_the_vm_started_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     w = shared_world()
     w.svc.create(CreateRequest("web-1", node="kvm1"))
     src, dst = w.nodes["kvm1"], w.nodes["kvm2"]
-    killed_at(monkeypatch, w, "kvm2", "start")  # defined there, shut down here: then killed
-    with pytest.raises(Killed):
-        w.svc.move("web-1", "kvm2")
+    died_moving(monkeypatch, w, "kvm2", "start")  # defined there, shut down here: then killed
     assert w.store.get("web-1").move_node == "kvm2" and src.states["web-1"] == "shut off"
-    survived(monkeypatch, w)
     vm = move_service.recover(w.svc, "web-1")  # what `vmctl reconcile --fix` does
     assert vm is not None and vm.node == "kvm1" and vm.move_node is None
     assert src.states["web-1"] == "running"  # it ran before the move: running again
@@ -147,10 +152,7 @@ def test_a_move_that_died_before_anything_moved_is_undone_then_done_by_the_next_
     w = shared_world()
     w.svc.create(CreateRequest("web-1", node="kvm1"))
     w.svc.stop("web-1", 1)
-    killed_at(monkeypatch, w, "kvm2", "adopt")  # room taken on kvm2, nothing there yet
-    with pytest.raises(Killed):
-        w.svc.move("web-1", "kvm2")
-    survived(monkeypatch, w)
+    died_moving(monkeypatch, w, "kvm2", "adopt")  # room taken on kvm2, nothing there yet
     moved = w.svc.move("web-1", "kvm2")  # the next move ends the dead one, then moves
     assert moved.node == "kvm2" and moved.move_node is None
     assert "web-1" not in w.nodes["kvm1"].defined and "web-1" in w.nodes["kvm2"].defined
@@ -165,11 +167,8 @@ def test_a_move_that_died_after_the_target_started_it_goes_forward(
     w = shared_world()
     w.svc.create(CreateRequest("web-1", node="kvm1"))
     src, dst = w.nodes["kvm1"], w.nodes["kvm2"]
-    killed_at(monkeypatch, w, "kvm1", "delete")  # runs on kvm2, still defined on kvm1
-    with pytest.raises(Killed):
-        w.svc.move("web-1", "kvm2")
+    died_moving(monkeypatch, w, "kvm1", "delete")  # runs on kvm2, still defined on kvm1
     assert w.store.get("web-1").node == "kvm1" and dst.states["web-1"] == "running"
-    survived(monkeypatch, w)
     dst.calls.clear()
     moved = w.svc.move("web-1", "kvm2")  # asked again: the earlier one ends, nothing more
     assert moved.node == "kvm2" and moved.move_node is None and moved.state == "running"
@@ -183,10 +182,7 @@ def test_a_dead_move_with_the_vm_running_on_both_nodes_is_left_for_the_operator(
 ) -> None:
     w = shared_world()
     w.svc.create(CreateRequest("web-1", node="kvm1"))
-    killed_at(monkeypatch, w, "kvm1", "delete")
-    with pytest.raises(Killed):
-        w.svc.move("web-1", "kvm2")
-    survived(monkeypatch, w)
+    died_moving(monkeypatch, w, "kvm1", "delete")
     w.nodes["kvm1"].states["web-1"] = "running"  # someone started it there again
     with pytest.raises(WrongState, match="running on kvm1 and running on kvm2"):
         w.svc.move("web-1", "kvm2")
@@ -249,10 +245,7 @@ def test_reconcile_fix_ends_a_stuck_move(monkeypatch: pytest.MonkeyPatch) -> Non
 
     w = shared_world()
     w.svc.create(CreateRequest("web-1", node="kvm1"))
-    killed_at(monkeypatch, w, "kvm1", "delete")
-    with pytest.raises(Killed):
-        w.svc.move("web-1", "kvm2")
-    survived(monkeypatch, w)
+    died_moving(monkeypatch, w, "kvm1", "delete")
     stuck = dr.Drift(dr.STUCK_MOVING, "kvm1", "web-1", "row web-1", "stuck", "end the move")
     (action,) = Reconciler.of(w.svc).apply([stuck])
     assert action.result == "fixed", action.detail

@@ -7,7 +7,7 @@ as the fields below, e.g. `database_url = "postgresql://..."`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -49,6 +49,15 @@ class Settings:
         return self.database_url
 
 
+def _ranged(value: object, kind: Callable[[str], float], low: float, high: float) -> float | None:
+    """``value`` as ``kind`` (int or float) if it is one within [low, high]; else None."""
+    try:
+        number = kind(str(value))
+    except ValueError:
+        return None
+    return number if low <= number <= high else None
+
+
 def _convert(name: str, value: object, source: str) -> object:
     if name in ("inventory", "ssh_key", "known_hosts"):
         return Path(os.path.expanduser(str(value)))
@@ -58,11 +67,8 @@ def _convert(name: str, value: object, source: str) -> object:
             raise ConfigError(f"{source}: guest_ssh_keys must be a list of paths")
         return tuple(Path(os.path.expanduser(str(i).strip())) for i in items if str(i).strip())
     if name == "lock_timeout":
-        try:
-            seconds = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            seconds = -1.0
-        if not 0 <= seconds < 86400:
+        seconds = _ranged(value, float, 0, 86400)
+        if seconds is None or seconds == 86400:
             raise ConfigError(f"{source}: lock_timeout must be seconds (0 or more), not {value!r}")
         return seconds
     if name == "queue":
@@ -73,27 +79,18 @@ def _convert(name: str, value: object, source: str) -> object:
             raise ConfigError(f"{source}: queue must be true or false, not {value!r}")
         return text in ("1", "true", "yes", "on")
     if name == "failover_timeout":
-        try:
-            seconds = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            seconds = -1.0
-        if not 0 <= seconds <= 3600:
+        seconds = _ranged(value, float, 0, 3600)
+        if seconds is None:
             raise ConfigError(f"{source}: failover_timeout must be seconds (0-3600), not {value!r}")
         return seconds
     if name == "job_keep_hours":
-        try:
-            hours = int(str(value))
-        except ValueError:
-            hours = 0
-        if not 1 <= hours <= 87600:
+        hours = _ranged(value, int, 1, 87600)
+        if hours is None:
             raise ConfigError(f"{source}: job_keep_hours must be hours (1-87600), not {value!r}")
         return hours
     if name in ("create_per_node", "worker_concurrency"):
-        try:
-            count = int(str(value))
-        except ValueError:
-            count = 0
-        if not 1 <= count <= 64:
+        count = _ranged(value, int, 1, 64)
+        if count is None:
             raise ConfigError(f"{source}: {name} must be a number 1-64, not {value!r}")
         return count
     if not isinstance(value, str):
