@@ -316,5 +316,7 @@ def test_a_delete_slower_than_timeout_server_is_retried_and_answers_204(stack: S
     finally:
         with psycopg.connect(stack.env["VMCTL_DATABASE_URL"], autocommit=True) as conn:
             conn.execute("DELETE FROM vms WHERE name = %s", (name,))
+            digest = fingerprint("DELETE", f"/api/v1/vm/{name}", None)
+            conn.execute("DELETE FROM idempotency_keys WHERE fingerprint = %s", (digest,))
         client.close()
         assert leftovers(stack.lab, stack.env, [name]) == {}
