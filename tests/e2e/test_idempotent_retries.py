@@ -22,15 +22,19 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psycopg
 import pytest
 
 from tests.conftest import LAB, REPO, eventually, leftovers
+
+if TYPE_CHECKING:
+    from vmctl.adapters.store import PgStore
 
 pytestmark = pytest.mark.e2e
 
@@ -197,32 +201,40 @@ def _retried(stack: Stack, request: str) -> int:
     return int(counters.group(2))
 
 
-def test_a_create_slower_than_timeout_server_is_retried_and_makes_one_vm(stack: Stack) -> None:
-    from vmctl.adapters.store import PgStore
-
-    name = f"idem-{secrets.token_hex(3)}"
-    answers: list[httpx.Response] = []
-    client = httpx.Client(
+def _client(stack: Stack) -> httpx.Client:
+    return httpx.Client(
         base_url=stack.url,
         verify=stack.verify,
         headers={"Authorization": f"Bearer {stack.token}"},  # no Idempotency-Key: HAProxy's
         timeout=120,
     )
+
+
+def _slowly(
+    store: PgStore, name: str, send: Callable[[], httpx.Response]
+) -> tuple[httpx.Response, float]:
+    """``send()``'s answer, and how long it took, sent while this test holds VM ``name``'s
+    operation lock for HOLD_S: the request waits for it, longer than `timeout server`."""
+    answers: list[httpx.Response] = []
+    with store.vm_lock(name, "a test's slow request", 5):
+        sender = threading.Thread(target=lambda: answers.append(send()))
+        started = time.monotonic()
+        sender.start()
+        time.sleep(HOLD_S)
+    sender.join(4 * SERVER_TIMEOUT_S + 10)
+    assert answers, "no answer"
+    return answers[0], time.monotonic() - started
+
+
+def test_a_create_slower_than_timeout_server_is_retried_and_makes_one_vm(stack: Stack) -> None:
+    from vmctl.adapters.store import PgStore
+
+    name = f"idem-{secrets.token_hex(3)}"
+    client = _client(stack)
     try:
         with PgStore(stack.env["VMCTL_DATABASE_URL"], actor="idem-e2e@test") as store:
-            with store.vm_lock(name, "a test's slow create", 5):
-                sender = threading.Thread(
-                    target=lambda: answers.append(
-                        client.post("/api/v1/vm", json={"Name": name, "RAM": "384", "CPU": "1"})
-                    )
-                )
-                started = time.monotonic()
-                sender.start()
-                time.sleep(HOLD_S)
-            sender.join(4 * SERVER_TIMEOUT_S + 10)
-            took = time.monotonic() - started
-            assert answers, "no answer"
-            created = answers[0]
+            body = {"Name": name, "RAM": "384", "CPU": "1"}
+            created, took = _slowly(store, name, lambda: client.post("/api/v1/vm", json=body))
             assert created.status_code == 201, created.text
             assert created.json()["Name"] == name
             # the answer came from a retry, which waited for the first create: replayed
@@ -270,27 +282,11 @@ def test_a_delete_slower_than_timeout_server_is_retried_and_answers_204(stack: S
                VALUES (%s, 'node1', 'stopped', 256, 1, 1, 4, 'debian-12', %s, 'demo')""",
             (name, mac),
         )
-    answers: list[httpx.Response] = []
-    client = httpx.Client(
-        base_url=stack.url,
-        verify=stack.verify,
-        headers={"Authorization": f"Bearer {stack.token}"},  # no Idempotency-Key: HAProxy's
-        timeout=120,
-    )
+    client = _client(stack)
     before = [_answered(r, "DELETE", "/api/v1/vm/{name}") for r in stack.replicas]
     try:
         with PgStore(stack.env["VMCTL_DATABASE_URL"], actor="idem-e2e@test") as store:
-            with store.vm_lock(name, "a test's slow delete", 5):
-                sender = threading.Thread(
-                    target=lambda: answers.append(client.delete(f"/api/v1/vm/{name}"))
-                )
-                started = time.monotonic()
-                sender.start()
-                time.sleep(HOLD_S)
-            sender.join(4 * SERVER_TIMEOUT_S + 10)
-            took = time.monotonic() - started
-            assert answers, "no answer"
-            deleted = answers[0]
+            deleted, took = _slowly(store, name, lambda: client.delete(f"/api/v1/vm/{name}"))
             assert deleted.status_code == 204, deleted.text
             # the answer came from a retry, which waited for the first delete: replayed
             assert deleted.headers["Idempotent-Replayed"] == "true"

@@ -1,6 +1,7 @@
-"""Idempotency-Key on every mutating route (docs/api.md, "Retries"): the route hands its work to
-``answer``, which runs it once per key (``vmctl.services.idempotency``) and answers with its
-result, or with the first request's result, replayed, for a retry.
+"""Idempotency-Key on every mutating route (docs/api.md, "Retries"): the route takes a ``Keyed``
+parameter and hands its work to its ``answer``, which runs it once per key
+(``vmctl.services.idempotency``) and answers with its result, or with the first request's
+result, replayed, for a retry.
 
 The fingerprint of a request is its method (with " async" for `Prefer: respond-async`, whose
 answer, 202 and a job, is another one), its path (the VM's name and the route: a key cannot be
@@ -10,11 +11,13 @@ used on two routes) and its JSON body.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Header, Request, Response
+from fastapi import Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
+from vmctl.api.deps import Project, Svc
 from vmctl.api.errors import error_body, status_of
 from vmctl.api.routes import jobs
 from vmctl.core import idempotency
@@ -47,28 +50,41 @@ def responses(status: int, queued: bool = False) -> dict[int | str, dict[str, An
     return {status: {"headers": _REPLAYED}, **(jobs.ASYNC_RESPONSE if queued else {})}
 
 
-def answer(
-    svc: Services,
-    project: str,
-    key: str | None,
-    request: Request,
-    payload: Any,
-    work: Callable[[], tuple[int, Any]],
-    prefer: str | None = None,
-) -> Response:
-    """``work()``'s (status, JSON body) as the response, run once per ``key`` of ``project``
-    (None: no key, it simply runs). A refusal ``work`` raises (4xx) is its answer too, kept
-    for the key but a 400; a server error is raised (the error handlers answer it; nothing is
-    kept, a retry runs again). A 202's body is a job: its Location is added."""
-    method = request.method + (" async" if jobs.wants_async(prefer) else "")
-    digest = idempotency.fingerprint(method, request.url.path, payload)
-    got = svc.idempotency.run(project, key, digest, lambda: _run(work))
-    headers = {"Idempotent-Replayed": "true"} if got.replayed else {}
-    if got.status == 202:
-        headers.update(jobs.accepted_headers(int(got.body["id"])))
-    if got.status == 204:
-        return Response(status_code=204, headers=headers or None)
-    return JSONResponse(got.body, status_code=got.status, headers=headers or None)
+@dataclass(frozen=True)
+class Call:
+    """What an idempotent route gets (``Keyed``): the services, the caller's project, the
+    request and its Idempotency-Key."""
+
+    svc: Services
+    project: str
+    request: Request
+    key: str | None
+
+    def answer(
+        self, payload: Any, work: Callable[[], tuple[int, Any]], prefer: str | None = None
+    ) -> Response:
+        """``work()``'s (status, JSON body) as the response, run once per key of the project
+        (no key: it simply runs); ``payload``: the request's JSON body (None without one). A
+        refusal ``work`` raises (4xx) is its answer too, kept for the key but a 400; a server
+        error is raised (the error handlers answer it; nothing is kept, a retry runs again). A
+        202's body is a job: its Location is added."""
+        method = self.request.method + (" async" if jobs.wants_async(prefer) else "")
+        digest = idempotency.fingerprint(method, self.request.url.path, payload)
+        got = self.svc.idempotency.run(self.project, self.key, digest, lambda: _run(work))
+        headers = {"Idempotent-Replayed": "true"} if got.replayed else {}
+        if got.status == 202:
+            headers.update(jobs.accepted_headers(int(got.body["id"])))
+        if got.status == 204:
+            return Response(status_code=204, headers=headers or None)
+        return JSONResponse(got.body, status_code=got.status, headers=headers or None)
+
+
+def keyed(svc: Svc, project: Project, request: Request, key: IdempotencyKey = None) -> Call:
+    return Call(svc, project, request, key)
+
+
+# A route's parameter: its Call (the key's header, the bearer token: in the OpenAPI document too).
+Keyed = Annotated[Call, Depends(keyed)]
 
 
 def _run(work: Callable[[], tuple[int, Any]]) -> Answer:

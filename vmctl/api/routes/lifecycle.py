@@ -10,13 +10,13 @@ from datetime import datetime
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from vmctl.api import idempotent
 from vmctl.api.deps import Project, Svc
 from vmctl.api.errors import ERRORS
-from vmctl.api.idempotent import IdempotencyKey
+from vmctl.api.idempotent import Call, Keyed
 from vmctl.api.models import VmDetail, vm_detail
 from vmctl.api.routes import jobs
 from vmctl.core.records import VmRecord
@@ -59,10 +59,7 @@ class EventOut(BaseModel):
 
 
 def _day2(
-    svc: Svc,
-    project: str,
-    key: str | None,
-    request: Request,
+    call: Call,
     payload: Any,
     work: Callable[[], VmRecord | dict[str, Any]],
     prefer: str | None = None,
@@ -73,70 +70,46 @@ def _day2(
         done = work()
         return (202, done) if isinstance(done, dict) else (200, vm_detail(done))
 
-    return idempotent.answer(svc, project, key, request, payload, answer, prefer)
+    return call.answer(payload, answer, prefer)
 
 
 @router.post("/start", response_model=VmDetail, responses=idempotent.responses(200, True))
-def start_vm(
-    name: str,
-    project: Project,
-    svc: Svc,
-    request: Request,
-    key: IdempotencyKey = None,
-    prefer: jobs.PreferHeader = None,
-) -> Response:
-    work = partial(jobs.lifecycle, svc, "start", name, project, prefer)
-    return _day2(svc, project, key, request, None, work, prefer)
+def start_vm(name: str, call: Keyed, prefer: jobs.PreferHeader = None) -> Response:
+    work = partial(jobs.lifecycle, call.svc, "start", name, call.project, prefer)
+    return _day2(call, None, work, prefer)
 
 
 @router.post("/stop", response_model=VmDetail, responses=idempotent.responses(200, True))
 def stop_vm(
-    name: str,
-    project: Project,
-    svc: Svc,
-    request: Request,
-    body: StopIn | None = None,
-    key: IdempotencyKey = None,
-    prefer: jobs.PreferHeader = None,
+    name: str, call: Keyed, body: StopIn | None = None, prefer: jobs.PreferHeader = None
 ) -> Response:
     """Graceful (ACPI, then the guest agent); 504 when the guest did not stop within
     ``timeout`` and ``force`` is false."""
     want = body or StopIn()
-    work = partial(jobs.lifecycle, svc, "stop", name, project, prefer, want.timeout, want.force)
-    return _day2(svc, project, key, request, want.model_dump(mode="json"), work, prefer)
+    work = partial(
+        jobs.lifecycle, call.svc, "stop", name, call.project, prefer, want.timeout, want.force
+    )
+    return _day2(call, want.model_dump(mode="json"), work, prefer)
 
 
 @router.post("/reboot", response_model=VmDetail, responses=idempotent.responses(200, True))
 def reboot_vm(
-    name: str,
-    project: Project,
-    svc: Svc,
-    request: Request,
-    body: RebootIn | None = None,
-    key: IdempotencyKey = None,
-    prefer: jobs.PreferHeader = None,
+    name: str, call: Keyed, body: RebootIn | None = None, prefer: jobs.PreferHeader = None
 ) -> Response:
     want = body or RebootIn()
-    work = partial(jobs.lifecycle, svc, "reboot", name, project, prefer, force=want.force)
-    return _day2(svc, project, key, request, want.model_dump(mode="json"), work, prefer)
+    work = partial(jobs.lifecycle, call.svc, "reboot", name, call.project, prefer, force=want.force)
+    return _day2(call, want.model_dump(mode="json"), work, prefer)
 
 
 @router.post("/resize", response_model=VmDetail, responses=idempotent.responses(200))
-def resize_vm(
-    name: str,
-    body: ResizeIn,
-    project: Project,
-    svc: Svc,
-    request: Request,
-    key: IdempotencyKey = None,
-) -> Response:
+def resize_vm(name: str, body: ResizeIn, call: Keyed) -> Response:
     """409 unless the VM is stopped; 507 (naming the room left) when its node has no room."""
 
     def work() -> VmRecord:
-        vm = svc.vms.get_in_project(name, project)
-        return svc.vms.resize(vm.name, ram=body.RAM, cpu=body.CPU, disk=body.Disk)
+        vm = call.svc.vms.get_in_project(name, call.project)
+        return call.svc.vms.resize(vm.name, ram=body.RAM, cpu=body.CPU, disk=body.Disk)
 
-    return _day2(svc, project, key, request, body.model_dump(mode="json"), work)
+    return _day2(call, body.model_dump(mode="json"), work)
 
 
 @router.get("/events", response_model=list[EventOut])

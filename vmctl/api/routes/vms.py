@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from vmctl.api import idempotent
 from vmctl.api.deps import Project, Svc
 from vmctl.api.errors import ERRORS
-from vmctl.api.idempotent import IdempotencyKey
+from vmctl.api.idempotent import Keyed
 from vmctl.api.models import IpIn, VmDetail, VmIn, VmOut, vm_detail
 from vmctl.api.routes import jobs
 from vmctl.core.logfields import fields
@@ -24,18 +25,9 @@ MAX_PAGE = 10000  # the most VMs one page of GET /api/v1/vm holds
 @router.post(
     "/vm", status_code=201, response_model=VmDetail, responses=idempotent.responses(201, True)
 )
-def create_vm(
-    body: VmIn,
-    project: Project,
-    svc: Svc,
-    request: Request,
-    key: IdempotencyKey = None,
-    prefer: jobs.PreferHeader = None,
-) -> Response:
-    payload = body.model_dump(mode="json")
-    return idempotent.answer(
-        svc, project, key, request, payload, lambda: _create(body, project, svc, prefer), prefer
-    )
+def create_vm(body: VmIn, call: Keyed, prefer: jobs.PreferHeader = None) -> Response:
+    work = partial(_create, body, call.project, call.svc, prefer)
+    return call.answer(body.model_dump(mode="json"), work, prefer)
 
 
 def _create(body: VmIn, project: str, svc: Svc, prefer: str | None) -> tuple[int, Any]:
@@ -93,23 +85,16 @@ def get_vm(name: str, project: Project, svc: Svc) -> dict[str, Any]:
 
 
 @router.delete("/vm/{name}", status_code=204, responses=idempotent.responses(204, True))
-def delete_vm(
-    name: str,
-    project: Project,
-    svc: Svc,
-    request: Request,
-    key: IdempotencyKey = None,
-    prefer: jobs.PreferHeader = None,
-) -> Response:
+def delete_vm(name: str, call: Keyed, prefer: jobs.PreferHeader = None) -> Response:
     def work() -> tuple[int, Any]:
-        job = jobs.delete(svc, name, project, prefer)
+        job = jobs.delete(call.svc, name, call.project, prefer)
         if job is not None:
-            log.info("queued", extra=fields(vm=job["vm"], job=job["id"], project=project))
+            log.info("queued", extra=fields(vm=job["vm"], job=job["id"], project=call.project))
             return 202, job
-        log.info("deleted", extra=fields(vm=name, project=project))
+        log.info("deleted", extra=fields(vm=name, project=call.project))
         return 204, None
 
-    return idempotent.answer(svc, project, key, request, None, work, prefer)
+    return call.answer(None, work, prefer)
 
 
 @router.post("/ip/", response_model=VmDetail)
