@@ -22,9 +22,10 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psycopg
@@ -32,9 +33,13 @@ import pytest
 
 from tests.conftest import LAB, REPO, eventually, leftovers
 
+if TYPE_CHECKING:
+    from vmctl.adapters.store import PgStore
+
 pytestmark = pytest.mark.e2e
 
 HAPROXY_CFG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
+MIGRATIONS = REPO / "vmctl" / "adapters" / "migrations"
 SERVER_TIMEOUT_S = 8  # HAProxy's `timeout server` here: 4 tries (retries 3) cover 32 s
 HOLD_S = 9  # the VM's lock is held this long: the first try surely times out
 
@@ -80,8 +85,10 @@ def stack(lab_now: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         key, value = line.removeprefix("export ").split("=", 1)
         env[key] = value.strip("'")
     vmctl = str(REPO / ".venv" / "bin" / "vmctl")
-    # this checkout's schema (0010: idempotency keys) in the lab's database: additive
-    subprocess.run([vmctl, "db", "upgrade"], env=env, check=True, capture_output=True)
+    # this checkout's schema (0010: idempotency keys) in the lab's database: additive, and only
+    # when the lab's is behind (a lab shared with others is left as it is otherwise)
+    if _schema_behind(env["VMCTL_DATABASE_URL"]):
+        subprocess.run([vmctl, "db", "upgrade"], env=env, check=True, capture_output=True)
     procs: list[subprocess.Popen[bytes]] = []
     workdir = tmp_path_factory.mktemp("idem")  # logs, HAProxy's admin socket
     try:
@@ -141,6 +148,14 @@ def stack(lab_now: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
                 proc.wait()
 
 
+def _schema_behind(url: str) -> bool:
+    """Whether a migration of this checkout is not applied to the database at ``url``."""
+    ours = {p.stem for p in MIGRATIONS.iterdir() if re.match(r"\d{4}_\w+\.(sql|py)$", p.name)}
+    with psycopg.connect(url) as conn:
+        applied = {row[0] for row in conn.execute("SELECT migration_id FROM _yoyo_migration")}
+    return bool(ours - applied)
+
+
 def _stat(sock_path: Path) -> list[dict[str, str]]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(5)
@@ -166,41 +181,60 @@ def _up(sock_path: Path) -> int:
     )
 
 
-def _creates(replica: str) -> dict[str, float]:
-    """POST /api/v1/vm answered by the replica, by status (its own metrics)."""
+def _answered(replica: str, method: str = "POST", route: str = "/api/v1/vm") -> dict[str, float]:
+    """Requests of ``method`` to ``route`` answered by the replica, by status (its own
+    metrics)."""
     text = httpx.get(f"{replica}/metrics", timeout=5).text
-    found = re.findall(
-        r'vmctl_api_requests_total\{method="POST",route="/api/v1/vm",status="(\d+)"\} (\S+)', text
+    labels = rf'method="{method}",route="{re.escape(route)}",status="(\d+)"'
+    pattern = rf"vmctl_api_requests_total\{{{labels}\}} (\S+)"
+    return {status: float(count) for status, count in re.findall(pattern, text)}
+
+
+def _retried(stack: Stack, request: str) -> int:
+    """How many times HAProxy sent ``request`` (its log's "METHOD PATH") again, each time to
+    another replica (asserted)."""
+    line = next(line for line in stack.haproxy_log.read_text().splitlines() if request in line)
+    # the connection counters after the termination state: act/fe/be/srv/retries ("+":
+    # redispatched to another server)
+    counters = re.search(r" [-\w]{4} \d+/\d+/\d+/\d+/(\+?)(\d+) ", line)
+    assert counters and counters.group(1) == "+" and int(counters.group(2)) >= 1, line
+    return int(counters.group(2))
+
+
+def _client(stack: Stack) -> httpx.Client:
+    return httpx.Client(
+        base_url=stack.url,
+        verify=stack.verify,
+        headers={"Authorization": f"Bearer {stack.token}"},  # no Idempotency-Key: HAProxy's
+        timeout=120,
     )
-    return {status: float(count) for status, count in found}
+
+
+def _slowly(
+    store: PgStore, name: str, send: Callable[[], httpx.Response]
+) -> tuple[httpx.Response, float]:
+    """``send()``'s answer, and how long it took, sent while this test holds VM ``name``'s
+    operation lock for HOLD_S: the request waits for it, longer than `timeout server`."""
+    answers: list[httpx.Response] = []
+    with store.vm_lock(name, "a test's slow request", 5):
+        sender = threading.Thread(target=lambda: answers.append(send()))
+        started = time.monotonic()
+        sender.start()
+        time.sleep(HOLD_S)
+    sender.join(4 * SERVER_TIMEOUT_S + 10)
+    assert answers, "no answer"
+    return answers[0], time.monotonic() - started
 
 
 def test_a_create_slower_than_timeout_server_is_retried_and_makes_one_vm(stack: Stack) -> None:
     from vmctl.adapters.store import PgStore
 
     name = f"idem-{secrets.token_hex(3)}"
-    answers: list[httpx.Response] = []
-    client = httpx.Client(
-        base_url=stack.url,
-        verify=stack.verify,
-        headers={"Authorization": f"Bearer {stack.token}"},  # no Idempotency-Key: HAProxy's
-        timeout=120,
-    )
+    client = _client(stack)
     try:
         with PgStore(stack.env["VMCTL_DATABASE_URL"], actor="idem-e2e@test") as store:
-            with store.vm_lock(name, "a test's slow create", 5):
-                sender = threading.Thread(
-                    target=lambda: answers.append(
-                        client.post("/api/v1/vm", json={"Name": name, "RAM": "384", "CPU": "1"})
-                    )
-                )
-                started = time.monotonic()
-                sender.start()
-                time.sleep(HOLD_S)
-            sender.join(4 * SERVER_TIMEOUT_S + 10)
-            took = time.monotonic() - started
-            assert answers, "no answer"
-            created = answers[0]
+            body = {"Name": name, "RAM": "384", "CPU": "1"}
+            created, took = _slowly(store, name, lambda: client.post("/api/v1/vm", json=body))
             assert created.status_code == 201, created.text
             assert created.json()["Name"] == name
             # the answer came from a retry, which waited for the first create: replayed
@@ -208,22 +242,15 @@ def test_a_create_slower_than_timeout_server_is_retried_and_makes_one_vm(stack: 
             assert took > SERVER_TIMEOUT_S
             assert [vm.name for vm in store.list() if vm.name == name] == [name]
         # HAProxy retried on the other replica
-        line = next(
-            line for line in stack.haproxy_log.read_text().splitlines() if "POST /api/v1/vm" in line
-        )
-        # the connection counters after the termination state: act/fe/be/srv/retries ("+":
-        # redispatched to another server)
-        counters = re.search(r" [-\w]{4} \d+/\d+/\d+/\d+/(\+?)(\d+) ", line)
-        assert counters and counters.group(1) == "+" and int(counters.group(2)) >= 1, line
+        retries = _retried(stack, "POST /api/v1/vm ")
         backend = next(
             r for r in _stat(stack.admin_sock) if r["pxname"] == "api" and r["svname"] == "BACKEND"
         )
         assert int(backend["wretr"]) >= 1 and int(backend["wredis"]) >= 1, backend
         # every try was answered 201 (the first create, the others its answer), on both replicas
-        tries = int(counters.group(2)) + 1
-        answered = [_creates(r) for r in stack.replicas]
+        answered = [_answered(r) for r in stack.replicas]
         assert all(set(a) == {"201"} for a in answered), answered
-        assert sum(a["201"] for a in answered) == tries, (answered, line)
+        assert sum(a["201"] for a in answered) == retries + 1, answered
         # one key, kept once, with this VM's answer
         with psycopg.connect(stack.env["VMCTL_DATABASE_URL"]) as conn:
             kept = conn.execute(
@@ -235,4 +262,57 @@ def test_a_create_slower_than_timeout_server_is_retried_and_makes_one_vm(stack: 
         deleted = client.delete(f"/api/v1/vm/{name}")
         client.close()
         assert deleted.status_code in (204, 404), deleted.text
+        assert leftovers(stack.lab, stack.env, [name]) == {}
+
+
+def test_a_delete_slower_than_timeout_server_is_retried_and_answers_204(stack: Stack) -> None:
+    """A DELETE without a key gets HAProxy's; the first try waits for the VM's lock (held here
+    past `timeout server`) and deletes it, the retry on the other replica waits for the first
+    and answers its 204: never a 404. The VM is a row on node1 with nothing on the node (a
+    delete of a VM that is not there is success for delete-vm.sh): no guest boots."""
+    from vmctl.adapters.store import PgStore
+    from vmctl.core.idempotency import fingerprint
+
+    name = f"api2-idem-del-{secrets.token_hex(3)}"
+    mac = "52:54:00:" + ":".join(secrets.token_hex(1) for _ in range(3))
+    with psycopg.connect(stack.env["VMCTL_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO vms (name, node, state, ram_mb, cpu, disk_gb, root_gb, image, mac,
+                                project)
+               VALUES (%s, 'node1', 'stopped', 256, 1, 1, 4, 'debian-12', %s, 'demo')""",
+            (name, mac),
+        )
+    client = _client(stack)
+    before = [_answered(r, "DELETE", "/api/v1/vm/{name}") for r in stack.replicas]
+    try:
+        with PgStore(stack.env["VMCTL_DATABASE_URL"], actor="idem-e2e@test") as store:
+            deleted, took = _slowly(store, name, lambda: client.delete(f"/api/v1/vm/{name}"))
+            assert deleted.status_code == 204, deleted.text
+            # the answer came from a retry, which waited for the first delete: replayed
+            assert deleted.headers["Idempotent-Replayed"] == "true"
+            assert took > SERVER_TIMEOUT_S
+            assert [vm.name for vm in store.list() if vm.name == name] == []
+        retries = _retried(stack, f"DELETE /api/v1/vm/{name} ")
+        # every try was answered 204 (the first delete, the others its answer), none 404
+        after = [_answered(r, "DELETE", "/api/v1/vm/{name}") for r in stack.replicas]
+        new = [
+            {s: n - b.get(s, 0) for s, n in a.items() if n != b.get(s, 0)}
+            for a, b in zip(after, before, strict=True)
+        ]
+        assert all(set(d) <= {"204"} for d in new), new
+        assert sum(d.get("204", 0) for d in new) == retries + 1, new
+        # HAProxy's key, kept once with the 204
+        digest = fingerprint("DELETE", f"/api/v1/vm/{name}", None)
+        with psycopg.connect(stack.env["VMCTL_DATABASE_URL"]) as conn:
+            kept = conn.execute(
+                "SELECT key, status FROM idempotency_keys WHERE fingerprint = %s", (digest,)
+            ).fetchall()
+        assert len(kept) == 1 and kept[0][1] == 204, kept
+        assert re.fullmatch(r"[0-9a-f-]{36}", kept[0][0])  # HAProxy's uuid()
+    finally:
+        with psycopg.connect(stack.env["VMCTL_DATABASE_URL"], autocommit=True) as conn:
+            conn.execute("DELETE FROM vms WHERE name = %s", (name,))
+            digest = fingerprint("DELETE", f"/api/v1/vm/{name}", None)
+            conn.execute("DELETE FROM idempotency_keys WHERE fingerprint = %s", (digest,))
+        client.close()
         assert leftovers(stack.lab, stack.env, [name]) == {}

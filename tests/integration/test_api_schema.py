@@ -594,6 +594,63 @@ def test_the_async_create_is_202_with_its_job_in_the_document(shared_api: Api) -
     assert again.status_code == 200 and again.json() == job
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "kind"),
+    [
+        ("DELETE", "/api/v1/vm/{name}", "delete"),
+        ("POST", "/api/v1/vm/{name}/start", "start"),
+        ("POST", "/api/v1/vm/{name}/stop", "stop"),
+        ("POST", "/api/v1/vm/{name}/reboot", "reboot"),
+    ],
+)
+def test_an_async_delete_or_lifecycle_verb_is_202_with_its_job_in_the_document(
+    shared_api: Api, method: str, path: str, kind: str
+) -> None:
+    """The delete and start/stop/reboot answer 202 with their job, in the document's shape, and
+    a retry with the key gets the same job (Idempotent-Replayed), queued once."""
+    name = f"jobs-{kind}-async"
+    with TestClient(shared_api.app, headers=bearer(TOKEN)) as client:
+        _create(client, name)
+    headers = {"Prefer": "respond-async", "Idempotency-Key": f"jobs-{kind}-key", **bearer(TOKEN)}
+    case = schema[path][method].Case(path_parameters={"name": name}, headers=headers)
+    response = _call_and_check(case, shared_api.app)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert (job["kind"], job["vm"], job["state"]) == (kind, name, "queued")
+    assert response.headers["location"] == [f"/api/v1/jobs/{job['id']}"]
+    again = _call_and_check(case, shared_api.app)
+    assert again.status_code == 202 and again.json() == job
+    assert again.headers["idempotent-replayed"] == ["true"]
+    with psycopg.connect(shared_api.url) as conn:
+        queued = conn.execute("SELECT kind FROM vmctl_jobs WHERE vm = %s", (name,)).fetchall()
+    assert queued == [(kind,)]
+
+
+def test_a_delete_replayed_with_its_key_is_204_in_the_document(shared_api: Api) -> None:
+    with TestClient(shared_api.app, headers=bearer(TOKEN)) as client:
+        _create(client, "idem-delete-1")
+    case = schema["/api/v1/vm/{name}"]["DELETE"].Case(
+        path_parameters={"name": "idem-delete-1"},
+        headers={"Idempotency-Key": "idem-delete-key", **bearer(TOKEN)},
+    )
+    first = _call_and_check(case, shared_api.app)
+    again = _call_and_check(case, shared_api.app)
+    assert first.status_code == again.status_code == 204
+    assert again.headers["idempotent-replayed"] == ["true"]
+    deleted = [hv.deleted.count("idem-delete-1") for hv in shared_api.hypervisors.values()]
+    assert sum(deleted) == 1
+
+
+def test_another_projects_vm_queues_nothing(client: TestClient, api: Api) -> None:
+    _create(client, "jobs-theirs")
+    other = {**bearer(api.new_token("other")), "Prefer": "respond-async"}
+    assert client.delete("/api/v1/vm/jobs-theirs", headers=other).status_code == 404
+    assert client.post("/api/v1/vm/jobs-theirs/reboot", headers=other).status_code == 404
+    with psycopg.connect(api.url) as conn:
+        assert conn.execute("SELECT count(*) FROM vmctl_jobs").fetchone() == (0,)
+    assert client.get("/api/v1/vm/jobs-theirs").status_code == 200
+
+
 def test_async_creates_check_the_request_before_queueing(client: TestClient) -> None:
     async_ = {"Prefer": "respond-async"}
     bad = client.post("/api/v1/vm", json={"Name": "jobs-bad", "RAM": "lots"}, headers=async_)

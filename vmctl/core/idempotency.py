@@ -1,9 +1,10 @@
 """Idempotency keys (IETF draft-ietf-httpapi-idempotency-key-header, as Stripe uses them): what a
 key may be, the fingerprint of a request, and the answer kept for a key.
 
-A client (or HAProxy, for a request without one) sends ``Idempotency-Key: K`` with a create; the
-first request with K runs, and every later one with the same K and the same request gets the
-first one's answer, unchanged. The same K with another request is refused (HTTP 422).
+A client (or HAProxy, for a POST or DELETE without one) sends ``Idempotency-Key: K`` with a
+request that changes something (a create, a delete, a reboot...); the first request with K runs,
+and every later one with the same K and the same request gets the first one's answer, unchanged.
+The same K with another request (method, path or body) is refused (HTTP 422).
 """
 
 from __future__ import annotations
