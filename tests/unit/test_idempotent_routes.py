@@ -330,3 +330,13 @@ def test_the_document_declares_the_key_and_the_202s(api: App) -> None:
                 }
     assert keyed == IDEMPOTENT
     assert async_ == QUEUED
+
+
+def test_a_busy_vm_is_409_not_kept_and_the_retry_with_the_key_runs(api: App) -> None:
+    api.made.store.held["web-1"] = "stop"  # another operation holds web-1
+    busy = api.client.post("/api/v1/vm/web-1/reboot", headers=api.key("boot-busy"))
+    assert busy.status_code == 409 and "busy" in busy.json()["error"], busy.text
+    del api.made.store.held["web-1"]
+    again = api.client.post("/api/v1/vm/web-1/reboot", headers=api.key("boot-busy"))
+    assert again.status_code == 200 and "idempotent-replayed" not in again.headers, again.text
+    assert api.hv.calls.count("reboot") == 1

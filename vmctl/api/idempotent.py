@@ -21,7 +21,7 @@ from vmctl.api.deps import Project, Svc
 from vmctl.api.errors import error_body, status_of
 from vmctl.api.routes import jobs
 from vmctl.core import idempotency
-from vmctl.core.errors import VmctlError
+from vmctl.core.errors import Busy, VmctlError
 from vmctl.core.idempotency import Answer
 from vmctl.services import Services
 
@@ -65,8 +65,9 @@ class Call:
     ) -> Response:
         """``work()``'s (status, JSON body) as the response, run once per key of the project
         (no key: it simply runs); ``payload``: the request's JSON body (None without one). A
-        refusal ``work`` raises (4xx) is its answer too, kept for the key but a 400; a server
-        error is raised (the error handlers answer it; nothing is kept, a retry runs again). A
+        refusal ``work`` raises (4xx) is its answer too, kept for the key but a 400 and a 409
+        Busy (another operation held the VM: it may be free for the retry); a server error is
+        raised (the error handlers answer it; nothing is kept, a retry runs again). A
         202's body is a job: its Location is added."""
         method = self.request.method + (" async" if jobs.wants_async(prefer) else "")
         digest = idempotency.fingerprint(method, self.request.url.path, payload)
@@ -94,7 +95,7 @@ def _run(work: Callable[[], tuple[int, Any]]) -> Answer:
         status, body = work()
     except VmctlError as e:
         status = status_of(e)
-        if status >= 500:
-            raise
+        if status >= 500 or isinstance(e, Busy):
+            raise  # not kept: a retry with the key runs again (Busy: once the VM is free)
         return Answer(status, error_body(str(e), getattr(e, "field", None)))
     return Answer(status, body)
