@@ -29,7 +29,9 @@ MAX_ID = 2**63 - 1
 
 class JobOut(BaseModel):
     id: int
-    kind: str = Field(description="create, delete, start, stop, reboot or move (a move is queued by `vmctl move --queue`)")
+    kind: str = Field(
+        description="create, delete, start, stop, reboot or move (queued by `vmctl move --queue`)"
+    )
     vm: str
     state: str = Field(description="queued, running, succeeded or failed")
     attempts: int = Field(description="runs begun (more than one: a worker died mid-way)")
