@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import subprocess
+import time
 import urllib.request
 
 from . import config
@@ -105,13 +106,25 @@ def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
         return False
 
 
+def _freed(host: str, port: int, within: float = 10) -> bool:
+    """Nothing listens at host:port, or stops listening within ``within`` s: a replica just
+    killed lets its port go only once its last thread has exited, a moment after its main
+    thread is a zombie (which `pid()` no longer counts)."""
+    deadline = time.monotonic() + within
+    while listening(host, port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def start(env: dict[str, str]) -> None:
     """Replicas, certificate, HAProxy and the demo token (each only if missing)."""
     vmctl = require_vmctl()
     _make_certificate()
     for i, replica in enumerate(REPLICAS):
         port = config.API_REPLICA_PORTS[i]
-        if replica.pid() is None and listening("127.0.0.1", port):
+        if replica.pid() is None and not _freed("127.0.0.1", port):
             raise LabError(f"port {port} is taken by another program; set VMCTL_LAB_API_PORT_BASE")
         replica.start(
             [vmctl, "serve", "--host", "127.0.0.1", "--port", str(port)],

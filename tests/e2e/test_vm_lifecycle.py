@@ -144,7 +144,10 @@ def test_a_missing_base_image_on_the_node_leaves_nothing(
     data["images"]["debian-12"]["path"] = "/var/lib/libvirt/images/base/missing.qcow2"
     broken = tmp_path / "inventory.yaml"
     broken.write_text(yaml.safe_dump(data))
-    proc = run_vmctl({**vmctl_env, "VMCTL_INVENTORY": str(broken)}, "create", "e2e-nobase")
+    run_vmctl(vmctl_env, "delete", "--yes", "e2e-nobase")  # left by an interrupted run, if any
+    # on node1, whose disks are files (on an RBD node the base image is in the pool, not a path)
+    env = {**vmctl_env, "VMCTL_INVENTORY": str(broken)}
+    proc = run_vmctl(env, "create", "e2e-nobase", "--node", "node1")
     assert proc.returncode == 1
     assert "exited 3" in proc.stderr and "missing.qcow2 does not exist" in proc.stderr
     # the script is named by its name and arguments, not by its whole text
