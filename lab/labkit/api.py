@@ -9,12 +9,11 @@ import os
 import socket
 import ssl
 import subprocess
-import time
 import urllib.request
 
 from . import config
 from .procs import Daemon, require_vmctl, run_vmctl
-from .sh import LabError, listening, run
+from .sh import LabError, listening, run, wait_for
 
 API_DIR = config.LAB_DIR / "api"
 CA_PEM = API_DIR / "ca.pem"  # the certificate clients trust (self-signed)
@@ -110,11 +109,10 @@ def _freed(host: str, port: int, within: float = 10) -> bool:
     """Nothing listens at host:port, or stops listening within ``within`` s: a replica just
     killed lets its port go only once its last thread has exited, a moment after its main
     thread is a zombie (which `pid()` no longer counts)."""
-    deadline = time.monotonic() + within
-    while listening(host, port):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
+    try:
+        wait_for(f"{host}:{port} to be let go", lambda: not listening(host, port), within)
+    except LabError:
+        return False
     return True
 
 

@@ -5,9 +5,9 @@ A move is cold: take room and an address on the target (PostgreSQL, under the cl
 define the domain there on the same disks (stopped), shut the VM down where it is, start it on
 the target (a VM that was shut off stays so), then remove it from the old node (domain, local
 files, DHCP reservation; never the disks) and record the new node and address (the watcher
-confirms the address). Until the VM runs
-on the target, any failure undoes what the move did there and starts the VM again where it was:
-it keeps running on its old node. Every step is an event (``move`` with result ``step``).
+confirms the address). Until the VM runs on the target, any failure undoes what the move did
+there and starts the VM again where it was: it keeps running on its old node. Every step is an
+event (``move`` with result ``step``).
 
 A move whose process died half-way (kill -9, a lost manager, a worker's job run again) leaves
 ``move_node`` on the row. The next move of that VM (or ``vmctl reconcile --fix``) first ends it,

@@ -10,8 +10,8 @@ A lock goes with its session: a lost PostgreSQL (a failover, a restart) takes it
 operation goes on. So while a lock is held a keeper thread looks at its connection every
 ``KEEP_S`` s and, once it is lost, connects again (to the new primary) and takes the lock again
 at once; if another operation took it meanwhile, the keeper says so in the log (``lock lost``)
-and the holder's exit says so too (``LockLost`` is logged, not raised: the operation's work is
-done by then; `vmctl reconcile` judges what two of them left).
+and the holder's exit says so too (logged, not raised: the operation's work is done by then;
+`vmctl reconcile` judges what two of them left).
 """
 
 from __future__ import annotations
@@ -47,16 +47,15 @@ _HOLDER_SQL = """
 
 def take_lock(
     conn: psycopg.Connection[dict[str, object]],
-    sql: str,
-    params: tuple[object, ...],
+    key: tuple[int, str],
     timeout: float,
     busy: Callable[[], str],
 ) -> None:
-    """Run ``sql`` (a ``pg_try_advisory_lock(...) AS got``) every POLL_S s until it takes the
-    lock; Busy with ``busy()``'s message once ``timeout`` s have passed (0: one try)."""
+    """Try to take the advisory lock ``key`` (TAKE_SQL) every POLL_S s until it is taken; Busy
+    with ``busy()``'s message once ``timeout`` s have passed (0: one try)."""
     deadline = time.monotonic() + timeout
     while True:
-        row = conn.execute(sql, params).fetchone()
+        row = conn.execute(TAKE_SQL, key).fetchone()
         if row and row["got"]:
             return
         if time.monotonic() >= deadline:
@@ -95,7 +94,7 @@ class LocksMixin(StoreBase):
         ``_Keeper``; Busy with ``busy(conn)`` once ``timeout`` s have passed."""
         conn = self._lock_connection(label)
         try:
-            take_lock(conn, TAKE_SQL, key, timeout, lambda: busy(conn))
+            take_lock(conn, key, timeout, lambda: busy(conn))
         except BaseException:
             conn.close()
             raise
@@ -165,7 +164,6 @@ class _Keeper(threading.Thread):
         self.what = what
         self.connect = connect
         self.lost: str | None = None
-        self.retaken = 0  # times the lock was taken again after its connection was lost
         self._done = threading.Event()
         self._guard = threading.Lock()  # the connection is the keeper's and finish()'s
 
@@ -199,7 +197,6 @@ class _Keeper(threading.Thread):
         with contextlib.suppress(psycopg.Error):
             old.close()
         if row and row["got"]:
-            self.retaken += 1
             log.warning(
                 "lock taken again after its connection was lost", extra=fields(lock=self.what)
             )
